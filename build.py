@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""RS-VLM build tool: set-up, demo, tests, packaging, benchmarks, training.
+
+    python3 build.py demo            set everything up, then caption and search the demo scene
+    python3 build.py test            set everything up, then run the whole test suite
+    python3 build.py setup           apt packages, virtual environment, pip packages, model export, sample data
+    python3 build.py package         the installable plugin zip in dist/
+    python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
+    python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
+    python3 build.py train-head --data ../shared/data   retrain the alignment head (then `export`)
+    python3 build.py export          re-export the ONNX bundle from the committed weights
+
+Runs with the system Python (only the standard library); everything else happens in `.venv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PY = VENV / "bin" / "python"
+SYSTEM_PY = "/usr/bin/python3"  # the interpreter QGIS's Python bindings are built for
+PLUGIN = ROOT / "rs_vlm_plugin"
+BUNDLE = PLUGIN / "models" / "rs-vlm-lite0"
+CACHE = ROOT / ".cache"
+SAMPLES = CACHE / "samples"
+APT_PACKAGES = ["qgis", "python3-qgis", "python3-rasterio", "python3-venv", "xvfb", "xauth"]
+# Registry package that ships the demo imagery (NEON aerial RGB, 10 cm), fetched at set-up.
+SAMPLE_PACKAGE = "deepforest==2.1.0"
+DEMO_SOURCE = "deepforest/data/2019_YELL_2_541000_4977000_image_crop.png"
+DEMO_LARGE_SOURCE = "deepforest/data/2019_YELL_2_528000_4978000_image_crop2.png"
+GEOTIFF_SOURCE = "deepforest/data/OSBS_029.tif"
+
+
+def log(message: str) -> None:
+    """A build step's headline."""
+    print(f"[build] {message}", flush=True)
+
+
+def run(cmd: list, env: dict | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command, echoing it."""
+    print("+ " + " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run([str(c) for c in cmd], env={**os.environ, **(env or {})}, check=check, **kw)
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+def ensure_apt() -> None:
+    """Install QGIS and friends from Debian when missing."""
+    missing = [p for p in APT_PACKAGES
+               if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
+    if not missing:
+        return
+    log(f"installing Debian packages: {' '.join(missing)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    if sudo and not shutil.which("sudo"):
+        sys.exit(f"Debian packages {missing} are missing and this is not root; install them with apt-get.")
+    run(sudo + ["apt-get", "update", "-qq"])
+    run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def ensure_venv() -> None:
+    """The project's virtual environment on QGIS's interpreter, with the pinned packages."""
+    if not VENV_PY.exists():
+        log("creating .venv (system site packages, so qgis, osgeo and rasterio import)")
+        run([SYSTEM_PY, "-m", "venv", "--system-site-packages", VENV])
+    stamp = VENV / ".requirements.sha256"
+    digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    log("installing pip packages")
+    run([VENV_PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", ROOT / "requirements.txt"])
+    stamp.write_text(digest)
+
+
+def bundle_inputs_digest() -> str:
+    """Hash of everything the exported bundle depends on, to re-export only when needed."""
+    h = hashlib.sha256()
+    files = [PLUGIN / "resources" / "knowledge_base.json", PLUGIN / "resources" / "weights" / "rs_vlm_lite0_head.npz",
+             *sorted((PLUGIN / "modeling").glob("*.py")), ROOT / "requirements.txt"]
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def ensure_bundle(force: bool = False) -> None:
+    """Export the default model to ONNX when the bundle is missing or stale."""
+    stamp = BUNDLE / ".inputs.sha256"
+    digest = bundle_inputs_digest()
+    if not force and (BUNDLE / "manifest.json").exists() and stamp.exists() and stamp.read_text() == digest:
+        return
+    log("exporting the default model to ONNX")
+    run([VENV_PY, "-m", "rs_vlm_plugin.modeling.export", "--out", BUNDLE], cwd=ROOT)
+    stamp.write_text(digest)
+
+
+def ensure_samples() -> dict:
+    """Fetch the registry package with real imagery into the ignored cache; write the GeoTIFFs."""
+    SAMPLES.mkdir(parents=True, exist_ok=True)
+    demo = SAMPLES / "demo_scene.tif"
+    large = SAMPLES / "demo_scene_large.tif"
+    osbs = SAMPLES / "OSBS_029.tif"
+    if not (demo.exists() and large.exists() and osbs.exists()):
+        wheels = CACHE / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        found = sorted(wheels.glob("deepforest-*.whl"))
+        if not found:
+            log(f"fetching sample imagery: pip download --no-deps {SAMPLE_PACKAGE}")
+            run([VENV_PY, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+                 SAMPLE_PACKAGE, "-d", wheels])
+            found = sorted(wheels.glob("deepforest-*.whl"))
+        with zipfile.ZipFile(found[-1]) as wheel:
+            for member in (DEMO_SOURCE, DEMO_LARGE_SOURCE, GEOTIFF_SOURCE):
+                target = SAMPLES / Path(member).name
+                target.write_bytes(wheel.read(member))
+        run([VENV_PY, ROOT / "scripts" / "make_samples.py", SAMPLES], cwd=ROOT)
+    return {"demo": demo, "large": large, "osbs": osbs}
+
+
+def setup() -> None:
+    """Everything the demo and the tests need."""
+    ensure_apt()
+    ensure_venv()
+    ensure_bundle()
+    ensure_samples()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def headless_env() -> dict:
+    """Environment for QGIS without a screen."""
+    return {"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(CACHE / "xdg")}
+
+
+def cmd_demo(args) -> int:
+    """Caption and search the demo scene; write out/demo.gpkg and out/demo.png."""
+    setup()
+    (CACHE / "xdg").mkdir(parents=True, exist_ok=True, mode=0o700)
+    return run([VENV_PY, ROOT / "scripts" / "demo.py", "--out", ROOT / "out", "--query", args.query],
+               env=headless_env(), check=False, cwd=ROOT).returncode
+
+
+def cmd_test(args) -> int:
+    """The whole test suite (pytest's 'no tests collected' counts as a failure)."""
+    setup()
+    (CACHE / "xdg").mkdir(parents=True, exist_ok=True, mode=0o700)
+    code = run([VENV_PY, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", *args.pytest_args],
+               env=headless_env(), check=False, cwd=ROOT).returncode
+    if code == 5:
+        print("pytest collected no tests; that is a failure here.", file=sys.stderr)
+        return 1
+    return code
+
+
+PACKAGE_EXCLUDE = {"__pycache__", ".pytest_cache"}
+
+
+def cmd_package(args) -> int:
+    """dist/rs_vlm_plugin-<version>.zip: the plugin folder with its ONNX bundle."""
+    setup()
+    meta = (PLUGIN / "metadata.txt").read_text()
+    version = next(line.split("=", 1)[1].strip() for line in meta.splitlines() if line.startswith("version="))
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    target = dist / f"rs_vlm_plugin-{version}.zip"
+    tmp = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(PLUGIN.rglob("*")):
+            rel = path.relative_to(ROOT)
+            if path.is_dir() or PACKAGE_EXCLUDE & set(rel.parts) or path.suffix == ".pyc" or path.name.startswith(".inputs"):
+                continue
+            zf.write(path, rel.as_posix())
+    os.replace(tmp, target)
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def qgis_profile_dir(profile: str) -> Path:
+    """The plugins folder of a QGIS 3 profile."""
+    return Path.home() / ".local" / "share" / "QGIS" / "QGIS3" / "profiles" / profile
+
+
+def cmd_install_plugin(args) -> int:
+    """Unpack the plugin zip into a QGIS profile and enable it there."""
+    cmd_package(args)
+    zips = sorted((ROOT / "dist").glob("rs_vlm_plugin-*.zip"))
+    profile = Path(args.profile_dir) if args.profile_dir else qgis_profile_dir(args.profile)
+    plugins = profile / "python" / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(plugins / "rs_vlm_plugin", ignore_errors=True)
+    with zipfile.ZipFile(zips[-1]) as zf:
+        zf.extractall(plugins)
+    ini = profile / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    text = ini.read_text() if ini.exists() else ""
+    if "rs_vlm_plugin=true" not in text:
+        if "[PythonPlugins]" in text:
+            text = text.replace("[PythonPlugins]", "[PythonPlugins]\nrs_vlm_plugin=true", 1)
+        else:
+            text += "\n[PythonPlugins]\nrs_vlm_plugin=true\n"
+        ini.write_text(text)
+    log(f"installed into {plugins / 'rs_vlm_plugin'} and enabled in {ini}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Benchmarks that print figures (no timing assertions anywhere)."""
+    setup()
+    extra = ["--data", args.data] if args.data else []
+    return run([VENV_PY, ROOT / "scripts" / "bench.py", "--samples", SAMPLES, *extra], env=headless_env(),
+               check=False, cwd=ROOT).returncode
+
+
+def cmd_train_head(args) -> int:
+    """Retrain the alignment head on a data folder laid out like ../shared/data."""
+    ensure_apt()
+    ensure_venv()
+    return run([VENV_PY, "-m", "rs_vlm_train.align", "--data", args.data, "--epochs", str(args.epochs)],
+               check=False, cwd=ROOT).returncode
+
+
+def cmd_export(args) -> int:
+    """Re-export the ONNX bundle."""
+    ensure_apt()
+    ensure_venv()
+    ensure_bundle(force=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="set up, then caption and search the demo scene")
+    p.add_argument("--query", default="a paved road through a forest")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("test", help="set up, then run the tests")
+    p.add_argument("pytest_args", nargs="*")
+    p.set_defaults(func=cmd_test)
+    sub.add_parser("setup", help="set up only").set_defaults(func=lambda a: setup() or 0)
+    sub.add_parser("package", help="build the plugin zip").set_defaults(func=cmd_package)
+    p = sub.add_parser("install-plugin", help="install the zip into a QGIS profile")
+    p.add_argument("--profile", default="default")
+    p.add_argument("--profile-dir", default=None, help="a profile folder (overrides --profile)")
+    p.set_defaults(func=cmd_install_plugin)
+    p = sub.add_parser("bench", help="print benchmark figures")
+    p.add_argument("--data", default=None, help="optional ../shared/data for the NAIP scenes")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("train-head", help="train the alignment head")
+    p.add_argument("--data", required=True)
+    p.add_argument("--epochs", type=int, default=60)
+    p.set_defaults(func=cmd_train_head)
+    sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

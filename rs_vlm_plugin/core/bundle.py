@@ -1,0 +1,201 @@
+"""ONNX model bundles: loading, sessions, batched encoding of tiles and texts.
+
+A bundle is a folder with ``manifest.json`` (see ``modeling/export.py`` for the layout).  The
+runtime needs only numpy, onnxruntime and tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RsVlmError
+from .progress import NullProgress, ProgressBackend, check_canceled
+
+BUNDLE_FORMAT = "rs-vlm-bundle"
+SUPPORTED_VERSIONS = (1,)
+DEFAULT_MODEL_NAME = "rs-vlm-lite0"
+
+
+def models_dir() -> Path:
+    """Folder holding the bundles that ship with (or were built into) the plugin."""
+    return Path(__file__).resolve().parents[1] / "models"
+
+
+def default_bundle_dir() -> Path:
+    """Folder of the default model's bundle."""
+    return models_dir() / DEFAULT_MODEL_NAME
+
+
+def available_providers() -> list[str]:
+    """Execution providers to use, CUDA first when onnxruntime offers it, CPU always last."""
+    import onnxruntime as ort
+
+    offered = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in offered]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How ONNX sessions are created.
+
+    Attributes:
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        threads: Intra-op threads; 0 lets onnxruntime decide.
+    """
+
+    device: str = "auto"
+    threads: int = 0
+
+
+class ModelBundle:
+    """An exported RS-VLM model: image tower, text tower, tokenizer and knowledge base."""
+
+    def __init__(self, folder: Path, manifest: dict, options: RuntimeOptions) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.options = options
+        self.name: str = manifest.get("name", folder.name)
+        self.embed_dim: int = int(manifest["embed_dim"])
+        self.logit_scale: float = float(manifest.get("logit_scale", 50.0))
+        image = manifest["image_encoder"]
+        self.image_size: int = int(image["image_size"])
+        self._mean = np.asarray(image["mean"], np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(image["std"], np.float32).reshape(1, 3, 1, 1)
+        self._image_session = None
+        self._text_session = None
+        self._tokenizer = None
+        self._kb = None
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, options: RuntimeOptions | None = None) -> "ModelBundle":
+        """Open a bundle folder and check its manifest (sessions are created on first use)."""
+        folder = Path(folder)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.exists():
+            raise RsVlmError(
+                f"No model bundle at {folder} (manifest.json is missing); run `python3 build.py setup` "
+                "to export the default model, or choose another model folder."
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RsVlmError(f"The model manifest {manifest_path} is not valid JSON ({exc}); export the model again.") from exc
+        if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") not in SUPPORTED_VERSIONS:
+            raise RsVlmError(
+                f"{manifest_path} is a {manifest.get('format')!r} bundle of version "
+                f"{manifest.get('format_version')!r}; this plugin reads {BUNDLE_FORMAT!r} versions "
+                f"{SUPPORTED_VERSIONS}. Export the model again with this version of RS-VLM."
+            )
+        for key in ("image_encoder", "text_encoder"):
+            file = folder / manifest[key]["file"]
+            if not file.exists():
+                raise RsVlmError(f"The model file {file} is missing; export the model again.")
+        return cls(folder, manifest, options or RuntimeOptions())
+
+    # Sessions ---------------------------------------------------------------------------
+
+    def _session(self, file: str):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RsVlmError("onnxruntime is not installed; install it (pip install onnxruntime) and try again.") from exc
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.options.threads:
+            options.intra_op_num_threads = self.options.threads
+        providers = available_providers()
+        if self.options.device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif self.options.device == "cuda" and "CUDAExecutionProvider" not in providers:
+            raise RsVlmError("The GPU was requested but onnxruntime offers no CUDA provider; install "
+                             "onnxruntime-gpu or choose the CPU.")
+        return ort.InferenceSession(str(self.folder / file), sess_options=options, providers=providers)
+
+    @property
+    def image_session(self):
+        """The image tower's onnxruntime session."""
+        if self._image_session is None:
+            self._image_session = self._session(self.manifest["image_encoder"]["file"])
+        return self._image_session
+
+    @property
+    def text_session(self):
+        """The text tower's onnxruntime session."""
+        if self._text_session is None:
+            self._text_session = self._session(self.manifest["text_encoder"]["file"])
+        return self._text_session
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers the image session actually runs on."""
+        return self.image_session.get_providers()
+
+    @property
+    def tokenizer(self):
+        """The text tower's tokenizer (HF tokenizers), padding to the longest text."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            spec = self.manifest["text_encoder"]
+            tok = Tokenizer.from_file(str(self.folder / spec["tokenizer"]))
+            tok.enable_truncation(max_length=int(spec.get("max_tokens", 64)))
+            tok.enable_padding(pad_id=0, pad_token="[PAD]")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    # Encoding ---------------------------------------------------------------------------
+
+    def preprocess(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) RGB -> normalised float32 (N, 3, S, S)."""
+        x = tiles.astype(np.float32).transpose(0, 3, 1, 2)
+        return (x - self._mean) / self._std
+
+    def encode_images(self, tiles: list[np.ndarray] | np.ndarray, batch_size: int = 16,
+                      progress: ProgressBackend | None = None) -> np.ndarray:
+        """Embed tiles (each uint8 (S, S, 3) at the model's input size) in batches.
+
+        Cancellation is checked between batches.
+
+        Returns:
+            float32 (N, D), L2-normalised.
+        """
+        progress = progress or NullProgress()
+        n = len(tiles)
+        out = np.zeros((n, self.embed_dim), np.float32)
+        spec = self.manifest["image_encoder"]
+        for start in range(0, n, batch_size):
+            check_canceled(progress)
+            batch = np.stack([np.asarray(t) for t in tiles[start:start + batch_size]])
+            if batch.shape[1:] != (self.image_size, self.image_size, 3):
+                raise ValueError(f"tiles must be ({self.image_size}, {self.image_size}, 3), got {batch.shape[1:]}")
+            out[start:start + len(batch)] = self.image_session.run([spec["output"]], {spec["input"]: self.preprocess(batch)})[0]
+            progress.set_fraction(min(1.0, (start + len(batch)) / max(1, n)))
+        return out
+
+    def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts; float32 (N, D), L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32)
+        spec = self.manifest["text_encoder"]
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(list(texts[start:start + batch_size]))
+            ids = np.asarray([e.ids for e in enc], np.int64)
+            mask = np.asarray([e.attention_mask for e in enc], np.int64)
+            out.append(self.text_session.run([spec["output"]], {"input_ids": ids, "attention_mask": mask})[0])
+        return np.concatenate(out).astype(np.float32)
+
+    @property
+    def knowledge_base(self):
+        """The bundle's knowledge base with its concept embeddings."""
+        if self._kb is None:
+            from .knowledge import KnowledgeBase
+
+            spec = self.manifest["knowledge_base"]
+            self._kb = KnowledgeBase.load(self.folder / spec["file"], self.folder / spec["embeddings"])
+        return self._kb

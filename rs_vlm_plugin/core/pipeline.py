@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -109,11 +110,9 @@ def result_layers(result: DescribeResult | SearchResult) -> dict[str, list]:
 
 def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_size: int) -> TilePlan:
     """Read the extent coarsely and plan the tiles with DRIS (or the uniform grid)."""
-    config = PlanConfig(**{**config.__dict__, "tile_size": tile_size})
-    scale = config.coarse_size / max(extent.width, extent.height)
-    width = max(8, int(round(extent.width * scale)))
-    height = max(8, int(round(extent.height * scale)))
-    coarse = source.read(extent, width, height)
+    config = dataclasses.replace(config, tile_size=tile_size)
+    width, height = config.coarse_shape(extent)
+    coarse = source.read(extent, max(8, width), max(8, height))
     return plan_tiles(extent, source.georef.native_gsd, coarse, config)
 
 

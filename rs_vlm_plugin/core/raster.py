@@ -275,10 +275,11 @@ class ArraySource(RasterSource):
         if wx is None or wy is None:
             return data, valid
         (wx, c0, c1), (wy, r0, r1) = wx, wy
-        block = self._array[:, r0:r1, c0:c1].astype(np.float32)
+        raw = self._array[:, r0:r1, c0:c1]
+        block = raw.astype(np.float32)
         ok = np.isfinite(block).all(axis=0)
-        if self._nodata is not None and not (isinstance(self._nodata, float) and math.isnan(self._nodata)):
-            ok &= ~(block == self._nodata).any(axis=0)
+        if self._nodata is not None and not np.isnan(self._nodata):  # NaN is caught by isfinite
+            ok &= ~(raw == self._nodata).any(axis=0)  # compared in the stored type, exactly
         values = np.where(ok, block, 0.0)
         weight = wy @ ok.astype(np.float32) @ wx.T  # valid fraction of each output pixel's area
         total = wy @ values @ wx.T

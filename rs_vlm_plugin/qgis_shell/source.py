@@ -44,6 +44,7 @@ _NUMPY_TYPES = {
     Qgis.Float64: np.float64,
 }
 _COLOUR_TYPES = (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
+_NATIVE_TOLERANCE = 1e-6  # relative difference of pixel sizes still read as native resolution
 
 
 class QgsLayerSource(RasterSource):
@@ -71,6 +72,8 @@ class QgsLayerSource(RasterSource):
             raise RsVlmError(f"The data provider of the layer {layer.name()} cannot be copied for reading; "
                              "save the layer to a GeoTIFF and try again.")
         self._provider: QgsRasterDataProvider = provider
+        # A second clone without provider resampling serves native-resolution reads exactly.
+        self._native_provider: QgsRasterDataProvider = layer.dataProvider().clone()
         self.layer_id = layer.id()
         band_types = [provider.dataType(b) for b in range(1, provider.bandCount() + 1)]
         self._colour = bool(band_types) and all(t in _COLOUR_TYPES for t in band_types)
@@ -99,9 +102,12 @@ class QgsLayerSource(RasterSource):
     def _use_provider_resampling(self) -> None:
         """Average when zooming out and bilinear when zooming in, like the rasterio source.
 
-        The default (nearest neighbour) aliases badly on coarse overview reads.
+        The default (nearest neighbour) aliases badly on coarse overview reads. Reads at the
+        native resolution go to a clone without resampling, so they return the stored values
+        (the GDAL provider may otherwise resample a read that is native to 1e-12).
         """
         p = self._provider
+        self._native_provider.enableProviderResampling(False)
         if int(p.providerCapabilities()) & int(QgsRasterDataProvider.ProviderHintCanPerformProviderResampling):
             p.enableProviderResampling(True)
             p.setZoomedOutResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Average)
@@ -110,46 +116,46 @@ class QgsLayerSource(RasterSource):
     def read_bands(self, extent: Extent, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: D102
         if width < 1 or height < 1:
             raise ValueError(f"A read needs a positive size, got {width} x {height}.")
+        g = self.georef
         rect = QgsRectangle(extent.xmin, extent.ymin, extent.xmax, extent.ymax)
-        valid = _inside_mask(self.georef.extent, extent, width, height)
+        valid = _inside_mask(g.extent, extent, width, height)
         data = np.zeros((self.band_count, height, width), np.float32)
         if not valid.any():
             return data, valid
+        native = (abs(extent.width / width - g.pixel_width) <= _NATIVE_TOLERANCE * g.pixel_width
+                  and abs(extent.height / height - g.pixel_height) <= _NATIVE_TOLERANCE * g.pixel_height)
+        provider = self._native_provider if native else self._provider
         if self._colour:
-            argb = self._block_array(1, rect, width, height)
+            argb = _block_to_numpy(self._block(provider, 1, rect, width, height), width, height)
             bgra = argb.view(np.uint8).reshape(height, width, 4)  # QRgb 0xAARRGGBB, little-endian bytes
             alpha = bgra[..., 3].astype(np.float32)
             rgb = bgra[..., 2::-1].astype(np.float32)
-            if self._provider.dataType(1) == Qgis.ARGB32_Premultiplied:
+            if provider.dataType(1) == Qgis.ARGB32_Premultiplied:
                 rgb = np.where(alpha[..., None] > 0, rgb * 255.0 / np.maximum(alpha[..., None], 1.0), 0.0)
             data[:] = np.clip(rgb, 0, 255).transpose(2, 0, 1)
             valid &= alpha >= 128
             return data, valid
         fully_inside = bool(valid.all())
         for band in range(1, self.band_count + 1):
-            values, ok = self._read_band(band, rect, width, height, fully_inside)
+            values, ok = self._read_band(provider, band, rect, width, height, fully_inside)
             data[band - 1] = values
             valid &= ok
         return data, valid
 
-    def _block(self, band: int, rect: QgsRectangle, width: int, height: int):
-        block = self._provider.block(band, rect, width, height)
+    def _block(self, provider: QgsRasterDataProvider, band: int, rect: QgsRectangle, width: int, height: int):
+        block = provider.block(band, rect, width, height)
         if block is None or not block.isValid() or block.width() != width or block.height() != height:
-            error = self._provider.error().summary() if self._provider.error() else ""
+            error = provider.error().summary() if provider.error() else ""
             raise RsVlmError(
                 f"QGIS could not read band {band} of the layer {self.name}"
                 f"{' (' + error + ')' if error else ''}; check that its source is reachable and try again."
             )
         return block
 
-    def _block_array(self, band: int, rect: QgsRectangle, width: int, height: int) -> np.ndarray:
-        block = self._block(band, rect, width, height)
-        return _block_to_numpy(block, width, height)
-
-    def _read_band(self, band: int, rect: QgsRectangle, width: int, height: int,
+    def _read_band(self, provider: QgsRasterDataProvider, band: int, rect: QgsRectangle, width: int, height: int,
                    fully_inside: bool) -> tuple[np.ndarray, np.ndarray]:
         """One band as float32 and where it is valid (outside the raster is masked by the caller)."""
-        block = self._block(band, rect, width, height)
+        block = self._block(provider, band, rect, width, height)
         values = _block_to_numpy(block, width, height)
         ok = np.ones((height, width), bool)
         if np.issubdtype(values.dtype, np.floating):
@@ -161,7 +167,7 @@ class QgsLayerSource(RasterSource):
         # Without a nodata value QGIS marks nodata in a per-pixel bitmap, which Python reads only
         # pixel by pixel. Its usual causes are cheaper to recompute: the layer's user nodata
         # ranges (below) and areas outside the raster (the caller's extent mask).
-        ranges = self._provider.userNoDataValues(band)
+        ranges = provider.userNoDataValues(band)
         if ranges:
             ok &= ~_in_ranges(values, ranges)
         elif block.hasNoData() and not block.hasNoDataValue() and fully_inside:
@@ -219,6 +225,11 @@ def _inside_mask(raster: Extent, request: Extent, width: int, height: int) -> np
     return inside_y[:, None] & inside_x[None, :]
 
 
+def _clean(value: float) -> float:
+    """A pixel size without the float noise of extent / size (9.999999999999786e-05 -> 1e-4)."""
+    return float(f"{value:.12g}")
+
+
 def _metres_per_unit(layer: QgsRasterLayer, extent: QgsRectangle) -> float:
     crs = layer.crs()
     if not crs.isValid():
@@ -245,7 +256,9 @@ def _georeference(layer: QgsRasterLayer, provider: QgsRasterDataProvider,
     metres = _metres_per_unit(layer, extent)
     if int(provider.capabilities()) & int(QgsRasterDataProvider.Size) and provider.xSize() > 0 and provider.ySize() > 0:
         width, height = provider.xSize(), provider.ySize()
-        pixel_x, pixel_y = extent.width() / width, extent.height() / height
+        # The layer's pixel size comes from the geotransform; extent / size can be off in the
+        # last digits, which makes a native-resolution read look like a resampled one.
+        pixel_x, pixel_y = _clean(layer.rasterUnitsPerPixelX()), _clean(layer.rasterUnitsPerPixelY())
     else:
         gsd_m = nominal_gsd_m if nominal_gsd_m and nominal_gsd_m > 0 else NOMINAL_GSD_M
         pixel_x = pixel_y = gsd_m / metres

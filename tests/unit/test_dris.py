@@ -217,3 +217,25 @@ def test_bad_inputs():
 
 def test_coarse_shape_keeps_the_aspect():
     assert PlanConfig(coarse_size=768).coarse_shape(Extent(0, 0, 2000, 1000)) == (768, 384)
+
+
+def test_scene_detail_goes_to_the_urban_half(tmp_path):
+    """End to end with a real file: overview read -> plan; the busy east half gets the tiles."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from make_geotiffs import make_all
+
+    from rs_vlm_plugin.core.raster import open_raster
+
+    config = PlanConfig(tile_size=64, max_tiles=30)
+    with open_raster(make_all(tmp_path)["scene"]) as src:
+        extent = src.georef.extent
+        plan = plan_tiles(extent, src.georef.native_gsd, src.read(extent, *config.coarse_shape(extent)), config)
+    centre_x = extent.center[0]
+    west = [t for t in plan.leaves if t.extent.xmax <= centre_x]
+    east = [t for t in plan.leaves if t.extent.xmin >= centre_x]
+    assert [t.key for t in west] == ["0.0", "0.2"]  # the field stays coarse
+    assert len(east) == plan.n_tiles - 2 and min(t.gsd for t in east) == pytest.approx(0.5)
+    assert_partition(plan)

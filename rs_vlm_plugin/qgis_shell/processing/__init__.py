@@ -1,0 +1,1 @@
+"""The RS-VLM Processing provider and its algorithms."""

@@ -1,0 +1,422 @@
+"""The RS-VLM Processing algorithms through ``processing.run``, on generated GeoTIFFs and,
+when present, the real demo image."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEMO_SCENE
+
+from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER
+
+MAX_TILES = 8  # small budgets keep the model runs short
+
+
+@pytest.fixture()
+def processing(plugin):
+    import processing
+
+    return processing
+
+
+class RecordingFeedback:
+    """A real QgsProcessingFeedback that also keeps what it was told (made lazily, after QGIS)."""
+
+    @staticmethod
+    def make(cancel_on_first_progress: bool = False):
+        from qgis.core import QgsProcessingFeedback
+
+        class Feedback(QgsProcessingFeedback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.errors: list[str] = []
+                self.warnings: list[str] = []
+                self.infos: list[str] = []
+                self.progress: list[float] = []
+                self.progressChanged.connect(self._on_progress)
+
+            def _on_progress(self, value: float) -> None:
+                self.progress.append(value)
+                if cancel_on_first_progress:
+                    self.cancel()
+
+            def reportError(self, error, fatalError=False):  # noqa: N802, N803
+                self.errors.append(error)
+                super().reportError(error, fatalError)
+
+            def pushWarning(self, warning):  # noqa: N802
+                self.warnings.append(warning)
+                super().pushWarning(warning)
+
+            def pushInfo(self, info):  # noqa: N802
+                self.infos.append(info)
+                super().pushInfo(info)
+
+        return Feedback()
+
+
+def read_layer(gpkg, name):
+    """(features as attribute dicts, the layer) of a GeoPackage layer."""
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
+    assert layer.isValid(), f"{gpkg} has no layer {name}"
+    features = []
+    for feature in layer.getFeatures():
+        row = {field.name(): feature[field.name()] for field in layer.fields()}
+        row["_bbox"] = feature.geometry().boundingBox()
+        features.append(row)
+    return features, layer
+
+
+def layer_names(gpkg) -> list[str]:
+    from rs_vlm_plugin.core.gpkg import read_layer_names
+
+    return read_layer_names(gpkg)
+
+
+# Registration and parameters -------------------------------------------------------------
+
+
+def test_algorithms_are_registered_with_upper_case_parameters(plugin):
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    expected = {
+        "rsvlm:caption_raster": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "MODEL", "OUTPUT"],
+        "rsvlm:batch_caption": ["LAYERS", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:export_model": ["PYTHON", "WEIGHTS", "OUTPUT_FOLDER"],
+    }
+    for alg_id, params in expected.items():
+        alg = registry.algorithmById(alg_id)
+        assert alg is not None, alg_id
+        names = [p.name() for p in alg.parameterDefinitions()]
+        assert names == params
+        assert all(name == name.upper() for name in names)
+        assert alg.shortHelpString() and alg.displayName() and alg.group()
+        assert alg.flags() & alg.FlagSupportsBatch and alg.flags() & alg.FlagCanCancel
+        assert not alg.flags() & alg.FlagNoThreading
+        assert type(alg.createInstance()) is type(alg)
+    outputs = {o.name() for o in registry.algorithmById("rsvlm:caption_raster").outputDefinitions()}
+    assert outputs == {"OUTPUT", "GLOBAL_CAPTION", "N_TILES"}
+    outputs = {o.name() for o in registry.algorithmById("rsvlm:search_raster").outputDefinitions()}
+    assert outputs == {"OUTPUT", "N_HITS", "BEST_SCORE"}
+    caption = registry.algorithmById("rsvlm:caption_raster")
+    for optional in ("EXTENT", "MODEL"):
+        assert caption.parameterDefinition(optional).flags() & caption.parameterDefinition(optional).FlagOptional
+    assert caption.parameterDefinition("MAX_TILES").defaultValue() == 48
+
+
+# Errors that need no model ------------------------------------------------------------------
+
+
+def test_empty_query_is_a_sentence(processing, rasters, tmp_path):
+    """Problems found while preparing (main thread) reach processing.run as the sentence."""
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "hits.gpkg"
+    with pytest.raises(QgsProcessingException, match="search text is empty"):
+        processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": "   ", "OUTPUT": str(out)})
+    assert not out.exists()
+
+
+def test_extent_that_misses_the_raster_is_a_sentence(processing, rasters, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "captions.gpkg"
+    params = {"INPUT": str(rasters["scene"]), "EXTENT": "600000,600100,4200000,4200100 [EPSG:26914]",
+              "OUTPUT": str(out)}
+    with pytest.raises(QgsProcessingException, match="does not overlap the raster"):
+        processing.run("rsvlm:caption_raster", params)
+    assert not out.exists()
+
+
+def test_missing_model_is_a_sentence(processing, rasters, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    out = tmp_path / "captions.gpkg"
+    with pytest.raises(QgsProcessingException, match="manifest.json is missing"):
+        processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MODEL": str(empty), "OUTPUT": str(out)})
+    assert not out.exists()
+
+
+def test_output_must_be_a_geopackage(processing, rasters, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="not a GeoPackage"):
+        processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "OUTPUT": str(tmp_path / "x.shp")})
+
+
+def test_export_without_torch_says_so(processing, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    python = "/usr/bin/python3"
+    probe = __import__("subprocess").run([python, "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip(f"{python} has torch; this test needs an interpreter without it")
+    feedback = RecordingFeedback.make()
+    with pytest.raises(QgsProcessingException, match="has no torch"):
+        processing.run("rsvlm:export_model", {"PYTHON": python, "OUTPUT_FOLDER": str(tmp_path / "bundle")},
+                       feedback=feedback)
+    assert not (tmp_path / "bundle" / "manifest.json").exists()
+
+
+def test_export_with_a_missing_interpreter_is_a_sentence(processing, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="does not exist"):
+        processing.run("rsvlm:export_model", {"PYTHON": str(tmp_path / "nope" / "python"),
+                                              "OUTPUT_FOLDER": str(tmp_path / "bundle")})
+
+
+def test_streaming_maps_progress_lines_and_kills_on_cancel(plugin, tmp_path):
+    """The exporter's protocol with a stand-in child: PROGRESS lines, other lines, cancel."""
+    import time
+
+    from rs_vlm_plugin.qgis_shell.processing.algorithms import run_streaming
+
+    script = "import time\nprint('PROGRESS 10', flush=True)\nprint('hello', flush=True)\nprint('PROGRESS 55')\n"
+    feedback = RecordingFeedback.make()
+    code, lines = run_streaming([sys.executable, "-c", script], feedback, cwd=tmp_path)
+    assert code == 0 and lines == ["PROGRESS 10", "hello", "PROGRESS 55"]
+    assert feedback.progress == [10.0, 55.0]
+
+    slow = "import time\nprint('PROGRESS 1', flush=True)\ntime.sleep(60)\nprint('PROGRESS 99', flush=True)\n"
+    cancelling = RecordingFeedback.make(cancel_on_first_progress=True)
+    start = time.monotonic()
+    code, lines = run_streaming([sys.executable, "-c", slow], cancelling, cwd=tmp_path)
+    assert code is None and lines == ["PROGRESS 1"]
+    assert time.monotonic() - start < 20
+
+
+# With the model -----------------------------------------------------------------------------
+
+
+def check_caption_rows(rows, level, source):
+    assert rows, f"no {level} captions"
+    for row in rows:
+        assert row["level"] == level
+        assert isinstance(row["caption"], str) and row["caption"].strip()
+        assert 0.0 <= row["score"] <= 1.0
+        assert 0.0 <= row["complexity"] <= 1.0
+        assert row["gsd_m"] > 0
+        assert row["source"] == source
+        assert row["concepts"]
+
+
+def test_caption_raster(processing, rasters, tmp_path, bundle_dir):
+    out = tmp_path / "captions.gpkg"
+    feedback = RecordingFeedback.make()
+    result = processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MAX_TILES": MAX_TILES,
+                                                     "OUTPUT": str(out)}, feedback=feedback)
+    assert Path(result["OUTPUT"]) == out and out.exists()
+    assert layer_names(out) == list(CAPTION_LAYERS.values())
+    rows = {level: read_layer(out, name)[0] for level, name in CAPTION_LAYERS.items()}
+    for level in CAPTION_LAYERS:
+        check_caption_rows(rows[level], level, "scene")
+    assert len(rows["global"]) == 1
+    assert result["GLOBAL_CAPTION"] == rows["global"][0]["caption"]
+    assert len(rows["region"]) == 4  # a square raster has one root cell and four quadrants
+    assert 1 <= result["N_TILES"] <= MAX_TILES
+    assert len(rows["object"]) == result["N_TILES"]
+    _, layer = read_layer(out, "captions_global")
+    assert layer.crs().authid() == "EPSG:26914"
+    whole = rows["global"][0]["_bbox"]
+    assert whole.xMinimum() == pytest.approx(500000.0) and whole.yMaximum() == pytest.approx(4100000.0)
+    assert whole.width() == pytest.approx(256.0) and whole.height() == pytest.approx(256.0)
+    assert feedback.progress and max(feedback.progress) == pytest.approx(100.0)
+
+
+def test_caption_raster_extent_in_another_crs(processing, rasters, tmp_path, bundle_dir):
+    """EXTENT given in EPSG:4326 is transformed to the raster's CRS (and clipped to it)."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRectangle
+
+    utm = QgsRectangle(500000.0, 4099900.0, 500100.0, 4100000.0)  # the top-left 200 x 200 pixels
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:26914"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    geo = to_wgs84.transformBoundingBox(utm)
+    extent = f"{geo.xMinimum()},{geo.xMaximum()},{geo.yMinimum()},{geo.yMaximum()} [EPSG:4326]"
+    out = tmp_path / "part.gpkg"
+    processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "EXTENT": extent, "MAX_TILES": 4,
+                                            "OUTPUT": str(out)})
+    (whole,), _ = read_layer(out, "captions_global")
+    box = whole["_bbox"]
+    # the bounding box of the transformed box holds the UTM box, a little larger, clipped to the raster
+    assert box.xMinimum() == pytest.approx(500000.0, abs=1e-6)
+    assert box.yMaximum() == pytest.approx(4100000.0, abs=1e-6)
+    assert 100.0 <= box.width() < 103.0 and 100.0 <= box.height() < 103.0
+
+
+def test_search_raster(processing, rasters, tmp_path, bundle_dir):
+    out = tmp_path / "hits.gpkg"
+    result = processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": "buildings with roofs",
+                                                    "MAX_TILES": MAX_TILES, "TOP_K": 5, "OUTPUT": str(out)})
+    assert layer_names(out) == [SEARCH_LAYER]
+    rows, _ = read_layer(out, SEARCH_LAYER)
+    assert 1 <= len(rows) <= 5 and result["N_HITS"] == len(rows)
+    rows.sort(key=lambda r: r["rank"])
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+    assert result["BEST_SCORE"] == pytest.approx(scores[0])
+    for row in rows:
+        assert row["query"] == "buildings with roofs"
+        assert row["level"] in ("region", "object")
+        assert row["caption"].strip() and row["source"] == "scene"
+
+
+def test_cancel_after_the_first_progress_writes_nothing(processing, rasters, tmp_path, bundle_dir):
+    out = tmp_path / "cancelled.gpkg"
+    feedback = RecordingFeedback.make(cancel_on_first_progress=True)
+    result = processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MAX_TILES": MAX_TILES,
+                                                     "OUTPUT": str(out)}, feedback=feedback)
+    assert feedback.isCanceled() and feedback.progress
+    assert "OUTPUT" not in result
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def _cint16_raster(path: Path) -> Path:
+    """A GeoTIFF QGIS opens but RS-VLM cannot read (complex integers)."""
+    from osgeo import gdal, osr
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 16, 16, 1, gdal.GDT_CInt16)
+    ds.SetGeoTransform((500000.0, 0.5, 0.0, 4100000.0, 0.0, -0.5))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(26914)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    return path
+
+
+def _warped(source: Path, path: Path, crs: str) -> Path:
+    from osgeo import gdal
+
+    gdal.Warp(str(path), str(source), dstSRS=crs)
+    return path
+
+
+def test_batch_caption_goes_on_after_a_failure(processing, rasters, tmp_path, bundle_dir):
+    bad = _cint16_raster(tmp_path / "complex.tif")
+    other_crs = _warped(rasters["gradient"], tmp_path / "gradient_wgs84utm.tif", "EPSG:32614")
+    out = tmp_path / "batch.gpkg"
+    feedback = RecordingFeedback.make()
+    result = processing.run("rsvlm:batch_caption", {
+        "LAYERS": [str(rasters["scene"]), str(bad), str(other_crs), str(rasters["uint16_nodata"])],
+        "MAX_TILES": 4, "OUTPUT": str(out)}, feedback=feedback)
+    assert result["N_CAPTIONED"] == 3 and result["N_FAILED"] == 1
+    assert len(feedback.errors) == 1 and feedback.errors[0].startswith("complex:")
+    assert layer_names(out) == ["captions"]
+    rows, layer = read_layer(out, "captions")
+    assert layer.crs().authid() == "EPSG:26914"  # the first raster's CRS
+    assert {r["source"] for r in rows} == {"scene", "gradient_wgs84utm", "uint16_nodata"}
+    for source in ("scene", "gradient_wgs84utm", "uint16_nodata"):
+        levels = [r["level"] for r in rows if r["source"] == source]
+        assert levels.count("global") == 1 and "region" in levels and "object" in levels
+        assert all(r["caption"].strip() for r in rows if r["source"] == source)
+    # the reprojected raster (NAD83 vs WGS84 UTM 14N: nearly the same grid) lands where it was
+    (glob,) = [r for r in rows if r["source"] == "gradient_wgs84utm" and r["level"] == "global"]
+    assert glob["_bbox"].xMinimum() == pytest.approx(500000.0, abs=5.0)
+    assert glob["_bbox"].yMaximum() == pytest.approx(4100000.0, abs=5.0)
+    progress = feedback.progress
+    assert progress == sorted(progress) and max(progress) == pytest.approx(100.0)
+
+
+def test_batch_caption_cancel_writes_nothing(processing, rasters, tmp_path, bundle_dir):
+    out = tmp_path / "batch.gpkg"
+    feedback = RecordingFeedback.make(cancel_on_first_progress=True)
+    result = processing.run("rsvlm:batch_caption", {"LAYERS": [str(rasters["scene"]), str(rasters["gradient"])],
+                                                    "MAX_TILES": 4, "OUTPUT": str(out)}, feedback=feedback)
+    assert "OUTPUT" not in result and not out.exists()
+
+
+def test_caption_float_and_no_crs_rasters(processing, rasters, tmp_path, bundle_dir):
+    feedback = RecordingFeedback.make()
+    out = tmp_path / "float.gpkg"
+    processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["float32_geographic"]), "MAX_TILES": 4,
+                                            "OUTPUT": str(out)}, feedback=feedback)
+    rows, layer = read_layer(out, "captions_global")
+    assert layer.crs().authid() == "EPSG:4326"
+    assert any("stretched" in w for w in feedback.warnings)
+    out = tmp_path / "png.gpkg"
+    feedback = RecordingFeedback.make()
+    processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["no_crs"]), "MAX_TILES": 4, "OUTPUT": str(out)},
+                   feedback=feedback)
+    assert any("no CRS" in w for w in feedback.warnings)
+    assert read_layer(out, "captions_global")[0][0]["caption"].strip()
+
+
+@pytest.mark.skipif(not DEMO_SCENE.exists(), reason=f"the demo image {DEMO_SCENE} is not downloaded")
+def test_caption_and_search_the_demo_scene(processing, tmp_path, bundle_dir):
+    out = tmp_path / "demo.gpkg"
+    result = processing.run("rsvlm:caption_raster", {"INPUT": str(DEMO_SCENE), "MAX_TILES": 16, "OUTPUT": str(out)})
+    assert result["GLOBAL_CAPTION"].strip()
+    for level, name in CAPTION_LAYERS.items():
+        check_caption_rows(read_layer(out, name)[0], level, DEMO_SCENE.stem)
+    hits = tmp_path / "demo_hits.gpkg"
+    result = processing.run("rsvlm:search_raster", {"INPUT": str(DEMO_SCENE), "QUERY": "buildings", "MAX_TILES": 16,
+                                                    "TOP_K": 5, "OUTPUT": str(hits)})
+    rows = sorted(read_layer(hits, SEARCH_LAYER)[0], key=lambda r: r["rank"])
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True) and result["N_HITS"] == len(rows)
+    assert not any(math.isnan(s) for s in scores)
+
+
+def _torch_python() -> str | None:
+    from rs_vlm_plugin.qgis_shell.processing.algorithms import default_python
+
+    python = default_python()
+    probe = __import__("subprocess").run([python, "-c", "import torch"], capture_output=True)
+    return python if probe.returncode == 0 else None
+
+
+def test_export_model_cancel_kills_the_exporter(processing, tmp_path):
+    if _torch_python() is None:
+        pytest.skip("no interpreter with torch for the exporter")
+    import time
+
+    feedback = RecordingFeedback.make(cancel_on_first_progress=True)
+    start = time.monotonic()
+    result = processing.run("rsvlm:export_model", {"OUTPUT_FOLDER": str(tmp_path / "bundle")}, feedback=feedback)
+    assert result == {} or "OUTPUT_FOLDER" not in result
+    assert feedback.isCanceled()
+    assert not (tmp_path / "bundle" / "manifest.json").exists()
+    assert time.monotonic() - start < 120
+
+
+@pytest.mark.slow
+def test_export_model_writes_a_bundle_the_algorithms_read(processing, rasters, tmp_path):
+    """The full export (minutes on a CPU), then a caption run with MODEL pointing at it."""
+    if _torch_python() is None:
+        pytest.skip("no interpreter with torch for the exporter")
+    feedback = RecordingFeedback.make()
+    result = processing.run("rsvlm:export_model", {"OUTPUT_FOLDER": str(tmp_path / "bundle")}, feedback=feedback)
+    bundle = Path(result["OUTPUT_FOLDER"])
+    assert (bundle / "manifest.json").exists()
+    assert feedback.progress and max(feedback.progress) == pytest.approx(100.0)
+    out = tmp_path / "captions.gpkg"
+    processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MAX_TILES": 4, "MODEL": str(bundle),
+                                            "OUTPUT": str(out)})
+    assert read_layer(out, "captions_global")[0][0]["caption"].strip()
+
+
+def test_results_load_styled_when_processing_loads_them(processing, rasters, tmp_path, bundle_dir, project):
+    """runAndLoadResults (what the Processing dialog does) loads the three styled caption layers."""
+    from qgis.core import QgsSingleSymbolRenderer
+
+    out = tmp_path / "loaded.gpkg"
+    processing.runAndLoadResults("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MAX_TILES": 4,
+                                                          "OUTPUT": str(out)})
+    loaded = {layer.name(): layer for layer in project.mapLayers().values()}
+    assert {"Global caption", "Region captions", "Object captions"} <= set(loaded)
+    layer = loaded["Region captions"]
+    assert isinstance(layer.renderer(), QgsSingleSymbolRenderer) and layer.labelsEnabled()
+    assert np.isclose(layer.renderer().symbol().symbolLayer(0).strokeWidth(), 0.6)

@@ -1,0 +1,72 @@
+"""The command line over raster files: outputs, messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from osgeo import ogr
+
+from rs_vlm_plugin.core.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _layers(path: Path) -> dict[str, int]:
+    ds = ogr.Open(str(path))
+    try:
+        return {ds.GetLayer(i).GetName(): ds.GetLayer(i).GetFeatureCount() for i in range(ds.GetLayerCount())}
+    finally:
+        ds = None
+
+
+def test_caption_writes_three_layers(bundle_dir, generated, tmp_path, capsys):
+    out = tmp_path / "caps.gpkg"
+    assert main(["caption", str(generated["scene"]), "-o", str(out), "--max-tiles", "8", "-q",
+                 "--model", str(bundle_dir)]) == 0
+    layers = _layers(out)
+    assert layers["captions_global"] == 1 and layers["captions_region"] == 4
+    assert 1 <= layers["captions_object"] <= 8
+    assert "Wrote" in capsys.readouterr().out
+
+
+def test_search_json_summary(bundle_dir, generated, tmp_path, capsys):
+    out = tmp_path / "hits.gpkg"
+    assert main(["search", str(generated["scene"]), "a road", "-o", str(out), "--top-k", "3", "-q", "--json",
+                 "--model", str(bundle_dir)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in summary["hits"]] == [1, 2, 3]
+    assert _layers(out) == {"search_hits": 3}
+
+
+def test_missing_file_is_a_sentence_and_writes_nothing(bundle_dir, tmp_path, capsys):
+    out = tmp_path / "never.gpkg"
+    assert main(["caption", str(tmp_path / "nope.tif"), "-o", str(out), "-q", "--model", str(bundle_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "nope.tif" in err
+    assert not out.exists()
+
+
+def test_not_a_raster_is_a_sentence(bundle_dir, generated, tmp_path, capsys):
+    out = tmp_path / "never.gpkg"
+    assert main(["caption", str(generated["not_a_raster"]), "-o", str(out), "-q", "--model", str(bundle_dir)]) == 1
+    assert "Error: " in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_empty_query_exit_code(bundle_dir, generated, tmp_path, capsys):
+    out = tmp_path / "never.gpkg"
+    assert main(["search", str(generated["scene"]), " ", "-o", str(out), "-q", "--model", str(bundle_dir)]) == 1
+    assert "search text is empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_python_dash_m_entry_point(bundle_dir, generated, tmp_path):
+    out = tmp_path / "m.gpkg"
+    proc = subprocess.run([sys.executable, "-m", "rs_vlm_plugin", "caption", str(generated["scene"]), "-o", str(out),
+                           "--max-tiles", "4", "--model", str(bundle_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "%" in proc.stderr  # the progress bar
+    assert out.exists()

@@ -25,9 +25,10 @@ from rs_vlm_plugin.modeling.export import DEFAULT_WEIGHTS, embed_texts
 from rs_vlm_plugin.modeling.text_encoder import SentenceEncoder, load_tokenizer
 from rs_vlm_plugin.modeling.towers import AlignmentHead, BackboneFeatures, HeadConfig, TextAdapter
 
-from .data import load_rgb, read_captions, read_scene_folders, views
+from .data import load_image, read_captions, read_scene_folders, views
 from .metrics import retrieval_recalls
 
+N_TRAIN_VIEWS = 16  # 8 dihedral views of the whole image + 8 zoomed crops
 SCENE_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.")
 
 
@@ -58,6 +59,7 @@ def extract_features(paths: list[Path], n_views: int, cache: Path, tag: str, bac
     feats = np.zeros((len(paths), n_views, 1280), np.float32)
     batch, index = [], []
     start = time.time()
+    rng = np.random.default_rng(sum(map(ord, tag)))  # seeded per set, independent of PYTHONHASHSEED
 
     def flush():
         x = (np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) - mean) / std
@@ -68,7 +70,7 @@ def extract_features(paths: list[Path], n_views: int, cache: Path, tag: str, bac
         index.clear()
 
     for i, path in enumerate(paths):
-        for v, view in enumerate(views(load_rgb(path, size), n_views)):
+        for v, view in enumerate(views(load_image(path), n_views, size, rng)):
             batch.append(view)
             index.append((i, v))
         if len(batch) >= 32:
@@ -103,7 +105,7 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
     scenes = read_scene_folders(data / "resisc12" / "train") if (data / "resisc12" / "train").exists() else []
     print(f"UCM train {len(ucm_train)}, val {len(ucm_val)}, RESISC12 {len(scenes)} images", flush=True)
 
-    f_train = extract_features([i.path for i in ucm_train], 8, cache, "ucm_train", backbone)
+    f_train = extract_features([i.path for i in ucm_train], N_TRAIN_VIEWS, cache, "ucm_train", backbone)
     f_val = extract_features([i.path for i in ucm_val], 1, cache, "ucm_val", backbone)[:, 0]
     f_scene = extract_features([p for p, _ in scenes], 2, cache, "resisc12", backbone) if scenes else None
 
@@ -150,7 +152,7 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
         total = 0.0
         for _ in range(steps_per_epoch):
             u, s = batch_indices()
-            vu = rng.integers(0, 8, len(u))
+            vu = rng.integers(0, N_TRAIN_VIEWS, len(u))
             feats = [ft_train[u, vu]]
             tids = [rng.choice(ucm_caps[i]) for i in u]
             if len(s):
@@ -179,6 +181,12 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
             "logit_scale": float(log_scale.exp()), "data": ["ucm train (captions)", "resisc12 train (class prompts)"],
             "val": history[-1], "history": history}
     arrays = {f"head.{k}": v.detach().numpy().astype(np.float16) for k, v in head.state_dict().items()}
+    with torch.no_grad():
+        head.eval()
+        # Mean training-image embedding: the exporter turns it into a per-concept bias
+        # (the concept's mean similarity to training images) that reduces hub concepts.
+        mean_embedding = torch.cat([head(ft_train[:, v]) for v in range(N_TRAIN_VIEWS)]).mean(0)
+    arrays["stats.image_mean"] = mean_embedding.numpy().astype(np.float32)
     arrays |= {f"adapter.{k}": v.detach().numpy().astype(np.float16) for k, v in adapter.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, meta_json=np.asarray(json.dumps(meta)), **arrays)

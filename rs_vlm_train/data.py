@@ -39,17 +39,34 @@ def read_scene_folders(folder: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def load_rgb(path: Path, size: int) -> np.ndarray:
-    """An image as uint8 (size, size, 3), resized with area averaging."""
+def load_image(path: Path) -> Image.Image:
+    """An image file as an RGB PIL image."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+        return im.convert("RGB")
 
 
-def views(rgb: np.ndarray, n: int) -> list[np.ndarray]:
-    """The first ``n`` of the 8 dihedral views (rotations and flips) of an image."""
-    out = []
-    for flip in (False, True):
-        base = rgb[:, ::-1] if flip else rgb
-        for k in range(4):
-            out.append(np.ascontiguousarray(np.rot90(base, k)))
-    return out[:n]
+def _resize(image: Image.Image, size: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    return np.asarray(image.resize((size, size), Image.BILINEAR, box=box, reducing_gap=2.0))
+
+
+def _dihedral(rgb: np.ndarray, index: int) -> np.ndarray:
+    base = rgb[:, ::-1] if index >= 4 else rgb
+    return np.ascontiguousarray(np.rot90(base, index % 4))
+
+
+def views(image: Image.Image, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` training views of an image at the model's input size.
+
+    The first (up to) 8 are the dihedral views (rotations and flips) of the whole image; the
+    rest are zoomed crops (45-80 % of the side, a random dihedral view each), so the model
+    also sees content at up to twice its native resolution, as DRIS leaves often show it.
+    """
+    whole = _resize(image, size)
+    out = [_dihedral(whole, i) for i in range(min(n, 8))]
+    width, height = image.size
+    for _ in range(max(0, n - 8)):
+        side = int(min(width, height) * rng.uniform(0.45, 0.8))
+        x0 = int(rng.integers(0, width - side + 1))
+        y0 = int(rng.integers(0, height - side + 1))
+        out.append(_dihedral(_resize(image, size, (x0, y0, x0 + side, y0 + side)), int(rng.integers(0, 8))))
+    return out

@@ -197,5 +197,6 @@ class ModelBundle:
             from .knowledge import KnowledgeBase
 
             spec = self.manifest["knowledge_base"]
-            self._kb = KnowledgeBase.load(self.folder / spec["file"], self.folder / spec["embeddings"])
+            bias = self.folder / spec["bias"] if spec.get("bias") else None
+            self._kb = KnowledgeBase.load(self.folder / spec["file"], self.folder / spec["embeddings"], bias)
         return self._kb

@@ -8,10 +8,6 @@ from .knowledge import Concept
 SECONDARY_RATIO = 0.35
 
 
-def _with_article(phrase: str) -> str:
-    return phrase
-
-
 def _mentioned(ranked: list[tuple[Concept, float]], limit: int = 2) -> list[Concept]:
     if not ranked:
         return []

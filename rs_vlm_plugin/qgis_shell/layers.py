@@ -13,6 +13,7 @@ from pathlib import Path
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsClassificationEqualInterval,
+    QgsFeatureRequest,
     QgsFillSymbol,
     QgsGradientColorRamp,
     QgsGraduatedSymbolRenderer,
@@ -39,6 +40,7 @@ LEVEL_OF_LAYER = {layer: level for level, layer in CAPTION_LAYERS.items()}
 BATCH_LAYER = "captions"
 HIT_COLOURS = ("#ffffb2", "#bd0026")  # low score pale yellow, high score deep red
 HIT_CLASSES = 5
+HIT_OPACITY = 0.5
 LABEL_WRAP_CHARACTERS = 32
 
 
@@ -141,17 +143,20 @@ def style_merged_captions(layer: QgsVectorLayer) -> None:
 def style_search_hits(layer: QgsVectorLayer) -> None:
     """Hits coloured by score (graduated, pale to deep red), labelled "#rank score"."""
     symbol = QgsFillSymbol.createSimple({
-        "color": "255,255,255,110",
         "outline_color": "#3d0a12",
         "outline_width": "0.4",
         "outline_width_unit": "MM",
     })
+    symbol.setOpacity(HIT_OPACITY)  # the ramp sets opaque colours; the image must show through
     renderer = QgsGraduatedSymbolRenderer("score")
     renderer.setSourceSymbol(symbol)
     renderer.setSourceColorRamp(QgsGradientColorRamp(QColor(HIT_COLOURS[0]), QColor(HIT_COLOURS[1])))
     renderer.setClassificationMethod(QgsClassificationEqualInterval())
     if layer.featureCount() > 0:
         renderer.updateClasses(layer, min(HIT_CLASSES, max(1, layer.featureCount())))
+    # best hits drawn last, on top of the weaker (often larger) tiles they overlap
+    renderer.setOrderBy(QgsFeatureRequest.OrderBy([QgsFeatureRequest.OrderByClause("score", True)]))
+    renderer.setOrderByEnabled(True)
     layer.setRenderer(renderer)
     settings = _label_settings(9.0, QColor("#3d0a12"))
     settings.fieldName = "concat('#', \"rank\", '  ', format_number(\"score\", 3))"

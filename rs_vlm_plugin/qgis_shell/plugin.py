@@ -135,6 +135,9 @@ class RsVlmPlugin:
                 self.dock.deleteLater()
                 self.dock = None
             if self.toolbar is not None:
+                window = self._main_window()
+                if window is not None:
+                    window.removeToolBar(self.toolbar)  # at once; deleteLater waits for the event loop
                 self.toolbar.deleteLater()
                 self.toolbar = None
             for action in (self.describe_action, self.dock_action):

@@ -176,4 +176,4 @@ def iface(qgis_app):
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "slow: runs for minutes (the full model export)")
+    config.addinivalue_line("markers", "slow: runs the full model export (tens of seconds)")

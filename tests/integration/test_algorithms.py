@@ -393,10 +393,17 @@ def test_export_model_cancel_kills_the_exporter(processing, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_model_writes_a_bundle_the_algorithms_read(processing, rasters, tmp_path):
-    """The full export (minutes on a CPU), then a caption run with MODEL pointing at it."""
+def test_export_model_writes_a_bundle_the_algorithms_read(processing, rasters, tmp_path, bundle_dir):
+    """The full export (about 20 s on a CPU), then a caption run with MODEL pointing at it.
+
+    Needs what `build.py setup` needs for its own export (hence ``bundle_dir``): torch in the
+    project's .venv and the knowledge base in resources/.
+    """
     if _torch_python() is None:
         pytest.skip("no interpreter with torch for the exporter")
+    knowledge_base = Path(__file__).resolve().parents[2] / "rs_vlm_plugin" / "resources" / "knowledge_base.json"
+    if not knowledge_base.exists():
+        pytest.skip(f"the exporter's knowledge base {knowledge_base} is missing")
     feedback = RecordingFeedback.make()
     result = processing.run("rsvlm:export_model", {"OUTPUT_FOLDER": str(tmp_path / "bundle")}, feedback=feedback)
     bundle = Path(result["OUTPUT_FOLDER"])

@@ -357,11 +357,15 @@ def test_plugin_describes_the_visible_extent(plugin, rasters, tmp_path, bundle_d
         iface.window.deleteLater()
 
 
-def test_output_path_is_beside_a_saved_project(qgis_app, project, tmp_path):
+def test_output_path_is_beside_a_saved_project(qgis_app, project, tmp_path, monkeypatch):
+    import tempfile
+
     from rs_vlm_plugin.qgis_shell.plugin import RUNS_FOLDER, output_path
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
     unsaved = output_path("describe", project)
-    assert unsaved.suffix == ".gpkg" and unsaved.parent.name == RUNS_FOLDER
+    assert unsaved.parent == tmp_path / "temp" / RUNS_FOLDER and unsaved.suffix == ".gpkg"
     project.setFileName(str(tmp_path / "project.qgz"))
     saved = output_path("search", project)
     assert saved.parent == tmp_path / RUNS_FOLDER and saved.name.startswith("rs_vlm_search_")

@@ -176,17 +176,39 @@ def test_invalid_layer_is_a_sentence(qgis_app, tmp_path):
         QgsLayerSource(QgsRasterLayer(str(tmp_path / "missing.tif"), "missing", "gdal"))
 
 
-def test_provider_without_native_size_uses_a_nominal_gsd(qgis_app, rasters, tmp_path):
-    """A WMS-like layer: an ARGB32 provider without pixel size (an XYZ layer over a local file)."""
+def _xyz_tiles(folder) -> str:
+    """A local XYZ tile set of zoom 1: four solid tiles (NW red, NE green, SW blue, SE yellow)."""
+    from qgis.PyQt.QtGui import QColor, QImage
+
+    colours = {(0, 0): (255, 0, 0), (1, 0): (0, 255, 0), (0, 1): (0, 0, 255), (1, 1): (255, 255, 0)}
+    for (x, y), colour in colours.items():
+        (folder / "1" / str(x)).mkdir(parents=True, exist_ok=True)
+        image = QImage(256, 256, QImage.Format_ARGB32)
+        image.fill(QColor(*colour))
+        assert image.save(str(folder / "1" / str(x) / f"{y}.png"))
+    return f"type=xyz&url=file://{folder}/{{z}}/{{x}}/{{y}}.png&zmin=1&zmax=1"
+
+
+def test_xyz_layer_reads_colours_with_a_nominal_gsd(qgis_app, tmp_path):
+    """A web layer: one ARGB band, no native pixel size (XYZ tiles from local files)."""
     from qgis.core import QgsRasterLayer
 
     from rs_vlm_plugin.qgis_shell.source import NOMINAL_GSD_M, QgsLayerSource
 
-    layer = QgsRasterLayer("type=xyz&url=file:///nonexistent/{z}/{x}/{y}.png&zmax=19&zmin=0", "xyz", "wms")
+    layer = QgsRasterLayer(_xyz_tiles(tmp_path), "xyz", "wms")
     if not layer.isValid():
-        pytest.skip("the WMS provider is not available")
+        pytest.skip("the WMS/XYZ provider is not available")
     source = QgsLayerSource(layer)
     assert source.band_count == 3 and source.source_dtype == "uint8"
     assert source.georef.native_gsd_m == pytest.approx(NOMINAL_GSD_M, rel=1e-6)
     assert any("no native pixel size" in w for w in source.warnings)
     assert QgsLayerSource(layer, nominal_gsd_m=2.0).georef.native_gsd_m == pytest.approx(2.0, rel=1e-6)
+
+    half = layer.extent().xMaximum()  # the world in EPSG:3857 is centred on (0, 0)
+    margin = half / 10
+    north_west = Extent(-half + margin, margin, -margin, half - margin)
+    south_east = Extent(margin, -half + margin, half - margin, -margin)
+    data, valid = source.read_bands(north_west, 8, 8)
+    assert valid.all()
+    np.testing.assert_array_equal(source.read(north_west, 8, 8)[4, 4], [255, 0, 0])
+    np.testing.assert_array_equal(source.read(south_east, 8, 8)[4, 4], [255, 255, 0])

@@ -38,6 +38,7 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsRectangle,
 )
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -96,15 +97,17 @@ class StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
         style_layer(layer, self.layer_name)
 
 
-# Post-processors must outlive the algorithm (Processing keeps only a C++ pointer); one per
-# layer name is enough since they hold no other state.
-_STYLE_ON_LOAD: dict[str, StyleOnLoad] = {}
+# The processing context deletes the post-processors it was given once it is done with them,
+# but only a C++ pointer is kept: Python must hold the wrappers until then, or they would be
+# collected while QGIS still calls them. Wrappers QGIS has deleted are dropped on each new run.
+_STYLE_ON_LOAD: list[StyleOnLoad] = []
 
 
 def _style_on_load(layer_name: str) -> StyleOnLoad:
-    if layer_name not in _STYLE_ON_LOAD:
-        _STYLE_ON_LOAD[layer_name] = StyleOnLoad(layer_name)
-    return _STYLE_ON_LOAD[layer_name]
+    _STYLE_ON_LOAD[:] = [p for p in _STYLE_ON_LOAD if not sip.isdeleted(p)]
+    processor = StyleOnLoad(layer_name)
+    _STYLE_ON_LOAD.append(processor)
+    return processor
 
 
 class RsVlmAlgorithm(QgsProcessingAlgorithm):

@@ -28,7 +28,7 @@ from rs_vlm_plugin.modeling.towers import AlignmentHead, BackboneFeatures, HeadC
 from .data import load_image, read_captions, read_scene_folders, views
 from .metrics import retrieval_recalls
 
-N_TRAIN_VIEWS = 16  # 8 dihedral views of the whole image + 8 zoomed crops
+DEFAULT_VIEWS = 8  # dihedral views of the whole image; more adds zoomed crops (see data.views)
 SCENE_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.")
 
 
@@ -93,7 +93,7 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, keys: torch.Tensor
 
 
 def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, backbone: str = "efficientnet-lite0",
-          batch_size: int = 256) -> dict:
+          batch_size: int = 256, n_views: int = DEFAULT_VIEWS) -> dict:
     """Train head and adapter; write weights (npz with a JSON metadata entry) to ``out``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -105,7 +105,7 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
     scenes = read_scene_folders(data / "resisc12" / "train") if (data / "resisc12" / "train").exists() else []
     print(f"UCM train {len(ucm_train)}, val {len(ucm_val)}, RESISC12 {len(scenes)} images", flush=True)
 
-    f_train = extract_features([i.path for i in ucm_train], N_TRAIN_VIEWS, cache, "ucm_train", backbone)
+    f_train = extract_features([i.path for i in ucm_train], n_views, cache, "ucm_train", backbone)
     f_val = extract_features([i.path for i in ucm_val], 1, cache, "ucm_val", backbone)[:, 0]
     f_scene = extract_features([p for p, _ in scenes], 2, cache, "resisc12", backbone) if scenes else None
 
@@ -152,7 +152,7 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
         total = 0.0
         for _ in range(steps_per_epoch):
             u, s = batch_indices()
-            vu = rng.integers(0, N_TRAIN_VIEWS, len(u))
+            vu = rng.integers(0, n_views, len(u))
             feats = [ft_train[u, vu]]
             tids = [rng.choice(ucm_caps[i]) for i in u]
             if len(s):
@@ -177,7 +177,7 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
             print(f"epoch {epoch + 1}: loss {total / steps_per_epoch:.3f} val mR {metrics['mR']:.1f} "
                   f"T2I R@1/5/10 {metrics['t2i_r1']:.1f}/{metrics['t2i_r5']:.1f}/{metrics['t2i_r10']:.1f}", flush=True)
 
-    meta = {"backbone": backbone, "epochs": epochs, "seed": seed, "batch_size": batch_size,
+    meta = {"backbone": backbone, "epochs": epochs, "seed": seed, "batch_size": batch_size, "views": n_views,
             "logit_scale": float(log_scale.exp()), "data": ["ucm train (captions)", "resisc12 train (class prompts)"],
             "val": history[-1], "history": history}
     arrays = {f"head.{k}": v.detach().numpy().astype(np.float16) for k, v in head.state_dict().items()}
@@ -185,7 +185,7 @@ def train(data: Path, out: Path, cache: Path, epochs: int = 60, seed: int = 0, b
         head.eval()
         # Mean training-image embedding: the exporter turns it into a per-concept bias
         # (the concept's mean similarity to training images) that reduces hub concepts.
-        mean_embedding = torch.cat([head(ft_train[:, v]) for v in range(N_TRAIN_VIEWS)]).mean(0)
+        mean_embedding = torch.cat([head(ft_train[:, v]) for v in range(n_views)]).mean(0)
     arrays["stats.image_mean"] = mean_embedding.numpy().astype(np.float32)
     arrays |= {f"adapter.{k}": v.detach().numpy().astype(np.float16) for k, v in adapter.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +212,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(".cache/train"))
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="training views per UCM image (8 dihedral, then zoomed crops)")
     args = parser.parse_args(argv)
-    meta = train(args.data, args.out, args.cache, args.epochs, args.seed)
+    meta = train(args.data, args.out, args.cache, args.epochs, args.seed, n_views=args.views)
     print(json.dumps(meta["val"], indent=2))
     return 0
 

@@ -19,29 +19,38 @@ sys.path.insert(0, str(ROOT))
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir  # noqa: E402
 from rs_vlm_plugin.core.cli import format_table  # noqa: E402
 from rs_vlm_plugin.core.gpkg import write_geopackage  # noqa: E402
-from rs_vlm_plugin.core.pipeline import describe, result_layers, search  # noqa: E402
+from rs_vlm_plugin.core.pipeline import JobConfig, describe, result_kinds, result_layers, search  # noqa: E402
 from rs_vlm_plugin.core.progress import TerminalProgress  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 
 
+def _draw(scene: Path, gpkg: Path, layer_names: list[str], png: Path) -> Path:
+    from qgis.core import QgsRasterLayer
+
+    from rs_vlm_plugin.qgis_shell.layers import display_name, open_layer, style_layer
+    from rs_vlm_plugin.qgis_shell.render import render_png
+
+    raster = QgsRasterLayer(str(scene), "demo scene")
+    layers = []
+    for name in layer_names:
+        layer = open_layer(gpkg, name, display_name(name))
+        style_layer(layer, name)
+        layers.append(layer)
+    return render_png(list(reversed(layers)) + [raster], raster.extent(), png, width=1600)
+
+
 def render(scene: Path, gpkg: Path, layer_names: list[str], png: Path) -> Path:
-    """Draw the raster and the result layers with QGIS's renderer."""
+    """Draw the raster and the result layers with QGIS's renderer.
+
+    The layers live only inside :func:`_draw`, so they are gone before QGIS exits.
+    """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from qgis.core import QgsApplication, QgsRasterLayer
+    from qgis.core import QgsApplication
 
     app = QgsApplication([], False)
     app.initQgis()
     try:
-        from rs_vlm_plugin.qgis_shell.layers import display_name, open_layer, style_layer
-        from rs_vlm_plugin.qgis_shell.render import render_png
-
-        raster = QgsRasterLayer(str(scene), "demo scene")
-        layers = []
-        for name in layer_names:
-            layer = open_layer(gpkg, name, display_name(name))
-            style_layer(layer, name)
-            layers.append(layer)
-        return render_png(list(reversed(layers)) + [raster], raster.extent(), png, width=1600)
+        return _draw(scene, gpkg, layer_names, png)
     finally:
         app.exitQgis()
 
@@ -52,17 +61,19 @@ def main() -> int:
     parser.add_argument("--scene", type=Path, default=ROOT / ".cache" / "samples" / "demo_scene.tif")
     parser.add_argument("--out", type=Path, default=ROOT / "out")
     parser.add_argument("--query", default="a paved road through a forest")
+    parser.add_argument("--hits", type=int, default=5, help="search hits to keep and draw")
     args = parser.parse_args()
     start = time.perf_counter()
     bundle = ModelBundle.load(default_bundle_dir())
     progress = TerminalProgress()
     with open_raster(args.scene) as source:
         described = describe(source, bundle, progress=progress)
-        found = search(source, bundle, args.query, progress=progress)
+        found = search(source, bundle, args.query, config=JobConfig(max_hits=args.hits), progress=progress)
     progress.close()
     layers = result_layers(described) | result_layers(found)
     args.out.mkdir(parents=True, exist_ok=True)
-    gpkg = write_geopackage(args.out / "demo.gpkg", layers, described.crs_wkt)
+    kinds = result_kinds(described) | result_kinds(found)
+    gpkg = write_geopackage(args.out / "demo.gpkg", layers, described.crs_wkt, kinds=kinds)
     png = render(args.scene, gpkg, ["captions_region", "captions_object", "search_hits"], args.out / "demo.png")
     print()
     print(f"Global caption: {described.global_caption}")

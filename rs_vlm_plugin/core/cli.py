@@ -13,7 +13,7 @@ from .dris import PlanConfig
 from .errors import CancelledError, RsVlmError
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .pipeline import DescribeResult, JobConfig, SearchResult, describe, result_layers, search
+from .pipeline import DescribeResult, JobConfig, SearchResult, describe, result_kinds, result_layers, search
 from .progress import TerminalProgress
 from .raster import open_raster
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> DescribeResult | SearchResult:
                 result = describe(source, bundle, extent, config, progress)
     finally:
         progress.close()
-    write_geopackage(args.output, result_layers(result), result.crs_wkt)
+    write_geopackage(args.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result))
     return result
 
 

@@ -108,6 +108,11 @@ def result_layers(result: DescribeResult | SearchResult) -> dict[str, list]:
     return {CAPTION_LAYERS[level]: grouped[level] for level in CAPTION_LAYERS}
 
 
+def result_kinds(result: DescribeResult | SearchResult) -> dict[str, type]:
+    """Record type per output layer, so that empty layers still get their fields."""
+    return {name: (SearchHit if name == SEARCH_LAYER else CaptionRecord) for name in result_layers(result)}
+
+
 def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_size: int) -> TilePlan:
     """Read the extent coarsely and plan the tiles with DRIS (or the uniform grid)."""
     config = dataclasses.replace(config, tile_size=tile_size)

@@ -43,7 +43,12 @@ class RasterSource(ABC):
         rgb_bands: 1-based band numbers shown as red, green and blue, or None for the default
             (bands 1, 2, 3 when there are three or more, band 1 as grey otherwise).
         warnings: Sentences about how the raster was interpreted; each is added once.
+        balance_bytes: Stretch 8-bit rasters per band too (2nd-98th percentiles), which
+            removes colour casts (blue shadows, haze) that the model never saw in training.
+            Set it to False to feed 8-bit pixels unchanged.
     """
+
+    balance_bytes: bool = True
 
     def __init__(self, name: str, georef: GeoReference, band_count: int, source_dtype: str,
                  rgb_bands: tuple[int, int, int] | None = None) -> None:
@@ -81,8 +86,9 @@ class RasterSource(ABC):
     def read(self, extent: Extent, width: int, height: int) -> np.ndarray:
         """Read ``extent`` as an 8-bit RGB image.
 
-        Byte rasters pass through unchanged; other types are stretched per band between the
-        2nd and 98th percentiles of the whole raster (see :meth:`stretch_limits`).
+        Every band is stretched between the 2nd and 98th percentiles of the whole raster (see
+        :meth:`stretch_limits`); 8-bit rasters pass through unchanged when
+        :attr:`balance_bytes` is False.
 
         Args:
             extent: The area to read, in the raster's CRS.
@@ -96,7 +102,7 @@ class RasterSource(ABC):
         rgb = data[list(self.display_bands)]
         valid = valid & np.isfinite(rgb).all(axis=0)
         rgb = np.where(valid, rgb, 0.0)
-        if self.source_dtype != "uint8":
+        if self.source_dtype != "uint8" or self.balance_bytes:
             lo, hi = self.stretch_limits()
             rgb = (rgb - lo[:, None, None]) * (255.0 / (hi - lo))[:, None, None]
         out = np.where(valid, np.clip(np.rint(rgb), 0, 255), 0).astype(np.uint8)
@@ -121,11 +127,12 @@ class RasterSource(ABC):
                 lows.append(lo)
                 highs.append(hi if hi > lo else lo + 1.0)
             self._stretch = (np.asarray(lows, np.float32), np.asarray(highs, np.float32))
-            self._warn_once(
-                f"The raster {self.name} is not 8-bit ({self.source_dtype}); each band was stretched to "
-                f"0-255 between its {STRETCH_PERCENTILES[0]:g}th and {STRETCH_PERCENTILES[1]:g}th "
-                "percentiles. Give an 8-bit RGB raster to control the colours yourself."
-            )
+            if self.source_dtype != "uint8":
+                self._warn_once(
+                    f"The raster {self.name} is not 8-bit ({self.source_dtype}); each band was stretched to "
+                    f"0-255 between its {STRETCH_PERCENTILES[0]:g}th and {STRETCH_PERCENTILES[1]:g}th "
+                    "percentiles."
+                )
         return self._stretch
 
     def _warn_once(self, message: str) -> None:

@@ -19,9 +19,8 @@ from ..core.bundle import ModelBundle, default_bundle_dir
 from ..core.errors import CancelledError, RsVlmError
 from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
-from ..core.pipeline import SEARCH_LAYER, DescribeResult, JobConfig, SearchResult, describe, result_layers, search
+from ..core.pipeline import DescribeResult, JobConfig, SearchResult, describe, result_kinds, result_layers, search
 from ..core.raster import RasterSource
-from ..core.records import CaptionRecord, SearchHit
 
 LOG_TAG = "RS-VLM"
 
@@ -96,11 +95,6 @@ class JobOutcome:
         return result_layers(self.result)
 
 
-def layer_kinds(result: DescribeResult | SearchResult) -> dict[str, type]:
-    """Record type per output layer, so empty layers still get their fields."""
-    return {name: (SearchHit if name == SEARCH_LAYER else CaptionRecord) for name in result_layers(result)}
-
-
 def execute(request: JobRequest, progress) -> JobOutcome:
     """Run a job to the end: load the model, describe or search, write the GeoPackage.
 
@@ -125,7 +119,7 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     output = None
     if request.output is not None:
         progress.set_stage("Writing the GeoPackage")
-        output = write_geopackage(request.output, result_layers(result), result.crs_wkt, kinds=layer_kinds(result))
+        output = write_geopackage(request.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result))
     return JobOutcome(request, result, output)
 
 

@@ -32,13 +32,16 @@ def gradient_array_source() -> ArraySource:
     rows, cols = np.mgrid[0:256, 0:256]
     data = np.stack([cols, rows, np.full_like(cols, 128)]).astype(np.uint8)
     georef = GeoReference(256, 256, X0, Y0, PIXEL_M, PIXEL_M, "EPSG:26914", 1.0)
-    return ArraySource(data, georef, name="gradient")
+    source = ArraySource(data, georef, name="gradient")
+    source.balance_bytes = False  # these tests check pixel values, not colour balance
+    return source
 
 
 @pytest.fixture(params=["rasterio", "array"])
 def gradient(request, files):
     if request.param == "rasterio":
         with open_raster(files["gradient"]) as src:
+            src.balance_bytes = False
             yield src
     else:
         yield gradient_array_source()
@@ -97,8 +100,24 @@ def test_byte_scene_passes_through_unchanged(files):
     with rasterio.open(files["scene"]) as ds:
         original = ds.read().transpose(1, 2, 0)
     with open_raster(files["scene"]) as src:
+        src.balance_bytes = False
         assert np.array_equal(src.read(src.georef.extent, 512, 512), original)
         assert src.warnings == []
+
+
+def test_byte_scene_is_colour_balanced_by_default(files):
+    import rasterio
+
+    with rasterio.open(files["scene"]) as ds:
+        original = ds.read().astype(np.float32)
+    with open_raster(files["scene"]) as src:
+        balanced = src.read(src.georef.extent, 512, 512).astype(np.float32)
+        assert src.warnings == []  # balancing 8-bit data is the normal path, not a warning
+    for band in range(3):
+        lo, hi = np.percentile(original[band], (2, 98))
+        expected = np.clip((original[band] - lo) * 255.0 / (hi - lo), 0, 255)
+        assert np.abs(balanced[..., band] - expected).max() <= 1.0
+        assert np.percentile(balanced[..., band], 98) >= 250
 
 
 def test_nodata_is_invalid_and_uint16_is_stretched(files):
@@ -143,6 +162,7 @@ def test_geographic_float_single_band(files):
 
 def test_no_crs_png_is_read_north_up_in_pixel_space(files):
     with open_raster(files["no_crs"]) as src:
+        src.balance_bytes = False
         g = src.georef
         assert g.crs_wkt is None and g.metres_per_unit == 1.0
         assert g.extent == Extent(0, 0, 64, 48)
@@ -155,6 +175,7 @@ def test_no_crs_png_is_read_north_up_in_pixel_space(files):
 def test_array_source_matches_rasterio(files):
     array_source = gradient_array_source()
     with open_raster(files["gradient"]) as src:
+        src.balance_bytes = False
         for extent, size in [(src.georef.extent, (64, 64)), (pixel_extent(3, 5, 131, 69), (64, 32))]:
             a = array_source.read(extent, *size).astype(int)
             b = src.read(extent, *size).astype(int)

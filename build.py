@@ -139,9 +139,22 @@ def setup() -> None:
 
 # --- commands -------------------------------------------------------------------------------
 
+def qgis_path() -> str:
+    """PATH for QGIS's programs, without any Python installation but the system one.
+
+    QGIS's embedded Python finds its standard library from the first ``python3`` on PATH;
+    a pyenv or conda interpreter there (``pyenv exec`` puts its own first) makes
+    ``qgis_process`` and the desktop fail with "No module named 'qgis'".
+    """
+    keep = [p for p in os.environ.get("PATH", "").split(os.pathsep)
+            if p and not any(tag in p for tag in (".pyenv", "conda", "virtualenvs"))]
+    return os.pathsep.join(keep)
+
+
 def headless_env() -> dict:
     """Environment for QGIS without a screen."""
-    return {"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(CACHE / "xdg")}
+    return {"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(CACHE / "xdg"),
+            "PATH": qgis_path()}
 
 
 def cmd_demo(args) -> int:

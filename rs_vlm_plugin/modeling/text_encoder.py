@@ -26,7 +26,9 @@ class SentenceEncoder(nn.Module):
     def __init__(self, model_dir: Path | None = None) -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()  # the unused pooler weights are expected, not news
         folder = model_dir or minilm_dir()
         config = BertConfig.from_pretrained(str(folder))
         self.bert = BertModel.from_pretrained(str(folder), config=config, add_pooling_layer=False,

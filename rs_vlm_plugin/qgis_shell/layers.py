@@ -40,7 +40,7 @@ LEVEL_OF_LAYER = {layer: level for level, layer in CAPTION_LAYERS.items()}
 BATCH_LAYER = "captions"
 HIT_COLOURS = ("#ffffb2", "#bd0026")  # low score pale yellow, high score deep red
 HIT_CLASSES = 5
-HIT_OPACITY = 0.5
+HIT_OPACITY = 0.35
 LABEL_WRAP_CHARACTERS = 32
 
 

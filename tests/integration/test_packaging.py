@@ -1,0 +1,33 @@
+"""`build.py package` and `build.py install-plugin` produce an installable plugin."""
+
+from __future__ import annotations
+
+import configparser
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_package_and_install_into_a_profile(tmp_path, bundle_dir):
+    profile = tmp_path / "profile"
+    proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "install-plugin", "--profile-dir", str(profile)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    archive = sorted((ROOT / "dist").glob("rs_vlm_plugin-*.zip"))[-1]
+    names = zipfile.ZipFile(archive).namelist()
+    assert "rs_vlm_plugin/metadata.txt" in names
+    assert "rs_vlm_plugin/models/rs-vlm-lite0/manifest.json" in names
+    assert "rs_vlm_plugin/models/rs-vlm-lite0/image_encoder.onnx" in names
+    assert "rs_vlm_plugin/resources/knowledge_base.json" in names
+    assert "rs_vlm_plugin/modeling/export.py" in names  # the plugin's "Export model to ONNX" runs it
+    assert all(n.startswith("rs_vlm_plugin/") for n in names)
+    assert not [n for n in names if "/tests/" in n or "rs_vlm_train" in n or "__pycache__" in n]
+    installed = profile / "python" / "plugins" / "rs_vlm_plugin"
+    assert (installed / "metadata.txt").exists() and (installed / "models" / "rs-vlm-lite0" / "manifest.json").exists()
+    ini = configparser.ConfigParser()
+    ini.optionxform = str
+    ini.read(profile / "QGIS" / "QGIS3.ini")
+    assert ini["PythonPlugins"]["rs_vlm_plugin"] == "true"

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="part of the raster, in the raster's CRS (default: all of it)")
     common.add_argument("--max-tiles", type=int, default=PlanConfig().max_tiles, help="DRIS budget in tiles")
+    common.add_argument("--max-pixels", type=int, default=None,
+                        help="DRIS budget in encoded pixels (tiles x tile size squared); the tighter budget wins")
     common.add_argument("--uniform", action="store_true", help="uniform full-resolution grid instead of DRIS")
     common.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
     common.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -43,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def job_config(args: argparse.Namespace) -> JobConfig:
     """The job settings from parsed arguments."""
-    plan = PlanConfig(max_tiles=args.max_tiles, uniform=args.uniform)
+    plan = PlanConfig(max_tiles=args.max_tiles, max_pixels=args.max_pixels, uniform=args.uniform)
     return JobConfig(plan=plan, max_hits=getattr(args, "top_k", 20))
 
 

@@ -70,3 +70,10 @@ def test_python_dash_m_entry_point(bundle_dir, generated, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "%" in proc.stderr  # the progress bar
     assert out.exists()
+
+
+def test_pixel_budget(bundle_dir, generated, tmp_path):
+    out = tmp_path / "px.gpkg"
+    assert main(["caption", str(generated["scene"]), "-o", str(out), "--max-pixels", str(2 * 224 * 224), "-q",
+                 "--model", str(bundle_dir)]) == 0
+    assert _layers(out)["captions_object"] == 1  # two tiles do not allow a split into four

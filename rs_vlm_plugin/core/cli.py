@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 def job_config(args: argparse.Namespace) -> JobConfig:
     """The job settings from parsed arguments."""
     plan = PlanConfig(max_tiles=args.max_tiles, max_pixels=args.max_pixels, uniform=args.uniform)
-    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", 20))
+    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits))
 
 
 def format_table(result: DescribeResult | SearchResult, width: int = 100) -> str:

@@ -41,7 +41,7 @@ class JobConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
     batch_size: int = 16
     top_concepts: int = 3
-    max_hits: int = 20
+    max_hits: int = 10
     min_score: float | None = None
 
 

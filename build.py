@@ -9,6 +9,7 @@
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
     python3 build.py train-head --data ../shared/data   retrain the alignment head (then `export`)
     python3 build.py export          re-export the ONNX bundle from the committed weights
+    python3 build.py eval --captions ../shared/data/ucm --split val [--scenes DIR]   retrieval and zero-shot scenes
 
 Runs with the system Python (only the standard library); everything else happens in `.venv`.
 """
@@ -244,6 +245,12 @@ def cmd_train_head(args) -> int:
                check=False, cwd=ROOT).returncode
 
 
+def cmd_eval(args) -> int:
+    """Evaluate the bundle on folders laid out like ../shared/data (retrieval, zero-shot scenes)."""
+    setup()
+    return run([VENV_PY, "-m", "rs_vlm_train.evaluate", *args.eval_args], check=False, cwd=ROOT).returncode
+
+
 def cmd_export(args) -> int:
     """Re-export the ONNX bundle."""
     ensure_apt()
@@ -276,7 +283,13 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.set_defaults(func=cmd_train_head)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)
-    args = parser.parse_args(argv)
+    p = sub.add_parser("eval", help="evaluate: --captions DIR --split NAME and/or --scenes DIR [--model DIR]")
+    p.set_defaults(func=cmd_eval)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "eval":
+        args.eval_args = extra  # passed on to rs_vlm_train.evaluate, which checks them
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

@@ -1,0 +1,44 @@
+"""The eval command on tiny folders laid out like the shared data (made here, seeded)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from rs_vlm_train.evaluate import main
+
+COLOURS = {"water_body": (20, 60, 140), "bare_soil": (170, 130, 90), "grass_field": (60, 150, 50)}
+
+
+def _image(path, colour, rng):
+    pixels = np.clip(np.asarray(colour) + rng.normal(0, 12, (64, 64, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_eval_captions_and_scenes(tmp_path, bundle_dir):
+    rng = np.random.default_rng(0)
+    images = []
+    for name, colour in COLOURS.items():
+        for k in range(2):
+            rel = f"images/{name}/{name}{k}.png"
+            _image(tmp_path / "caps" / rel, colour, rng)
+            _image(tmp_path / "scenes" / name / f"{k}.png", colour, rng)
+            words = name.replace("_", " ")
+            images.append({"filename": rel, "class": name, "split": "val",
+                           "sentences": [f"there is {words} .", f"a {words} area .", f"it is {words} ."]})
+    (tmp_path / "caps" / "captions.json").write_text(json.dumps({"images": images}))
+    out = tmp_path / "out"
+    assert main(["--model", str(bundle_dir), "--captions", str(tmp_path / "caps"), "--split", "val",
+                 "--scenes", str(tmp_path / "scenes"), "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    caps = report["captions"]
+    assert (caps["images"], caps["captions"]) == (6, 18)
+    assert caps["t2i_r10"] == 100.0  # only 6 images: every image ranks within 10
+    assert caps["i2t_r1"] <= caps["i2t_r5"] <= caps["i2t_r10"] and 0 <= caps["mR"] <= 100
+    scenes = report["scenes"]
+    assert scenes["images"] == 6 and scenes["classes"] == 3 and set(scenes["per_class"]) == set(COLOURS)
+    assert 0.0 <= scenes["accuracy"] <= 1.0
+    assert "Zero-shot scenes" in (out / "eval.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +71,50 @@ def views(image: Image.Image, n: int, size: int, rng: np.random.Generator) -> li
         y0 = int(rng.integers(0, height - side + 1))
         out.append(_dihedral(_resize(image, size, (x0, y0, x0 + side, y0 + side)), int(rng.integers(0, 8))))
     return out
+
+
+VHR10_CLASSES = ("airplane", "ship", "storage tank", "baseball diamond", "tennis court", "basketball court",
+                 "ground track field", "harbor", "bridge", "vehicle")
+_BOX = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*(\d+)")
+
+
+@dataclass
+class ObjectBox:
+    """One labelled box of an object-detection folder (VHR-10 layout)."""
+
+    image: Path
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    label: str
+
+
+def read_object_boxes(folder: Path) -> list[ObjectBox]:
+    """Boxes of ``images/NNN.jpg`` + ``boxes/NNN.txt`` with lines ``(x1,y1),(x2,y2),class``."""
+    folder = Path(folder)
+    boxes = []
+    for txt in sorted((folder / "boxes").glob("*.txt")):
+        image = folder / "images" / f"{txt.stem}.jpg"
+        for line in txt.read_text(encoding="utf-8").splitlines():
+            match = _BOX.search(line)
+            if match:
+                x1, y1, x2, y2, cls = map(int, match.groups())
+                boxes.append(ObjectBox(image, x1, y1, x2, y2, VHR10_CLASSES[cls - 1]))
+    return boxes
+
+
+def held_out(keys: list[str], fraction: float, seed: int = 0) -> set[str]:
+    """A reproducible held-back subset of ``keys`` (for example image names), by hashing.
+
+    The choice depends only on each key, the fraction and the seed, not on the order or on
+    which other keys exist, so adding data never moves an image between train and held-out.
+    """
+    import hashlib
+
+    chosen = set()
+    for key in keys:
+        digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+        if int.from_bytes(digest[:8], "big") / 2**64 < fraction:
+            chosen.add(key)
+    return chosen

@@ -104,17 +104,14 @@ def tower_speed(bundle: ModelBundle, n: int = 64, batch: int = 16) -> dict:
 
 def parity(bundle: ModelBundle) -> dict:
     """Largest |torch - onnx| of both towers over batch sizes 1, 3, 5."""
-    import torch
-
     from rs_vlm_plugin.modeling.export import DEFAULT_WEIGHTS, load_head_weights, validate_image, validate_text
     from rs_vlm_plugin.modeling.text_encoder import load_tokenizer
     from rs_vlm_plugin.modeling.towers import build_towers
 
     image, text, _ = build_towers(load_head_weights(DEFAULT_WEIGHTS)[0])
     folder = bundle.folder
-    with torch.inference_mode():
-        return {"image_encoder": validate_image(image, folder / "image_encoder.onnx", bundle.image_size),
-                "text_encoder": validate_text(text, load_tokenizer(), folder / "text_encoder.onnx")}
+    return {"image_encoder": validate_image(image, folder / "image_encoder.onnx", bundle.image_size),
+            "text_encoder": validate_text(text, load_tokenizer(), folder / "text_encoder.onnx")}
 
 
 def main() -> int:

@@ -39,6 +39,19 @@ def available_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in offered]
 
 
+def load_tokenizer(path: Path, max_tokens: int):
+    """A HF ``tokenizers`` tokenizer that truncates to ``max_tokens`` and pads to the longest text.
+
+    (The tokenizer.json of all-MiniLM-L6-v2 pads every text to 128 tokens.)
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_truncation(max_length=max_tokens)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tok
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How ONNX sessions are created.
@@ -139,13 +152,8 @@ class ModelBundle:
     def tokenizer(self):
         """The text tower's tokenizer (HF tokenizers), padding to the longest text."""
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
             spec = self.manifest["text_encoder"]
-            tok = Tokenizer.from_file(str(self.folder / spec["tokenizer"]))
-            tok.enable_truncation(max_length=int(spec.get("max_tokens", 64)))
-            tok.enable_padding(pad_id=0, pad_token="[PAD]")
-            self._tokenizer = tok
+            self._tokenizer = load_tokenizer(self.folder / spec["tokenizer"], int(spec.get("max_tokens", 64)))
         return self._tokenizer
 
     # Encoding ---------------------------------------------------------------------------

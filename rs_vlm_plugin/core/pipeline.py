@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -267,6 +266,6 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
         hits.append(SearchHit(query=text, rank=rank, score=score, level=level, depth=tile.depth, extent=tile.extent,
                               gsd_m=tile.gsd_m, caption=captions.get((tile.extent, level), ""), source=source.name))
     progress.set_fraction(1.0)
-    if math.isfinite(scores.max()) and hits:
+    if hits:
         progress.info(f"Best match for \"{text}\": score {hits[0].score:.3f}.")
     return SearchResult(text, hits, records, encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings)

@@ -45,13 +45,10 @@ class SentenceEncoder(nn.Module):
 
 
 def load_tokenizer(model_dir: Path | None = None, max_tokens: int = MAX_TOKENS):
-    """The fast tokenizer from tokenizer.json, padding to the longest sequence in a batch."""
-    from tokenizers import Tokenizer
+    """The text tower's tokenizer, set up exactly as the runtime sets it up from a bundle."""
+    from rs_vlm_plugin.core.bundle import load_tokenizer as runtime_tokenizer
 
-    tok = Tokenizer.from_file(str((model_dir or minilm_dir()) / "tokenizer.json"))
-    tok.enable_truncation(max_length=max_tokens)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    return tok
+    return runtime_tokenizer((model_dir or minilm_dir()) / "tokenizer.json", max_tokens)
 
 
 def tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,10 @@
     python3 build.py package         the installable plugin zip in dist/
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
-    python3 build.py train-head --data ../shared/data   retrain the alignment head (then `export`)
+    python3 build.py train --data ../shared/data [--ablations]   train the model (resumable), then `export`
     python3 build.py export          re-export the ONNX bundle from the committed weights
-    python3 build.py eval --captions ../shared/data/ucm --split val [--scenes DIR]   retrieval and zero-shot scenes
+    python3 build.py eval --data ../shared/data   captioning, retrieval, scenes, objects, ablations (JSON + Markdown)
+    python3 build.py eval --captions DIR --split NAME | --scenes DIR | --objects DIR   any folder laid out alike
 
 Runs with the system Python (only the standard library); everything else happens in `.venv`.
 """
@@ -87,7 +88,7 @@ def ensure_venv() -> None:
 def bundle_inputs_digest() -> str:
     """Hash of everything the exported bundle depends on, to re-export only when needed."""
     h = hashlib.sha256()
-    files = [PLUGIN / "resources" / "knowledge_base.json", PLUGIN / "resources" / "weights" / "rs_vlm_lite0_head.npz",
+    files = [PLUGIN / "resources" / "knowledge_base.json", PLUGIN / "resources" / "weights" / "rs_vlm_lite0.npz",
              *sorted((PLUGIN / "modeling").glob("*.py")), ROOT / "requirements.txt"]
     for f in files:
         if f.exists():
@@ -237,16 +238,15 @@ def cmd_bench(args) -> int:
                check=False, cwd=ROOT).returncode
 
 
-def cmd_train_head(args) -> int:
-    """Retrain the alignment head on a data folder laid out like ../shared/data."""
+def cmd_train(args) -> int:
+    """Train the model on a data folder laid out like ../shared/data (stages resume from checkpoints)."""
     ensure_apt()
     ensure_venv()
-    return run([VENV_PY, "-m", "rs_vlm_train.align", "--data", args.data, "--epochs", str(args.epochs)],
-               check=False, cwd=ROOT).returncode
+    return run([VENV_PY, "-m", "rs_vlm_train.train", *args.train_args], check=False, cwd=ROOT).returncode
 
 
 def cmd_eval(args) -> int:
-    """Evaluate the bundle on folders laid out like ../shared/data (retrieval, zero-shot scenes)."""
+    """Evaluate the bundle on folders laid out like ../shared/data."""
     setup()
     return run([VENV_PY, "-m", "rs_vlm_train.evaluate", *args.eval_args], check=False, cwd=ROOT).returncode
 
@@ -278,16 +278,16 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="print benchmark figures")
     p.add_argument("--data", default=None, help="optional ../shared/data for the NAIP scenes")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("train-head", help="train the alignment head")
-    p.add_argument("--data", required=True)
-    p.add_argument("--epochs", type=int, default=60)
-    p.set_defaults(func=cmd_train_head)
+    p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
+    p.set_defaults(func=cmd_train)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)
-    p = sub.add_parser("eval", help="evaluate: --captions DIR --split NAME and/or --scenes DIR [--model DIR]")
+    p = sub.add_parser("eval", help="evaluate: --data DIR, or --captions DIR --split NAME, --scenes DIR, --objects DIR")
     p.set_defaults(func=cmd_eval)
     args, extra = parser.parse_known_args(argv)
     if args.command == "eval":
         args.eval_args = extra  # passed on to rs_vlm_train.evaluate, which checks them
+    elif args.command == "train":
+        args.train_args = extra  # passed on to rs_vlm_train.train
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)

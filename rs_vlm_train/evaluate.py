@@ -1,13 +1,24 @@
 """Evaluate an ONNX bundle on folders laid out like ``../shared/data`` (or any such folder).
 
-    python3 build.py eval --captions ../shared/data/ucm --split val
-    python3 build.py eval --scenes ../shared/data/resisc12/train
+    python3 build.py eval --data ../shared/data        everything below on the shared val splits
+    python3 build.py eval --captions DIR --split NAME   captioning and retrieval on any captions folder
+    python3 build.py eval --scenes DIR                  zero-shot scenes on any class-per-folder set
+    python3 build.py eval --objects DIR                 text-to-box retrieval on any VHR-10-like folder
 
 ``--captions DIR --split NAME``: a ``captions.json`` with ``images: [{filename, class, split,
-sentences}]`` and the images beside it; image<->text retrieval R@1/5/10 both directions and
-mean recall, every sentence kept (no deduplication).  ``--scenes DIR``: one sub-folder of images
-per class; zero-shot accuracy with class names from the folder names (underscores as spaces)
-and a prompt ensemble.  Writes a JSON and a Markdown table.  Runs on onnxruntime only.
+sentences}]`` and the images beside it.  Captions are decoded (beam search) and scored with
+pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr); image<->text retrieval R@1/5/10 both
+directions and mean recall, every sentence kept (no deduplication).
+``--scenes DIR``: one sub-folder of images per class; zero-shot accuracy, class names from the
+folder names (underscores as spaces), a prompt ensemble per class.
+``--objects DIR``: ``images/NNN.jpg`` and ``boxes/NNN.txt``; a square crop around each box
+(three times its size) is encoded, the object tokens under the box are pooled, and each class
+name queries all boxes: precision of the 10 best (p@10), hit@10 and mAP.
+``--data DIR``: UCM val, the held-back 20 % of RESISC12 train and of VHR-10 (the same hashed
+split training held back), plus the ablation table that training wrote (``out/train``).
+
+Writes a JSON and a Markdown table with the published numbers of ANCHORS beside ours.  The
+model runs on onnxruntime only; torch is not needed.
 """
 
 from __future__ import annotations
@@ -18,47 +29,83 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir
 
-from .data import load_image, read_captions, read_scene_folders
-from .metrics import retrieval_recalls
+from .data import held_out, load_image, read_captions, read_object_boxes, read_scene_folders
+from .metrics import caption_scores, object_retrieval, retrieval_recalls
 
 SCENE_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.",
-                 "an aerial view of a {} area.")
+                 "a remote sensing image of {}.")
+OBJECT_PROMPTS = ("a {}.", "an aerial image of a {}.", "there is a {} in the image.")
+HELD_OUT_FRACTION = 0.2  # as rs_vlm_train.features: the same images are held back from training
+
+# Published results (../shared/ANCHORS.md), scores x100.
+ANCHORS_CAPTIONING = {
+    "SAA (Lu 2020)": {"BLEU-1": 79.62, "BLEU-4": 64.77, "METEOR": 38.59, "ROUGE-L": 69.42, "CIDEr": 294.51},
+    "Post-processing (Hoxha 2023)": {"BLEU-1": 79.73, "BLEU-4": 62.62, "METEOR": 40.80, "ROUGE-L": 74.06, "CIDEr": 309.64},
+    "RSGPT": {"BLEU-1": 86.12, "BLEU-4": 65.74, "METEOR": 42.21, "ROUGE-L": 78.34, "CIDEr": 333.23},
+    "SkyEyeGPT": {"BLEU-1": 90.71, "BLEU-4": 78.41, "METEOR": 46.24, "ROUGE-L": 79.49, "CIDEr": 236.75},
+}
+ANCHORS_RETRIEVAL = {
+    "RemoteCLIP ViT-B/32 (UCM test)": [20.48, 59.85, 83.33, 18.67, 61.52, 94.29, 56.36],
+    "CLIP-CL ViT-B/32 fine-tuned (UCM test)": [20.00, 55.24, 80.95, 18.19, 64.86, 92.38, 55.27],
+}
+CAPTION_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 
 
-def encode_files(bundle: ModelBundle, paths: list[Path], batch: int = 32) -> np.ndarray:
-    """Embed whole images resized to the model's input size."""
+def _tiles(bundle: ModelBundle, images: list[Image.Image]) -> np.ndarray:
     size = bundle.image_size
-    out = []
+    return np.stack([np.asarray(im.resize((size, size), Image.BILINEAR)) for im in images])
+
+
+def encode_files(bundle: ModelBundle, paths: list[Path], batch: int = 32) -> dict[str, np.ndarray]:
+    """All tiers of whole images resized to the model's input size."""
+    parts = []
     for start in range(0, len(paths), batch):
-        tiles = np.stack([np.asarray(load_image(p).resize((size, size))) for p in paths[start:start + batch]])
-        out.append(bundle.encode_images(tiles, batch_size=len(tiles)))
-    return np.concatenate(out)
+        parts.append(bundle.encode_tiers(_tiles(bundle, [load_image(p) for p in paths[start:start + batch]]),
+                                         batch_size=batch))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def eval_captions(bundle: ModelBundle, folder: Path, split: str) -> dict:
-    """Retrieval on one split of a captions folder."""
+def class_embeddings(bundle: ModelBundle, names: list[str], prompts: tuple[str, ...]) -> np.ndarray:
+    """Normalised prompt-ensemble embedding of each name."""
+    emb = bundle.encode_texts([p.format(n) for n in names for p in prompts])
+    emb = emb.reshape(len(names), len(prompts), -1).mean(1)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def eval_captions(bundle: ModelBundle, folder: Path, split: str, meteor: bool = True) -> dict:
+    """Captioning and retrieval on one split of a captions folder."""
     items = read_captions(folder, split)
     if not items:
         raise SystemExit(f"No images of split {split!r} in {folder / 'captions.json'}.")
     per_image = {len(i.sentences) for i in items}
     if len(per_image) != 1:
         raise SystemExit(f"Every image needs the same number of captions; found {sorted(per_image)}.")
-    img = encode_files(bundle, [i.path for i in items])
+    tiers = encode_files(bundle, [i.path for i in items])
     txt = bundle.encode_texts([s for i in items for s in i.sentences])
-    return {"images": len(items), "captions": len(txt), **retrieval_recalls(img, txt, per_image.pop())}
+    out = {"images": len(items), "captions": len(txt), **retrieval_recalls(tiers["embedding"], txt, per_image.pop())}
+    if bundle.has_decoder:
+        t0 = time.perf_counter()
+        hyps = bundle.caption(tiers)
+        out["decode_seconds"] = round(time.perf_counter() - t0, 1)
+        scores = caption_scores({str(k): i.sentences for k, i in enumerate(items)},
+                                {str(k): h for k, h in enumerate(hyps)}, meteor=meteor)
+        out["captioning"] = scores
+        out["examples"] = [{"image": str(items[k].path.name), "caption": hyps[k], "reference": items[k].sentences[0]}
+                           for k in range(0, len(items), max(1, len(items) // 8))]
+    return out
 
 
-def eval_scenes(bundle: ModelBundle, folder: Path) -> dict:
-    """Zero-shot scene classification with a prompt ensemble per class."""
-    pairs = read_scene_folders(folder)
+def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None) -> dict:
+    """Zero-shot scene classification with a prompt ensemble per class (optionally on some files only)."""
+    pairs = [(p, c) for p, c in read_scene_folders(folder) if only is None or p.name in only]
     classes = sorted({c for _, c in pairs})
-    prompts = bundle.encode_texts([p.format(c.replace("_", " ")) for c in classes for p in SCENE_PROMPTS])
-    class_emb = prompts.reshape(len(classes), len(SCENE_PROMPTS), -1).mean(1)
-    class_emb /= np.linalg.norm(class_emb, axis=1, keepdims=True)
-    img = encode_files(bundle, [p for p, _ in pairs])
+    class_emb = class_embeddings(bundle, [c.replace("_", " ") for c in classes], SCENE_PROMPTS)
+    img = encode_files(bundle, [p for p, _ in pairs])["embedding"]
     pred = np.argmax(img @ class_emb.T, axis=1)
     truth = np.asarray([classes.index(c) for _, c in pairs])
     per_class = {c: float(np.mean(pred[truth == k] == k)) for k, c in enumerate(classes)}
@@ -66,20 +113,111 @@ def eval_scenes(bundle: ModelBundle, folder: Path) -> dict:
             "per_class": per_class}
 
 
+def box_weights(box: tuple[float, float, float, float], grid: int) -> np.ndarray:
+    """(grid*grid,) area weights of the fine cells under a box in tile fractions (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = (v * grid for v in box)
+    edges = np.arange(grid)
+    fx = np.clip(np.minimum(edges + 1, x1) - np.maximum(edges, x0), 0, None)
+    fy = np.clip(np.minimum(edges + 1, y1) - np.maximum(edges, y0), 0, None)
+    w = np.outer(fy, fx)
+    if w.sum() <= 0:
+        w[min(grid - 1, int((y0 + y1) / 2)), min(grid - 1, int((x0 + x1) / 2))] = 1.0
+    return (w / w.sum()).ravel()
+
+
+def eval_objects(bundle: ModelBundle, folder: Path, only: set[str] | None = None, batch: int = 32) -> dict:
+    """Text-to-box retrieval: every box pooled from the object tokens of a crop around it."""
+    boxes = [b for b in read_object_boxes(folder) if only is None or b.image.name in only]
+    if not boxes:
+        raise SystemExit(f"No boxes in {folder / 'boxes'}.")
+    grid = int(bundle.manifest["image_encoder"].get("grid", bundle.image_size // 16))
+    size = bundle.image_size
+    embs, labels = [], []
+    crops, fractions = [], []
+    current, image = None, None
+
+    def flush():
+        tiers = bundle.encode_tiers(np.stack(crops), batch_size=len(crops))
+        for objects, frac in zip(tiers["objects"], fractions):
+            v = box_weights(frac, grid) @ objects
+            embs.append(v / np.linalg.norm(v))
+        crops.clear()
+        fractions.clear()
+
+    for b in boxes:
+        if b.image != current:
+            current, image = b.image, load_image(b.image)
+        width, height = image.size
+        side = int(min(min(width, height), max(96, 3 * max(b.x2 - b.x1, b.y2 - b.y1))))
+        x0 = int(min(max(0, (b.x1 + b.x2) / 2 - side / 2), width - side))
+        y0 = int(min(max(0, (b.y1 + b.y2) / 2 - side / 2), height - side))
+        crops.append(np.asarray(image.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))))
+        fractions.append((max(0.0, (b.x1 - x0) / side), max(0.0, (b.y1 - y0) / side),
+                          min(1.0, (b.x2 - x0) / side), min(1.0, (b.y2 - y0) / side)))
+        labels.append(b.label)
+        if len(crops) == batch:
+            flush()
+    if crops:
+        flush()
+    queries = sorted(set(labels))
+    q_emb = class_embeddings(bundle, queries, OBJECT_PROMPTS)
+    return {"images": len({b.image for b in boxes}), **object_retrieval(np.stack(embs), labels, q_emb, queries, 10)}
+
+
+def _row(values) -> str:
+    return "| " + " | ".join(values) + " |"
+
+
 def markdown(report: dict) -> str:
-    """The report as Markdown tables."""
+    """The report as Markdown tables, with the published anchors beside ours."""
     lines = [f"# Evaluation of {report['model']}", ""]
     if "captions" in report:
         r = report["captions"]
-        lines += [f"## Retrieval: {r['folder']} split {r['split']} ({r['images']} images, {r['captions']} captions)", "",
-                  "| I2T R@1 | R@5 | R@10 | T2I R@1 | R@5 | R@10 | mR |", "|---|---|---|---|---|---|---|",
-                  "| " + " | ".join(f"{r[k]:.2f}" for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
-                                                            "t2i_r10", "mR")) + " |", ""]
+        title = f"{r['folder']} split {r['split']} ({r['images']} images, {r['captions']} captions)"
+        if "captioning" in r:
+            lines += [f"## Captioning: {title}", "", "Scores x100 (pycocoevalcap).", "",
+                      _row(["model", *CAPTION_KEYS]), _row(["---"] * (len(CAPTION_KEYS) + 1)),
+                      _row([f"**{report['model']}** (val)", *(f"{100 * r['captioning'][k]:.2f}" if k in r["captioning"]
+                                                             else "-" for k in CAPTION_KEYS)])]
+            for name, a in ANCHORS_CAPTIONING.items():
+                lines.append(_row([f"{name} (test, published)", *(f"{a[k]:.2f}" if k in a else "-" for k in CAPTION_KEYS)]))
+            lines += [""]
+            for ex in r.get("examples", [])[:6]:
+                lines.append(f"- `{ex['image']}`: \"{ex['caption']}\" (a reference: \"{ex['reference']}\")")
+            lines.append("")
+        lines += [f"## Retrieval: {title}", "", _row(["model", "I2T R@1", "R@5", "R@10", "T2I R@1", "R@5", "R@10", "mR"]),
+                  _row(["---"] * 8), _row([f"**{report['model']}** (val)", *(f"{r[k]:.2f}" for k in RETRIEVAL_KEYS)])]
+        for name, a in ANCHORS_RETRIEVAL.items():
+            lines.append(_row([f"{name}, published", *(f"{v:.2f}" for v in a)]))
+        lines.append("")
     if "scenes" in report:
         r = report["scenes"]
         lines += [f"## Zero-shot scenes: {r['folder']} ({r['images']} images, {r['classes']} classes)", "",
                   f"Accuracy: {100 * r['accuracy']:.2f} %", "", "| class | accuracy |", "|---|---|"]
         lines += [f"| {c} | {100 * a:.1f} |" for c, a in r["per_class"].items()]
+        lines.append("")
+    if "objects" in report:
+        r = report["objects"]
+        lines += [f"## Text-to-box retrieval: {r['folder']} ({r['boxes']} boxes in {r['images']} images, "
+                  f"{r['queries']} class queries)", "", "| P@10 | hit@10 | mAP |", "|---|---|---|",
+                  f"| {r['p@10']:.1f} | {r['hit@10']:.1f} | {r['mAP']:.1f} |", ""]
+    if "ablations" in report:
+        a = report["ablations"]
+        lines += [f"## Ablations (training-time evaluation on the val splits; {a['steps']} alignment steps, "
+                  f"{a['decoder_epochs']} decoder epochs on {a['decoder_views']} views each, seed 0)", "",
+                  _row(["variant", "UCM mR", "RESISC12 held-back acc.", "VHR-10 P@10", "VHR-10 mAP", "BLEU-4", "CIDEr"]),
+                  _row(["---"] * 7)]
+        for name, m in a["rows"].items():
+            lines.append(_row([name, f"{m['retrieval']['mR']:.1f}", f"{m['scene_accuracy']:.1f}",
+                               f"{m['objects']['p@10']:.1f}", f"{m['objects']['mAP']:.1f}",
+                               f"{100 * m['captioning']['BLEU-4']:.2f}", f"{100 * m['captioning']['CIDEr']:.1f}"]))
+        lines.append("")
+    if "routing" in report:
+        lines += ["## Expert routing (mean router weight of each expert, per tier, UCM val images)", "",
+                  _row(["tier", "object expert", "region expert", "scene expert"]), _row(["---"] * 4)]
+        for tier, w in report["routing"].items():
+            lines.append(_row([tier, *(f"{v:.3f}" for v in w)]))
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -87,21 +225,45 @@ def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="bundle folder (default: the bundled model)")
+    parser.add_argument("--data", type=Path, help="a folder laid out like ../shared/data: evaluate everything")
     parser.add_argument("--captions", type=Path, help="folder with captions.json and its images")
     parser.add_argument("--split", default="val")
     parser.add_argument("--scenes", type=Path, help="folder with one sub-folder of images per class")
+    parser.add_argument("--objects", type=Path, help="folder with images/ and boxes/ (VHR-10 layout)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    parser.add_argument("--ablations", type=Path, default=Path("out/train/ablations.json"),
+                        help="ablation results written by `build.py train --ablations`")
     parser.add_argument("--out", type=Path, default=Path("out/eval"))
     args = parser.parse_args(argv)
-    if not (args.captions or args.scenes):
-        parser.error("give --captions DIR and/or --scenes DIR")
+    if not (args.data or args.captions or args.scenes or args.objects):
+        parser.error("give --data DIR, or --captions DIR, --scenes DIR and/or --objects DIR")
     bundle = ModelBundle.load(args.model or default_bundle_dir())
     report: dict = {"model": bundle.name}
     start = time.perf_counter()
-    if args.captions:
-        report["captions"] = {"folder": str(args.captions), "split": args.split,
-                              **eval_captions(bundle, args.captions, args.split)}
-    if args.scenes:
-        report["scenes"] = {"folder": str(args.scenes), **eval_scenes(bundle, args.scenes)}
+    captions, scenes, objects = args.captions, args.scenes, args.objects
+    scene_only = object_only = None
+    if args.data:
+        captions = captions or args.data / "ucm"
+        if scenes is None and (args.data / "resisc12" / "train").exists():
+            scenes = args.data / "resisc12" / "train"
+            scene_only = held_out([p.name for p, _ in read_scene_folders(scenes)], HELD_OUT_FRACTION)
+        if objects is None and (args.data / "vhr10").exists():
+            objects = args.data / "vhr10"
+            object_only = held_out(sorted({b.image.name for b in read_object_boxes(objects)}), HELD_OUT_FRACTION)
+    if captions:
+        report["captions"] = {"folder": str(captions), "split": args.split,
+                              **eval_captions(bundle, captions, args.split, meteor=not args.no_meteor)}
+        tiers = encode_files(bundle, [i.path for i in read_captions(captions, args.split)])
+        report["routing"] = {tier: [float(v) for v in tiers["routing"][:, k].mean(0)]
+                             for k, tier in enumerate(("global token", "region tokens", "object tokens"))}
+    if scenes:
+        report["scenes"] = {"folder": str(scenes) + (" (held-back 20 %)" if scene_only else ""),
+                            **eval_scenes(bundle, scenes, scene_only)}
+    if objects:
+        report["objects"] = {"folder": str(objects) + (" (held-back 20 %)" if object_only else ""),
+                             **eval_objects(bundle, objects, object_only)}
+    if args.data and args.ablations.exists():
+        report["ablations"] = json.loads(args.ablations.read_text())
     report["seconds"] = round(time.perf_counter() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "eval.json").write_text(json.dumps(report, indent=2))

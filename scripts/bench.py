@@ -3,7 +3,7 @@
 1. DRIS vs the uniform full-resolution grid on the same scene, in one run: tiles and pixels
    encoded, wall time of the whole describe job.
 2. Image tower speed: tiles per second with onnxruntime vs torch eager (same weights, batch 16).
-3. ONNX-vs-torch parity of both towers (largest absolute difference, batch sizes 1, 3, 5).
+3. ONNX-vs-torch parity of every exported graph (largest absolute difference, batch sizes 1, 3, 5).
 """
 
 from __future__ import annotations
@@ -75,19 +75,24 @@ def budget_sweep(bundle: ModelBundle, scene: Path, budgets: tuple[int, ...]) -> 
 
 
 def tower_speed(bundle: ModelBundle, n: int = 64, batch: int = 16) -> dict:
-    """Tiles per second through the image tower: onnxruntime vs torch eager."""
+    """Tiles per second through the image tower (all three tiers): onnxruntime vs torch eager; and
+    the decoder's beam search per tile."""
     import torch
-
-    from rs_vlm_plugin.modeling.export import DEFAULT_WEIGHTS, load_head_weights
-    from rs_vlm_plugin.modeling.towers import build_towers
 
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 256, (n, bundle.image_size, bundle.image_size, 3), dtype=np.uint8)
-    bundle.encode_images(tiles[:batch], batch_size=batch)  # warm-up
+    bundle.encode_tiers(tiles[:batch], batch_size=batch)  # warm-up
     start = time.perf_counter()
-    bundle.encode_images(tiles, batch_size=batch)
+    tiers = bundle.encode_tiers(tiles, batch_size=batch)
     onnx_s = time.perf_counter() - start
-    image, _, _ = build_towers(load_head_weights(DEFAULT_WEIGHTS)[0])
+    caption_s = None
+    if bundle.has_decoder:
+        sub = {k: v[:batch] for k, v in tiers.items()}
+        bundle.caption({k: v[:2] for k, v in sub.items()})  # warm-up
+        start = time.perf_counter()
+        bundle.caption(sub)
+        caption_s = time.perf_counter() - start
+    image, _, _ = _torch_models(bundle)
     torch.set_num_threads(os.cpu_count() or 1)
     x = torch.from_numpy(bundle.preprocess(tiles))
     with torch.inference_mode():
@@ -99,19 +104,41 @@ def tower_speed(bundle: ModelBundle, n: int = 64, batch: int = 16) -> dict:
     return {"tiles": n, "batch": batch, "threads": os.cpu_count(),
             "onnx_tiles_per_s": round(n / onnx_s, 1), "torch_tiles_per_s": round(n / torch_s, 1),
             "onnx_ms_per_tile": round(1000 * onnx_s / n, 2), "torch_ms_per_tile": round(1000 * torch_s / n, 2),
-            "onnx_speedup": round(torch_s / onnx_s, 2)}
+            "onnx_speedup": round(torch_s / onnx_s, 2),
+            "caption_ms_per_tile": round(1000 * caption_s / batch, 1) if caption_s is not None else None}
+
+
+_MODELS = {}
+
+
+def _torch_models(bundle: ModelBundle):
+    """(image tower, text tower, decoder step) in torch, from the committed weights."""
+    if not _MODELS:
+        import json
+
+        from rs_vlm_plugin.modeling.export import DEFAULT_WEIGHTS, build_models, load_weights
+        from rs_vlm_plugin.modeling.text_encoder import SentenceEncoder, load_tokenizer
+
+        arrays, meta, vocab = load_weights(DEFAULT_WEIGHTS)
+        kb = json.loads((bundle.folder / "knowledge_base.json").read_text())
+        text = SentenceEncoder().eval()
+        image, step, _, _ = build_models(arrays, meta, vocab, kb, text, load_tokenizer())
+        _MODELS["all"] = (image, text, step)
+    return _MODELS["all"]
 
 
 def parity(bundle: ModelBundle) -> dict:
-    """Largest |torch - onnx| of both towers over batch sizes 1, 3, 5."""
-    from rs_vlm_plugin.modeling.export import DEFAULT_WEIGHTS, load_head_weights, validate_image, validate_text
+    """Largest |torch - onnx| of every exported graph over batch sizes 1, 3, 5."""
+    from rs_vlm_plugin.modeling.export import validate_decoder, validate_image, validate_text
     from rs_vlm_plugin.modeling.text_encoder import load_tokenizer
-    from rs_vlm_plugin.modeling.towers import build_towers
 
-    image, text, _ = build_towers(load_head_weights(DEFAULT_WEIGHTS)[0])
+    image, text, step = _torch_models(bundle)
     folder = bundle.folder
-    return {"image_encoder": validate_image(image, folder / "image_encoder.onnx", bundle.image_size),
-            "text_encoder": validate_text(text, load_tokenizer(), folder / "text_encoder.onnx")}
+    out = {"image_encoder": validate_image(image, folder / "image_encoder.onnx", bundle.image_size),
+           "text_encoder": validate_text(text, load_tokenizer(), folder / "text_encoder.onnx")}
+    if step is not None:
+        out["decoder"] = validate_decoder(step, image, folder / "decoder.onnx", bundle.image_size)
+    return out
 
 
 def main() -> int:
@@ -154,8 +181,10 @@ def main() -> int:
     print(f"\nImage tower, batch {s['batch']}, {s['threads']} threads: onnxruntime {s['onnx_tiles_per_s']} tiles/s "
           f"({s['onnx_ms_per_tile']} ms/tile) vs torch eager {s['torch_tiles_per_s']} tiles/s "
           f"({s['torch_ms_per_tile']} ms/tile): x{s['onnx_speedup']}")
+    if s.get("caption_ms_per_tile") is not None:
+        print(f"Caption decoder (beam 3, onnxruntime): {s['caption_ms_per_tile']} ms per tile")
     p = report["parity_max_abs_diff"]
-    print(f"Parity max |torch - onnx|: image {p['image_encoder']:.2e}, text {p['text_encoder']:.2e}")
+    print("Parity max |torch - onnx|: " + ", ".join(f"{k} {v:.2e}" for k, v in p.items()))
     print(f"Search job on the demo scene: {report['search_wall_s']} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir  # noqa: E402
 from rs_vlm_plugin.core.cli import format_table  # noqa: E402
 from rs_vlm_plugin.core.gpkg import write_geopackage  # noqa: E402
-from rs_vlm_plugin.core.pipeline import JobConfig, describe, result_kinds, result_layers, search  # noqa: E402
+from rs_vlm_plugin.core.pipeline import (JobConfig, ask, classify, describe, result_kinds, result_layers,  # noqa: E402
+                                         search)
 from rs_vlm_plugin.core.progress import TerminalProgress  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "out")
     parser.add_argument("--query", default="a paved road through a forest")
     parser.add_argument("--hits", type=int, default=5, help="search hits to keep and draw")
+    parser.add_argument("--question", default="How much of the area is forest?", help="a question to answer")
     args = parser.parse_args()
     start = time.perf_counter()
     bundle = ModelBundle.load(default_bundle_dir())
@@ -69,10 +71,12 @@ def main() -> int:
     with open_raster(args.scene) as source:
         described = describe(source, bundle, progress=progress)
         found = search(source, bundle, args.query, config=JobConfig(max_hits=args.hits), progress=progress)
+        classes = classify(source, bundle, ["forest", "meadow", "road", "water", "buildings"], progress=progress)
+        answer = ask(source, bundle, args.question, progress=progress)
     progress.close()
-    layers = result_layers(described) | result_layers(found)
+    layers = result_layers(described) | result_layers(found) | result_layers(classes) | result_layers(answer)
     args.out.mkdir(parents=True, exist_ok=True)
-    kinds = result_kinds(described) | result_kinds(found)
+    kinds = result_kinds(described) | result_kinds(found) | result_kinds(classes) | result_kinds(answer)
     gpkg = write_geopackage(args.out / "demo.gpkg", layers, described.crs_wkt, kinds=kinds)
     png = render(args.scene, gpkg, ["captions_region", "captions_object", "search_hits"], args.out / "demo.png")
     print()
@@ -80,6 +84,11 @@ def main() -> int:
     print(format_table(described))
     print()
     print(format_table(found))
+    print()
+    print(format_table(classes))
+    print()
+    print(format_table(answer))
+    print(f"\nExperts' mean routing weights (object, region, scene expert): {described.timings.get('routing')}")
     print(f"\nWrote {gpkg} ({', '.join(f'{k}: {len(v)}' for k, v in layers.items())}) and {png}")
     print(f"Whole job: {time.perf_counter() - start:.1f} s on {', '.join(bundle.providers)}")
     return 0

@@ -17,7 +17,7 @@ from .errors import RsVlmError
 from .progress import NullProgress, ProgressBackend, check_canceled
 
 BUNDLE_FORMAT = "rs-vlm-bundle"
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (2,)
 DEFAULT_MODEL_NAME = "rs-vlm-lite0"
 
 
@@ -83,6 +83,8 @@ class ModelBundle:
         self._text_session = None
         self._tokenizer = None
         self._kb = None
+        self._decoder_session = None
+        self._vocab = None
 
     @classmethod
     def load(cls, folder: str | os.PathLike, options: RuntimeOptions | None = None) -> "ModelBundle":
@@ -144,6 +146,30 @@ class ModelBundle:
         return self._text_session
 
     @property
+    def decoder_session(self):
+        """The caption decoder's onnxruntime session."""
+        if self._decoder_session is None:
+            self._decoder_session = self._session(self.manifest["decoder"]["file"])
+        return self._decoder_session
+
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the bundle has a caption decoder (imported CLIP models may not)."""
+        return "decoder" in self.manifest and (self.folder / self.manifest["decoder"]["file"]).exists()
+
+    @property
+    def vocab(self) -> list[str]:
+        """The decoder's words, indexed by token id."""
+        if self._vocab is None:
+            self._vocab = json.loads((self.folder / self.manifest["decoder"]["vocab"]).read_text(encoding="utf-8"))
+        return self._vocab
+
+    @property
+    def presence_threshold(self) -> float:
+        """Cosine similarity above which "is there X?" answers yes (calibrated on val at training)."""
+        return float(self.manifest.get("qa", {}).get("threshold", 0.3))
+
+    @property
     def providers(self) -> list[str]:
         """Providers the image session actually runs on."""
         return self.image_session.get_providers()
@@ -183,6 +209,63 @@ class ModelBundle:
                 raise ValueError(f"tiles must be ({self.image_size}, {self.image_size}, 3), got {batch.shape[1:]}")
             out[start:start + len(batch)] = self.image_session.run([spec["output"]], {spec["input"]: self.preprocess(batch)})[0]
             progress.set_fraction(min(1.0, (start + len(batch)) / max(1, n)))
+        return out
+
+    def encode_tiers(self, tiles: list[np.ndarray] | np.ndarray, batch_size: int = 16,
+                     progress: ProgressBackend | None = None) -> dict[str, np.ndarray]:
+        """All tiers of augmented tokens of tiles (each uint8 (S, S, 3)), in batches.
+
+        Returns:
+            "embedding" (N, D) global tokens, "regions" (N, 13, D) (2x2 then 3x3 windows, row
+            by row), "objects" (N, G*G, D) (the fine grid, row by row) and "routing" (N, 3) the
+            mean weight of each expert over the tile's tokens; all tokens L2-normalised.
+        """
+        progress = progress or NullProgress()
+        n = len(tiles)
+        parts: dict[str, list[np.ndarray]] = {"embedding": [], "regions": [], "objects": [], "routing": []}
+        outputs = ["embedding", "regions", "objects", "routing"]
+        for start in range(0, n, batch_size):
+            check_canceled(progress)
+            batch = np.stack([np.asarray(t) for t in tiles[start:start + batch_size]])
+            if batch.shape[1:] != (self.image_size, self.image_size, 3):
+                raise ValueError(f"tiles must be ({self.image_size}, {self.image_size}, 3), got {batch.shape[1:]}")
+            got = self.image_session.run(outputs, {self.manifest["image_encoder"]["input"]: self.preprocess(batch)})
+            for name, value in zip(outputs, got):
+                if name == "routing":
+                    value = np.stack([value[:, 0], value[:, 1:14].mean(1), value[:, 14:].mean(1)], 1)
+                parts[name].append(value)
+            progress.set_fraction(min(1.0, (start + len(batch)) / max(1, n)))
+        if n == 0:
+            g = self.image_size // 16
+            return {"embedding": np.zeros((0, self.embed_dim), np.float32),
+                    "regions": np.zeros((0, 13, self.embed_dim), np.float32),
+                    "objects": np.zeros((0, g * g, self.embed_dim), np.float32),
+                    "routing": np.zeros((0, 3, 3), np.float32)}
+        return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+
+    def caption(self, tiers: dict[str, np.ndarray], beam: int | None = None, max_len: int = 24) -> list[str]:
+        """Captions decoded (beam search) from the tiers of :meth:`encode_tiers`, one per tile."""
+        from .decoding import as_sentence, beam_search, detokenize
+
+        if not self.has_decoder:
+            raise RsVlmError(f"The model {self.name} has no caption decoder.")
+        n = len(tiers["embedding"])
+        beam = int(beam or self.manifest["decoder"].get("beam", 3))
+        feeds = {"global": tiers["embedding"], "regions": tiers["regions"], "objects": tiers["objects"]}
+
+        def step(rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+            inputs = {k: np.ascontiguousarray(v[rows]) for k, v in feeds.items()}
+            inputs["tokens"] = prefix.astype(np.int64)
+            return self.decoder_session.run(["logits"], inputs)[0]
+
+        out = []
+        for start in range(0, n, 32):  # bounded memory: 32 tiles x beam hypotheses per call
+            rows = np.arange(start, min(n, start + 32))
+
+            def sub_step(r, prefix, rows=rows):
+                return step(rows[r], prefix)
+
+            out += [as_sentence(detokenize(seq, self.vocab)) for seq in beam_search(sub_step, len(rows), beam, max_len)]
         return out
 
     def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

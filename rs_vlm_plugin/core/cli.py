@@ -1,4 +1,4 @@
-"""Command line: ``python -m rs_vlm_plugin caption|search RASTER ...`` (no QGIS needed)."""
+"""Command line: ``python -m rs_vlm_plugin caption|search|classify|ask RASTER ...`` (no QGIS needed)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from .dris import PlanConfig
 from .errors import CancelledError, RsVlmError
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .pipeline import DescribeResult, JobConfig, SearchResult, describe, result_kinds, result_layers, search
+from .pipeline import (AnswerResult, ClassifyResult, DescribeResult, JobConfig, SearchResult, ask, classify, describe,
+                       result_kinds, result_layers, search)
 from .progress import TerminalProgress
 from .raster import open_raster
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rs_vlm_plugin",
-                                     description="Caption or search aerial imagery with RS-VLM.")
+                                     description="Caption, search, classify or ask about aerial imagery with RS-VLM.")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("raster", type=Path, help="raster file (GeoTIFF, VRT, JPEG, PNG, ...)")
@@ -40,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     search_parser = sub.add_parser("search", parents=[common], help="find tiles matching a text")
     search_parser.add_argument("query", help="what to look for, e.g. \"a road through a forest\"")
     search_parser.add_argument("--top-k", type=int, default=10)
+    classify_parser = sub.add_parser("classify", parents=[common], help="classify the tiles into your classes")
+    classify_parser.add_argument("classes", nargs="?", default="",
+                                 help="comma-separated class names (default: the knowledge base's scene concepts)")
+    ask_parser = sub.add_parser("ask", parents=[common], help="answer a question about the area")
+    ask_parser.add_argument("question", help="\"is there X?\", \"what is this area?\", \"where is X?\", "
+                                             "\"how much of the area is X?\"")
     return parser
 
 
@@ -49,10 +56,21 @@ def job_config(args: argparse.Namespace) -> JobConfig:
     return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits))
 
 
-def format_table(result: DescribeResult | SearchResult, width: int = 100) -> str:
+def format_table(result, width: int = 100) -> str:
     """A short terminal table of the results."""
     lines = []
-    if isinstance(result, SearchResult):
+    if isinstance(result, ClassifyResult):
+        lines.append(f"Classify: {len(result.records)} tiles into {len(result.classes)} classes")
+        lines.append("Whole view: " + ", ".join(f"{c} {p:.2f}" for c, p in result.scene))
+        for name, share in sorted(result.shares().items(), key=lambda kv: -kv[1]):
+            if share > 0:
+                lines.append(f"{100 * share:6.1f} %  {name}")
+    elif isinstance(result, AnswerResult):
+        lines.append(f"Q: {result.question.text}")
+        lines.append(f"A: {result.answer}")
+        for ev in result.evidence[:5]:
+            lines.append(f"{ev.rank:>4}  {ev.score:6.3f}  {ev.level:<7} {textwrap.shorten(ev.caption, width - 30)}")
+    elif isinstance(result, SearchResult):
         lines.append(f"Search: {result.query!r}  ({result.plan.n_tiles} DRIS tiles)")
         lines.append(f"{'rank':>4}  {'score':>6}  {'level':<7} {'gsd m':>6}  caption")
         for hit in result.hits:
@@ -70,7 +88,7 @@ def format_table(result: DescribeResult | SearchResult, width: int = 100) -> str
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> DescribeResult | SearchResult:
+def run(args: argparse.Namespace):
     """Run one job and write its GeoPackage."""
     config = job_config(args)
     bundle = ModelBundle.load(args.model or default_bundle_dir(), RuntimeOptions(args.device, args.threads))
@@ -80,6 +98,11 @@ def run(args: argparse.Namespace) -> DescribeResult | SearchResult:
         with open_raster(args.raster) as source:
             if args.command == "search":
                 result = search(source, bundle, args.query, extent, config, progress)
+            elif args.command == "classify":
+                classes = [c for c in args.classes.split(",") if c.strip()]
+                result = classify(source, bundle, classes, extent, config, progress)
+            elif args.command == "ask":
+                result = ask(source, bundle, args.question, extent, config, progress)
             else:
                 result = describe(source, bundle, extent, config, progress)
     finally:
@@ -103,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Warning: {warning}", file=sys.stderr)
     if args.json:
         summary = {"output": str(args.output), "tiles": result.plan.n_tiles, "timings": result.timings}
-        if isinstance(result, SearchResult):
+        if isinstance(result, ClassifyResult):
+            summary["scene"] = result.scene
+            summary["shares"] = {k: v for k, v in result.shares().items() if v > 0}
+            summary["records"] = len(result.records)
+        elif isinstance(result, AnswerResult):
+            summary |= {"question": result.question.text, "kind": result.question.kind, "answer": result.answer,
+                        "value": result.value, "evidence": len(result.evidence)}
+        elif isinstance(result, SearchResult):
             summary["hits"] = [{"rank": h.rank, "score": h.score, "caption": h.caption} for h in result.hits]
         else:
             summary["global_caption"] = result.global_caption

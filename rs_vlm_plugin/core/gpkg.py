@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import RsVlmError
-from .records import CaptionRecord, SearchHit
+from .records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
 
-Record = CaptionRecord | SearchHit
+Record = CaptionRecord | SearchHit | ClassRecord | EvidenceRecord
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,25 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("level", "str", _attr("level")),
         _Field("depth", "int", _attr("depth")),
         _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("caption", "str", _attr("caption")),
+        _Field("source", "str", _attr("source")),
+    ),
+    ClassRecord: (
+        _Field("class", "str", _attr("label")),
+        _Field("confidence", "real", _attr("confidence")),
+        _Field("runner_up", "str", _attr("runner_up")),
+        _Field("level", "str", _attr("level")),
+        _Field("depth", "int", _attr("depth")),
+        _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("source", "str", _attr("source")),
+    ),
+    EvidenceRecord: (
+        _Field("question", "str", _attr("question")),
+        _Field("answer", "str", _attr("answer")),
+        _Field("rank", "int", _attr("rank")),
+        _Field("score", "real", _attr("score")),
+        _Field("level", "str", _attr("level")),
+        _Field("depth", "int", _attr("depth")),
         _Field("caption", "str", _attr("caption")),
         _Field("source", "str", _attr("source")),
     ),

@@ -1,6 +1,8 @@
-"""The main jobs: describe an extent at three levels, and search it by text.
+"""The main jobs: describe an extent at three levels, search it by text, classify its tiles
+into a user's classes, and answer questions about it.
 
-    plan (DRIS) -> read tiles -> encode (ONNX) -> rank concepts / score the query -> records
+    plan (DRIS) -> read tiles -> encode three tiers (ONNX) -> decode captions / rank concepts /
+    score the query -> records
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from .geometry import Extent
 from .knowledge import LEVEL_OF_CAPTION
 from .progress import NullProgress, ProgressBackend, SubProgress, check_canceled
 from .raster import RasterSource
-from .records import CaptionRecord, SearchHit
+from .qa import Question, parse_question, presence_scores, subject_prompts
+from .records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
 
 CAPTION_LAYERS = {"global": "captions_global", "region": "captions_region", "object": "captions_object"}
 SEARCH_LAYER = "search_hits"
+CLASS_LAYER = "classes"
+EVIDENCE_LAYER = "evidence"
+CLASS_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.",
+                 "a remote sensing image of {}.")
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,27 @@ class EncodedTile:
 
 @dataclass
 class Encoding:
-    """Tiles and their embeddings for one extent."""
+    """Tiles and their tokens for one extent.
+
+    Attributes:
+        embeddings: (N, D) the global token of each tile (its embedding for search and ranking).
+        tiers: All outputs of :meth:`ModelBundle.encode_tiers` (regions, objects, routing too).
+    """
 
     plan: TilePlan
     tiles: list[EncodedTile]
     embeddings: np.ndarray
     timings: dict[str, float]
+    tiers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def routing(self) -> dict[str, list[float]]:
+        """Mean expert weights of the global, region and object tokens over all tiles (how the
+        semantic experts specialise)."""
+        routing = self.tiers.get("routing")
+        if routing is None or not len(routing):
+            return {}
+        return {tier: [round(float(v), 3) for v in routing[:, k].mean(0)]
+                for k, tier in enumerate(("global token", "region tokens", "object tokens"))}
 
 
 @dataclass
@@ -99,17 +121,60 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def result_layers(result: DescribeResult | SearchResult) -> dict[str, list]:
+@dataclass
+class ClassifyResult:
+    """The tiles covering an extent, each with its best class of a list."""
+
+    classes: list[str]
+    records: list[ClassRecord]
+    scene: list[tuple[str, float]]
+    plan: TilePlan
+    crs_wkt: str | None
+    warnings: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def shares(self) -> dict[str, float]:
+        """Share of the classified area taken by each class (fine tiles, by area)."""
+        total = sum(r.extent.width * r.extent.height for r in self.records) or 1.0
+        out = {c: 0.0 for c in self.classes}
+        for r in self.records:
+            out[r.label] += r.extent.width * r.extent.height / total
+        return out
+
+
+@dataclass
+class AnswerResult:
+    """The answer to a question about an extent, with the tiles that support it."""
+
+    question: Question
+    answer: str
+    value: float | bool | str
+    evidence: list[EvidenceRecord]
+    plan: TilePlan
+    crs_wkt: str | None
+    warnings: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+AnyResult = DescribeResult | SearchResult | ClassifyResult | AnswerResult
+
+
+def result_layers(result: AnyResult) -> dict[str, list]:
     """Records per output layer name, ready for :func:`gpkg.write_geopackage`."""
     if isinstance(result, SearchResult):
         return {SEARCH_LAYER: result.hits}
+    if isinstance(result, ClassifyResult):
+        return {CLASS_LAYER: result.records}
+    if isinstance(result, AnswerResult):
+        return {EVIDENCE_LAYER: result.evidence}
     grouped = result.by_level()
     return {CAPTION_LAYERS[level]: grouped[level] for level in CAPTION_LAYERS}
 
 
-def result_kinds(result: DescribeResult | SearchResult) -> dict[str, type]:
+def result_kinds(result: AnyResult) -> dict[str, type]:
     """Record type per output layer, so that empty layers still get their fields."""
-    return {name: (SearchHit if name == SEARCH_LAYER else CaptionRecord) for name in result_layers(result)}
+    kinds = {SEARCH_LAYER: SearchHit, CLASS_LAYER: ClassRecord, EVIDENCE_LAYER: EvidenceRecord}
+    return {name: kinds.get(name, CaptionRecord) for name in result_layers(result)}
 
 
 def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_size: int) -> TilePlan:
@@ -165,7 +230,7 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
     progress.set_fraction(0.05)
     progress.set_stage(f"Encoding {len(tiles)} tiles")
     size = bundle.image_size
-    embeddings = np.zeros((len(tiles), bundle.embed_dim), np.float32)
+    parts: list[dict[str, np.ndarray]] = []
     read_s = encode_s = 0.0
     sub = SubProgress(progress, 0.05, 0.95)
     for first in range(0, len(tiles), config.batch_size):
@@ -174,24 +239,37 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
         t0 = time.perf_counter()
         pixels = np.stack([source.read(t.extent, size, size) for t in batch])
         t1 = time.perf_counter()
-        embeddings[first:first + len(batch)] = bundle.encode_images(pixels, batch_size=len(batch))
+        parts.append(bundle.encode_tiers(pixels, batch_size=len(batch)))
         t2 = time.perf_counter()
         read_s += t1 - t0
         encode_s += t2 - t1
         sub.set_fraction((first + len(batch)) / len(tiles))
     timings.update(read_s=read_s, encode_s=encode_s, tiles=len(tiles))
-    return Encoding(plan, tiles, embeddings, timings)
+    tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else bundle.encode_tiers([])
+    return Encoding(plan, tiles, tiers["embedding"], timings, tiers)
 
 
-def caption_tiles(encoding: Encoding, bundle: ModelBundle, top_k: int, source_name: str) -> list[CaptionRecord]:
-    """Caption every encoded tile at each level it stands for."""
+def caption_tiles(encoding: Encoding, bundle: ModelBundle, top_k: int, source_name: str,
+                  progress: ProgressBackend | None = None) -> list[CaptionRecord]:
+    """Caption every encoded tile at each level it stands for.
+
+    With a caption decoder each tile's caption is decoded (beam search) from its own three
+    tiers of tokens; without one (imported CLIP models) it is composed from the best
+    knowledge-base concepts.  Concepts and scores always come from the knowledge base.
+    """
     kb = bundle.knowledge_base
     ranked = {lvl: kb.rank(encoding.embeddings, lvl, top_k, bundle.logit_scale) for lvl in ("scene", "region", "object")}
+    decoded = None
+    if bundle.has_decoder and len(encoding.tiles):
+        if progress is not None:
+            progress.set_stage(f"Writing captions for {len(encoding.tiles)} tiles")
+        decoded = bundle.caption(encoding.tiers)
     records = []
     for i, tile in enumerate(encoding.tiles):
         for level in tile.levels:
             own = ranked[LEVEL_OF_CAPTION[level]][i]
-            caption = compose_caption(level, ranked["scene"][i], ranked["region"][i], ranked["object"][i])
+            caption = decoded[i] if decoded is not None else \
+                compose_caption(level, ranked["scene"][i], ranked["region"][i], ranked["object"][i])
             records.append(CaptionRecord(
                 level=level, depth=tile.depth, extent=tile.extent, gsd_m=tile.gsd_m, caption=caption,
                 concepts=[(c.name, p) for c, p in own], score=own[0][1] if own else 0.0,
@@ -221,9 +299,10 @@ def describe(source: RasterSource, bundle: ModelBundle, extent: Extent | None = 
     encoding = encode_extent(source, bundle, extent, config, progress)
     progress.set_stage("Composing captions")
     t0 = time.perf_counter()
-    records = caption_tiles(encoding, bundle, config.top_concepts, source.name)
+    records = caption_tiles(encoding, bundle, config.top_concepts, source.name, progress)
     encoding.timings["caption_s"] = time.perf_counter() - t0
     progress.set_fraction(1.0)
+    encoding.timings["routing"] = encoding.routing()
     return DescribeResult(records, encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings)
 
 
@@ -235,12 +314,50 @@ def check_query(query: str) -> str:
     return text
 
 
+def tile_captions(encoding: Encoding, bundle: ModelBundle, rows: list[int], top_k: int = 3) -> dict[int, str]:
+    """Captions of some tiles only (decoded, or composed without a decoder)."""
+    if not rows:
+        return {}
+    if bundle.has_decoder:
+        sub = {k: v[rows] for k, v in encoding.tiers.items()}
+        return dict(zip(rows, bundle.caption(sub)))
+    kb = bundle.knowledge_base
+    emb = encoding.embeddings[rows]
+    ranked = {lvl: kb.rank(emb, lvl, top_k, bundle.logit_scale) for lvl in ("scene", "region", "object")}
+    return {i: compose_caption("region", ranked["scene"][k], ranked["region"][k], ranked["object"][k])
+            for k, i in enumerate(rows)}
+
+
+def query_embedding(bundle: ModelBundle, subject: str) -> np.ndarray:
+    """Normalised mean embedding of a subject's prompt ensemble."""
+    emb = bundle.encode_texts(subject_prompts(subject)).mean(0)
+    return emb / max(1e-12, float(np.linalg.norm(emb)))
+
+
+def tile_scores(encoding: Encoding, query: np.ndarray, bundle: ModelBundle | None = None) -> np.ndarray:
+    """Score of every tile for a query: the best of its global token and 13 region tokens.
+
+    With ``bundle`` the score is the contrastive presence probability against the knowledge
+    base (questions); without, the cosine similarity (search ranking).
+    """
+    t = encoding.tiers
+    if bundle is None:
+        return presence_scores(t["embedding"], t["regions"], query)
+    return presence_scores(t["embedding"], t["regions"], query, bundle.knowledge_base.embeddings, bundle.logit_scale)
+
+
+def _tile_level(tile: EncodedTile) -> str | None:
+    return "object" if "object" in tile.levels else ("region" if "region" in tile.levels else None)
+
+
 def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent | None = None,
            config: JobConfig | None = None, progress: ProgressBackend | None = None) -> SearchResult:
     """Rank the tiles of an extent by similarity to a text query.
 
     Hits come from the regions and the DRIS leaves (the global view is the whole extent and
-    would always contain the answer).  Scores are cosine similarities in the joint space.
+    would always contain the answer).  A tile's score is the cosine similarity of the query
+    with the best of its tokens (global and 13 region windows), so that something filling a
+    part of a tile is found as well as a tile that is all of it.
     """
     text = check_query(query)
     config = config or JobConfig()
@@ -248,24 +365,146 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     query_emb = bundle.encode_texts([text])[0]
     encoding = encode_extent(source, bundle, extent, config, progress)
     progress.set_stage("Scoring tiles")
-    records = caption_tiles(encoding, bundle, config.top_concepts, source.name)
-    captions = {(r.extent, r.level): r.caption for r in records}
-    scores = encoding.embeddings @ query_emb
+    scores = tile_scores(encoding, query_emb)
     candidates = []
     for i, tile in enumerate(encoding.tiles):
-        level = "object" if "object" in tile.levels else ("region" if "region" in tile.levels else None)
+        level = _tile_level(tile)
         if level is None:
             continue
         if config.min_score is not None and scores[i] < config.min_score:
             continue
         candidates.append((float(scores[i]), i, level))
     candidates.sort(key=lambda c: (-c[0], c[1]))
+    candidates = candidates[:config.max_hits]
+    t0 = time.perf_counter()
+    captions = tile_captions(encoding, bundle, [i for _, i, _ in candidates], config.top_concepts)
+    encoding.timings["caption_s"] = time.perf_counter() - t0
     hits = []
-    for rank, (score, i, level) in enumerate(candidates[:config.max_hits], start=1):
+    for rank, (score, i, level) in enumerate(candidates, start=1):
         tile = encoding.tiles[i]
         hits.append(SearchHit(query=text, rank=rank, score=score, level=level, depth=tile.depth, extent=tile.extent,
-                              gsd_m=tile.gsd_m, caption=captions.get((tile.extent, level), ""), source=source.name))
+                              gsd_m=tile.gsd_m, caption=captions.get(i, ""), source=source.name))
     progress.set_fraction(1.0)
     if hits:
         progress.info(f"Best match for \"{text}\": score {hits[0].score:.3f}.")
-    return SearchResult(text, hits, records, encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings)
+    return SearchResult(text, hits, [], encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings)
+
+
+def scene_class_list(bundle: ModelBundle) -> list[str]:
+    """The knowledge base's scene concepts, the default class list."""
+    kb = bundle.knowledge_base
+    return [kb.concepts[i].name for i in kb.level_indices("scene")]
+
+
+def class_embeddings(bundle: ModelBundle, classes: list[str]) -> np.ndarray:
+    """(C, D) normalised prompt-ensemble embeddings of class names."""
+    emb = bundle.encode_texts([p.format(c) for c in classes for p in CLASS_PROMPTS])
+    emb = emb.reshape(len(classes), len(CLASS_PROMPTS), -1).mean(1)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def check_classes(classes: list[str] | None, bundle: ModelBundle) -> list[str]:
+    """A clean class list: stripped, de-duplicated; the knowledge base's scenes when empty."""
+    seen, out = set(), []
+    for c in classes or []:
+        name = c.strip()
+        if name and name.lower() not in seen:
+            seen.add(name.lower())
+            out.append(name)
+    if classes and len(out) < 2:
+        raise RsVlmError("Give at least two classes to choose from, for example \"forest, farmland, water\".")
+    return out or scene_class_list(bundle)
+
+
+def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | None = None, extent: Extent | None = None,
+             config: JobConfig | None = None, progress: ProgressBackend | None = None) -> ClassifyResult:
+    """Classify the fine tiles of an extent (DRIS leaves) into a class list with prompt ensembles.
+
+    Args:
+        classes: The user's class names; None or empty uses the knowledge base's scene concepts.
+    """
+    config = config or JobConfig()
+    progress = progress or NullProgress()
+    classes = check_classes(classes, bundle)
+    class_emb = class_embeddings(bundle, classes)
+    encoding = encode_extent(source, bundle, extent, config, progress)
+    progress.set_stage("Classifying tiles")
+    logits = bundle.logit_scale * encoding.embeddings @ class_emb.T
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1)
+    records, scene = [], []
+    for i, tile in enumerate(encoding.tiles):
+        best, second = order[i, 0], order[i, 1] if len(classes) > 1 else order[i, 0]
+        if "global" in tile.levels:
+            scene = [(classes[j], float(probs[i, j])) for j in order[i, :3]]
+        if "object" in tile.levels:  # the leaves tile the extent exactly once
+            records.append(ClassRecord(classes[best], float(probs[i, best]), classes[second], "object", tile.depth,
+                                       tile.extent, tile.gsd_m, source.name))
+    progress.set_fraction(1.0)
+    return ClassifyResult(classes, records, scene, encoding.plan, source.georef.crs_wkt, list(source.warnings),
+                          encoding.timings)
+
+
+def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent | None = None,
+        config: JobConfig | None = None, progress: ProgressBackend | None = None) -> AnswerResult:
+    """Answer a question about an extent (see :mod:`qa` for the four kinds understood).
+
+    Presence ("is there X?") compares the best tile's presence score with the threshold
+    calibrated on val; "how much of the area is X?" is the area share of the fine tiles whose
+    score passes it; "where is X?" gives the best regions; "what is this area?" the best scene
+    concepts of the whole view.  Every answer comes with its evidence tiles.
+    """
+    parsed = parse_question(question)
+    config = config or JobConfig()
+    progress = progress or NullProgress()
+    query = query_embedding(bundle, parsed.subject) if parsed.subject else None
+    encoding = encode_extent(source, bundle, extent, config, progress)
+    progress.set_stage("Answering")
+    threshold = bundle.presence_threshold
+    tiles = encoding.tiles
+    if parsed.kind == "scene":
+        kb = bundle.knowledge_base
+        g = next(i for i, t in enumerate(tiles) if "global" in t.levels)
+        ranked = kb.rank(encoding.embeddings[g:g + 1], "scene", 3, bundle.logit_scale)[0]
+        names = [c.name for c, _ in ranked]
+        answer = f"Mostly {names[0]}" + (f"; also like {', '.join(names[1:])}" if len(names) > 1 else "") + "."
+        chosen = [(float(ranked[0][1]), g, "global")]
+        value: float | bool | str = names[0]
+    else:
+        scores = tile_scores(encoding, query, bundle)
+        fine = [(float(scores[i]), i, _tile_level(t)) for i, t in enumerate(tiles) if "object" in t.levels]
+        regions = [(float(scores[i]), i, "region") for i, t in enumerate(tiles) if "region" in t.levels]
+        fine.sort(key=lambda c: -c[0])
+        if parsed.kind == "presence":
+            best = max(fine + regions, key=lambda c: c[0])
+            value = best[0] >= threshold
+            chosen = [c for c in fine if c[0] >= threshold][:5] or [best]
+            answer = (f"Yes: {parsed.subject} is likely here (best score {best[0]:.2f}, threshold {threshold:.2f})."
+                      if value else
+                      f"No {parsed.subject} found (best score {best[0]:.2f} is under the threshold {threshold:.2f}).")
+        elif parsed.kind == "where":
+            pool = sorted(regions + fine, key=lambda c: -c[0])
+            chosen = pool[:min(config.max_hits, 5)]
+            value = float(chosen[0][0]) if chosen else 0.0
+            answer = (f"The best {len(chosen)} places for {parsed.subject} are on the evidence layer "
+                      f"(best score {value:.2f}" + ("" if value >= threshold else f", under the presence threshold {threshold:.2f}")
+                      + ").")
+        else:  # share
+            area = sum(tiles[i].extent.width * tiles[i].extent.height for _, i, _ in fine) or 1.0
+            passing = [c for c in fine if c[0] >= threshold]
+            share = sum(tiles[i].extent.width * tiles[i].extent.height for _, i, _ in passing) / area
+            value = float(share)
+            chosen = passing
+            answer = (f"About {100 * share:.0f} % of the area looks like {parsed.subject} "
+                      f"({len(passing)} of {len(fine)} fine tiles pass the threshold {threshold:.2f}).")
+    captions = tile_captions(encoding, bundle, [i for _, i, _ in chosen[:10]], config.top_concepts)
+    evidence = [EvidenceRecord(question=parsed.text, answer=answer, rank=k, score=score, level=level or "object",
+                               depth=tiles[i].depth, extent=tiles[i].extent, caption=captions.get(i, ""),
+                               source=source.name)
+                for k, (score, i, level) in enumerate(chosen, start=1)]
+    progress.set_fraction(1.0)
+    progress.info(answer)
+    return AnswerResult(parsed, answer, value, evidence, encoding.plan, source.georef.crs_wkt, list(source.warnings),
+                        encoding.timings)

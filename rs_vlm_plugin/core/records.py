@@ -65,3 +65,55 @@ class SearchHit:
     gsd_m: float
     caption: str = ""
     source: str = ""
+
+
+@dataclass
+class ClassRecord:
+    """One tile classified into a user's class list.
+
+    Attributes:
+        label: The best class.
+        confidence: Its softmax probability over the class list.
+        runner_up: The second class, to show close calls.
+        level: "region" or "object" (the tiles that cover the extent).
+        depth: Quadtree depth of the tile.
+        extent: The tile's footprint in the raster's CRS.
+        gsd_m: Ground sample distance in metres per model pixel.
+        source: Name of the raster.
+    """
+
+    label: str
+    confidence: float
+    runner_up: str
+    level: str
+    depth: int
+    extent: Extent
+    gsd_m: float
+    source: str = ""
+
+
+@dataclass
+class EvidenceRecord:
+    """A tile that supports the answer to a question.
+
+    Attributes:
+        question: The question as asked.
+        answer: The answer in words (the same on every evidence tile of one question).
+        rank: 1 for the strongest evidence.
+        score: The tile's presence score for the question's subject (cosine similarity).
+        level: "global", "region" or "object".
+        depth: Quadtree depth of the tile.
+        extent: The tile's footprint in the raster's CRS.
+        caption: The tile's caption.
+        source: Name of the raster.
+    """
+
+    question: str
+    answer: str
+    rank: int
+    score: float
+    level: str
+    depth: int
+    extent: Extent
+    caption: str = ""
+    source: str = ""

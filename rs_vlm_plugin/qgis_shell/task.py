@@ -19,7 +19,8 @@ from ..core.bundle import ModelBundle, default_bundle_dir
 from ..core.errors import CancelledError, RsVlmError
 from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
-from ..core.pipeline import DescribeResult, JobConfig, SearchResult, describe, result_kinds, result_layers, search
+from ..core.pipeline import (DescribeResult, JobConfig, SearchResult, ask, classify, describe, result_kinds,
+                             result_layers, search)
 from ..core.raster import RasterSource
 
 LOG_TAG = "RS-VLM"
@@ -54,16 +55,20 @@ def load_bundle(folder: str | Path | None = None) -> ModelBundle:
         return bundle
 
 
+JOB_KINDS = ("describe", "search", "classify", "ask")
+
+
 @dataclass
 class JobRequest:
-    """One describe or search job, gathered on the main thread.
+    """One describe, search, classify or ask job, gathered on the main thread.
 
     Attributes:
-        kind: "describe" or "search".
+        kind: "describe", "search", "classify" or "ask".
         source: Where the pixels come from (a :class:`QgsLayerSource` in QGIS).
         extent: The area, in the raster's CRS; None for the whole raster.
         config: Job settings (tile budget, hits kept, ...).
-        query: The search text (search only).
+        query: The search text (search), the question (ask) or comma-separated classes (classify;
+            empty uses the knowledge base's scene concepts).
         model_dir: The model bundle folder; None for the plugin's default model.
         output: The GeoPackage to write; None to write nothing.
     """
@@ -77,8 +82,8 @@ class JobRequest:
     output: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("describe", "search"):
-            raise ValueError(f"kind must be 'describe' or 'search', not {self.kind!r}")
+        if self.kind not in JOB_KINDS:
+            raise ValueError(f"kind must be one of {JOB_KINDS}, not {self.kind!r}")
 
 
 @dataclass
@@ -110,6 +115,11 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     bundle = load_bundle(request.model_dir)
     if request.kind == "search":
         result = search(request.source, bundle, request.query, request.extent, request.config, progress)
+    elif request.kind == "classify":
+        classes = [c for c in request.query.split(",") if c.strip()]
+        result = classify(request.source, bundle, classes, request.extent, request.config, progress)
+    elif request.kind == "ask":
+        result = ask(request.source, bundle, request.query, request.extent, request.config, progress)
     else:
         result = describe(request.source, bundle, request.extent, request.config, progress)
     if progress.is_canceled():

@@ -89,6 +89,8 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
     expected = {
         "rsvlm:caption_raster": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
         "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "MODEL", "OUTPUT"],
+        "rsvlm:classify_raster": ["INPUT", "CLASSES", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:ask_raster": ["INPUT", "QUESTION", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
         "rsvlm:batch_caption": ["LAYERS", "MAX_TILES", "MODEL", "OUTPUT"],
         "rsvlm:export_model": ["PYTHON", "WEIGHTS", "OUTPUT_FOLDER"],
     }
@@ -393,6 +395,46 @@ def test_export_model_cancel_kills_the_exporter(processing, tmp_path):
 
 
 @pytest.mark.slow
+def test_classify_raster_gives_one_class_per_fine_tile(processing, rasters, tmp_path, bundle_dir):
+    out = tmp_path / "classes.gpkg"
+    classes = ["forest", "water", "buildings", "bare soil"]
+    result = processing.run("rsvlm:classify_raster", {"INPUT": str(rasters["scene"]), "CLASSES": ", ".join(classes),
+                                                      "MAX_TILES": MAX_TILES, "OUTPUT": str(out)})
+    assert layer_names(out) == ["classes"]
+    rows, _ = read_layer(out, "classes")
+    assert len(rows) == result["N_TILES"] >= 1
+    assert result["SCENE"] in classes
+    for row in rows:
+        assert row["class"] in classes and row["runner_up"] in classes and row["class"] != row["runner_up"]
+        assert 1 / len(classes) <= row["confidence"] <= 1.0
+
+
+def test_classify_raster_needs_two_classes(processing, rasters, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="at least two classes"):
+        processing.run("rsvlm:classify_raster", {"INPUT": str(rasters["scene"]), "CLASSES": "forest",
+                                                 "OUTPUT": str(tmp_path / "c.gpkg")})
+
+
+def test_ask_raster_answers_with_evidence(processing, rasters, tmp_path, bundle_dir):
+    out = tmp_path / "evidence.gpkg"
+    result = processing.run("rsvlm:ask_raster", {"INPUT": str(rasters["scene"]), "QUESTION": "Where is the water?",
+                                                 "MAX_TILES": MAX_TILES, "OUTPUT": str(out)})
+    assert result["KIND"] == "where" and "water" in result["ANSWER"]
+    rows, _ = read_layer(out, "evidence")
+    assert rows and all(r["question"] == "Where is the water?" and r["answer"] == result["ANSWER"] for r in rows)
+    assert [r["rank"] for r in sorted(rows, key=lambda r: r["rank"])] == list(range(1, len(rows) + 1))
+
+
+def test_ask_raster_rejects_what_it_cannot_answer(processing, rasters, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="I do not understand"):
+        processing.run("rsvlm:ask_raster", {"INPUT": str(rasters["scene"]), "QUESTION": "tell me a story",
+                                            "OUTPUT": str(tmp_path / "e.gpkg")})
+
+
 def test_export_model_writes_a_bundle_the_algorithms_read(processing, rasters, tmp_path, bundle_dir):
     """The full export (about 20 s on a CPU), then a caption run with MODEL pointing at it.
 

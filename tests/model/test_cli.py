@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,27 @@ def test_pixel_budget(bundle_dir, generated, tmp_path):
     assert main(["caption", str(generated["scene"]), "-o", str(out), "--max-pixels", str(2 * 224 * 224), "-q",
                  "--model", str(bundle_dir)]) == 0
     assert _layers(out)["captions_object"] == 1  # two tiles do not allow a split into four
+
+
+def test_classify_and_ask_subcommands(bundle_dir, generated, tmp_path, capsys):
+    out = tmp_path / "classes.gpkg"
+    assert main(["classify", str(generated["scene"]), "forest, water, buildings", "-o", str(out), "--max-tiles", "8",
+                 "-q", "--json", "--model", str(bundle_dir)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scene"][0][0] in {"forest", "water", "buildings"}
+    assert sum(summary["shares"].values()) == pytest.approx(1.0)
+    assert _layers(out) == {"classes": summary["records"]}
+    out = tmp_path / "answer.gpkg"
+    assert main(["ask", str(generated["scene"]), "is there a river?", "-o", str(out), "--max-tiles", "8", "-q",
+                 "--model", str(bundle_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "Q: is there a river?" in text and ("A: Yes" in text or "A: No" in text)
+    assert _layers(out)["evidence"] >= 1
+
+
+def test_ask_what_it_cannot_answer_is_a_sentence(bundle_dir, generated, tmp_path, capsys):
+    out = tmp_path / "answer.gpkg"
+    assert main(["ask", str(generated["scene"]), "tell me a story", "-o", str(out), "-q",
+                 "--model", str(bundle_dir)]) == 1
+    assert "I do not understand" in capsys.readouterr().err
+    assert not out.exists()

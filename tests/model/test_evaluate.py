@@ -31,8 +31,9 @@ def test_eval_captions_and_scenes(tmp_path, bundle_dir):
                            "sentences": [f"there is {words} .", f"a {words} area .", f"it is {words} ."]})
     (tmp_path / "caps" / "captions.json").write_text(json.dumps({"images": images}))
     out = tmp_path / "out"
+    _objects(tmp_path / "objects", rng)
     assert main(["--model", str(bundle_dir), "--captions", str(tmp_path / "caps"), "--split", "val",
-                 "--scenes", str(tmp_path / "scenes"), "--out", str(out)]) == 0
+                 "--scenes", str(tmp_path / "scenes"), "--objects", str(tmp_path / "objects"), "--out", str(out)]) == 0
     report = json.loads((out / "eval.json").read_text())
     caps = report["captions"]
     assert (caps["images"], caps["captions"]) == (6, 18)
@@ -41,4 +42,25 @@ def test_eval_captions_and_scenes(tmp_path, bundle_dir):
     scenes = report["scenes"]
     assert scenes["images"] == 6 and scenes["classes"] == 3 and set(scenes["per_class"]) == set(COLOURS)
     assert 0.0 <= scenes["accuracy"] <= 1.0
-    assert "Zero-shot scenes" in (out / "eval.md").read_text()
+    captioning = caps["captioning"]
+    assert set(captioning) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
+    assert all(0.0 <= v for v in captioning.values()) and captioning["BLEU-1"] <= 1.0
+    objects = report["objects"]
+    assert (objects["boxes"], objects["images"], objects["queries"]) == (6, 3, 2)
+    assert 0.0 <= objects["mAP"] <= 100.0 and objects["hit@10"] == 100.0  # 6 boxes: every class is in the 10 best
+    assert set(report["routing"]) == {"global token", "region tokens", "object tokens"}
+    md = (out / "eval.md").read_text()
+    for title in ("Zero-shot scenes", "Captioning", "SAA (Lu 2020)", "RemoteCLIP", "Text-to-box", "Expert routing"):
+        assert title in md
+
+
+def _objects(folder, rng):
+    """Three images with a bright square (class 3, storage tank) and a dark bar (class 2, ship) each."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "boxes").mkdir()
+    for k in range(1, 4):
+        pixels = np.clip(120 + rng.normal(0, 10, (300, 400, 3)), 0, 255).astype(np.uint8)
+        pixels[50:90, 60:100] = 240
+        pixels[200:215, 250:330] = 20
+        Image.fromarray(pixels).save(folder / "images" / f"{k:03d}.jpg")
+        (folder / "boxes" / f"{k:03d}.txt").write_text("(60,50),(100,90),3\n(250,200),(330,215),2\n")

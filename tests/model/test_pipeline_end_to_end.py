@@ -10,15 +10,17 @@ from rs_vlm_plugin.core.dris import PlanConfig
 from rs_vlm_plugin.core.errors import CancelledError, RsVlmError
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.pipeline import JobConfig, describe, result_layers, search
+from rs_vlm_plugin.core.pipeline import JobConfig, ask, classify, describe, result_layers, search
 from rs_vlm_plugin.core.progress import RecordingProgress
 from rs_vlm_plugin.core.raster import open_raster
 
 # The paved road in the demo scene, traced by eye in pixel (col, row) coordinates of the
 # 1249 x 1035 NEON crop: it enters at the top left and leaves at the bottom, curving east.
 ROAD_PIXELS = [(172, 0), (203, 156), (265, 312), (359, 468), (453, 624), (531, 781), (609, 937), (656, 1035)]
+# Natural, wooded or shrubby scenes: the knowledge base has no "conifer forest" scene, and at
+# 10 cm crowns and shadows also read as chaparral (dense shrubs) to a model trained at 0.3 m.
 FOREST_SCENES = {"forest", "mountain", "wetland", "sparse_forest", "woodland", "conifer_forest", "park",
-                 "meadow", "savanna", "rangeland"}
+                 "meadow", "savanna", "rangeland", "chaparral"}
 
 
 def road_line(georef) -> LineString:
@@ -58,6 +60,76 @@ def test_describe_sees_a_forest(demo_describe, bundle):
     tree_like = [o for o in objects if "tree" in o or "forest" in o or "shadow" in o or "crown" in o
                  or "canopy" in o or "conifer" in o]
     assert len(tree_like) >= len(objects) // 2, objects
+
+
+def test_captions_are_decoded_per_tile(demo_describe, bundle):
+    """With a decoder, every tile gets its own decoded sentence: not all the same, and the
+    global caption speaks of trees or forest (the demo is conifer forest with a road)."""
+    result, progress = demo_describe
+    assert bundle.has_decoder
+    captions = [r.caption for r in result.records]
+    assert len(set(captions)) >= 2, captions
+    assert any(w in result.global_caption.lower() for w in ("tree", "forest", "green", "plants")), result.global_caption
+    assert any("Writing captions" in s for s in progress.stages)
+    vocab = set(bundle.vocab)
+    for caption in captions:
+        assert set(caption.lower().rstrip(".").split()) <= vocab
+
+
+def test_routing_is_reported_per_tier(demo_describe, bundle):
+    result, _ = demo_describe
+    routing = result.timings["routing"]
+    assert set(routing) == {"global token", "region tokens", "object tokens"}
+    for weights in routing.values():
+        assert len(weights) == len(bundle.manifest["image_encoder"]["experts"])
+        assert sum(weights) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_classify_demo_scene_is_mostly_forest(bundle, demo_scene):
+    classes = ["forest", "water", "buildings", "farmland"]
+    with open_raster(demo_scene) as source:
+        result = classify(source, bundle, classes, config=JobConfig(plan=PlanConfig(max_tiles=32)))
+    shares = result.shares()
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert max(shares, key=shares.get) == "forest", shares
+    assert result.scene[0][0] == "forest", result.scene
+    assert all(r.label in classes and 0.25 <= r.confidence <= 1.0 for r in result.records)
+    assert {r.level for r in result.records} == {"object"}
+
+
+def test_classify_needs_two_classes(bundle, demo_scene):
+    with open_raster(demo_scene) as source, pytest.raises(RsVlmError, match="at least two classes"):
+        classify(source, bundle, ["forest"])
+
+
+@pytest.fixture(scope="module")
+def answers(bundle, demo_scene):
+    questions = ["Is there a forest?", "Is there an airplane?", "What is this area?", "Where is the road?",
+                 "How much of the area is forest?", "How much of the area is water?"]
+    with open_raster(demo_scene) as source:
+        return {q: ask(source, bundle, q, config=JobConfig(plan=PlanConfig(max_tiles=32))) for q in questions}
+
+
+def test_presence_answers_follow_the_calibrated_threshold(answers, bundle):
+    forest, airplane = answers["Is there a forest?"], answers["Is there an airplane?"]
+    assert forest.value is True and forest.answer.startswith("Yes"), forest.answer
+    assert airplane.value is False and airplane.answer.startswith("No"), airplane.answer
+    assert all(e.score >= bundle.presence_threshold for e in forest.evidence)
+    assert len(airplane.evidence) == 1  # the best tile, shown as the closest call
+
+
+def test_scene_where_and_share_answers(answers, bundle, demo_scene):
+    ids = {c.name: c.id for c in bundle.knowledge_base.concepts}
+    scene = answers["What is this area?"]
+    assert ids[scene.value] in FOREST_SCENES, scene.answer
+    assert scene.evidence[0].level == "global"
+    where = answers["Where is the road?"]
+    with open_raster(demo_scene) as source:
+        road = road_line(source.georef)
+    assert where.evidence and any(e.extent.to_polygon().intersects(road) for e in where.evidence[:2]), where.answer
+    forest, water = answers["How much of the area is forest?"], answers["How much of the area is water?"]
+    assert 0.5 <= forest.value <= 1.0 and water.value < forest.value, (forest.answer, water.answer)
+    assert len(forest.evidence) >= 1 and all(e.caption for e in forest.evidence[:3])
 
 
 def test_search_finds_the_road(bundle, demo_scene):

@@ -339,6 +339,108 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
         return {"OUTPUT": str(outcome.output), "N_HITS": len(hits), "BEST_SCORE": hits[0].score if hits else None}
 
 
+class ClassifyRasterAlgorithm(CaptionRasterAlgorithm):
+    """Classify the fine tiles of a raster into the user's classes."""
+
+    def name(self) -> str:  # noqa: D102
+        return "classify_raster"
+
+    def displayName(self) -> str:  # noqa: D102, N802
+        return self.tr("Classify raster tiles")
+
+    def shortHelpString(self) -> str:  # noqa: D102, N802
+        return self.tr(
+            "Classifies every fine tile of a raster (the DRIS leaves, which cover the extent once) into "
+            "a class list, zero-shot: each class name becomes a small prompt ensemble (\"an aerial image "
+            "of ...\") in the model's joint space.\n\n"
+            "CLASSES: comma-separated names, for example \"forest, farmland, water, buildings\"; empty "
+            "uses the knowledge base's scene concepts.\n\n"
+            "Output: a GeoPackage layer classes (class, confidence, runner-up, level, depth, ground "
+            "sample distance). SCENE is the best class of the whole view."
+        )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
+        self.addParameter(QgsProcessingParameterString(
+            "CLASSES", self.tr("Classes, comma-separated (empty: the knowledge base's scene concepts)"),
+            optional=True))
+        self.add_extent_parameter()
+        self.add_budget_parameter()
+        self.add_model_parameter()
+        self.add_gpkg_output("Classes")
+        self.addOutput(QgsProcessingOutputString("SCENE", self.tr("Best class of the whole view")))
+        self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of classified tiles")))
+
+    def gather(self, parameters, context, feedback) -> None:  # noqa: D102
+        self.classes = self.parameterAsString(parameters, "CLASSES", context) or ""
+        names = [c for c in self.classes.split(",") if c.strip()]
+        if len(names) == 1:
+            raise QgsProcessingException("Give at least two classes, separated by commas, or none for the "
+                                         "knowledge base's scene concepts.")
+        super().gather(parameters, context, feedback)
+
+    def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
+        max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
+        return JobRequest("classify", self.source, self.extent, JobConfig(plan=PlanConfig(max_tiles=max_tiles)),
+                          query=self.classes, model_dir=self.model_dir(parameters, context),
+                          output=self.gpkg_path(parameters, context))
+
+    def results(self, outcome) -> dict:  # noqa: D102
+        scene = outcome.result.scene
+        return {"OUTPUT": str(outcome.output), "SCENE": scene[0][0] if scene else "",
+                "N_TILES": len(outcome.result.records)}
+
+
+class AskRasterAlgorithm(CaptionRasterAlgorithm):
+    """Answer a question about a raster, with the evidence tiles as a layer."""
+
+    def name(self) -> str:  # noqa: D102
+        return "ask_raster"
+
+    def displayName(self) -> str:  # noqa: D102, N802
+        return self.tr("Ask a question about a raster")
+
+    def shortHelpString(self) -> str:  # noqa: D102, N802
+        return self.tr(
+            "Answers a question about the area of a raster:\n"
+            "- \"is there a storage tank?\": yes or no, against a threshold calibrated on validation data;\n"
+            "- \"what is this area?\": the best scene concepts of the whole view;\n"
+            "- \"where is the river?\": the best places;\n"
+            "- \"how much of the area is forest?\": the share of the fine tiles that look like it.\n\n"
+            "Output: ANSWER as text, and a GeoPackage layer evidence with the tiles that support it "
+            "(rank, score, caption)."
+        )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
+        self.addParameter(QgsProcessingParameterString("QUESTION", self.tr("Question")))
+        self.add_extent_parameter()
+        self.add_budget_parameter()
+        self.add_model_parameter()
+        self.add_gpkg_output("Evidence")
+        self.addOutput(QgsProcessingOutputString("ANSWER", self.tr("Answer")))
+        self.addOutput(QgsProcessingOutputString("KIND", self.tr("Kind of question")))
+
+    def gather(self, parameters, context, feedback) -> None:  # noqa: D102
+        from ...core.qa import parse_question
+
+        self.question = self.parameterAsString(parameters, "QUESTION", context)
+        try:
+            parse_question(self.question)
+        except RsVlmError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        super().gather(parameters, context, feedback)
+
+    def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
+        max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
+        return JobRequest("ask", self.source, self.extent, JobConfig(plan=PlanConfig(max_tiles=max_tiles)),
+                          query=self.question, model_dir=self.model_dir(parameters, context),
+                          output=self.gpkg_path(parameters, context))
+
+    def results(self, outcome) -> dict:  # noqa: D102
+        return {"OUTPUT": str(outcome.output), "ANSWER": outcome.result.answer, "KIND": outcome.result.question.kind}
+
+
 class BatchCaptionAlgorithm(RsVlmAlgorithm):
     """Caption several rasters into one layer."""
 
@@ -589,4 +691,5 @@ def _progress_value(line: str) -> float | None:
 
 def all_algorithms() -> list[QgsProcessingAlgorithm]:
     """One instance of each RS-VLM algorithm."""
-    return [CaptionRasterAlgorithm(), SearchRasterAlgorithm(), BatchCaptionAlgorithm(), ExportModelAlgorithm()]
+    return [CaptionRasterAlgorithm(), SearchRasterAlgorithm(), ClassifyRasterAlgorithm(), AskRasterAlgorithm(),
+            BatchCaptionAlgorithm(), ExportModelAlgorithm()]

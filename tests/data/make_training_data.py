@@ -1,0 +1,53 @@
+"""A tiny, seeded data folder laid out like ../shared/data, for testing the trainer and eval.
+
+Colour-coded classes (no real imagery): UCM-like captions, RESISC-like scene folders, VHR-10-like
+boxes and caption text files.  Only the layout and the code paths are under test, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = {"forest": (40, 110, 40), "river": (30, 70, 150), "beach": (220, 200, 150)}
+
+
+def _image(path: Path, colour, rng: np.random.Generator, size: int = 64) -> None:
+    pixels = np.clip(np.asarray(colour) + rng.normal(0, 15, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def make(root: Path, seed: int = 0) -> Path:
+    """Write the folder under ``root`` and return it."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for name, colour in CLASSES.items():
+        for k in range(8):
+            rel = f"images/{name}/{name}{k:02d}.jpg"
+            _image(root / "ucm" / rel, colour, rng)
+            images.append({"filename": rel, "class": name, "split": "val" if k >= 6 else "train",
+                           "sentences": [f"there is a {name} .", f"a {name} here .", f"it is a {name} .",
+                                         f"this is a {name} area .", f"a big {name} ."]})
+        for k in range(10):
+            _image(root / "resisc12" / "train" / name / f"{name}_{k:03d}.jpg", colour, rng)
+    (root / "ucm" / "captions.json").write_text(json.dumps({"images": images}))
+    (root / "vhr10" / "images").mkdir(parents=True)
+    (root / "vhr10" / "boxes").mkdir()
+    for k in range(1, 31):  # 30 images: the hashed 20 % hold-back keeps 4 of them
+        pixels = np.clip(120 + rng.normal(0, 10, (200, 260, 3)), 0, 255).astype(np.uint8)
+        pixels[40:80, 50:90] = 240
+        pixels[120:130, 150:220] = 20
+        Image.fromarray(pixels).save(root / "vhr10" / "images" / f"{k:03d}.jpg")
+        (root / "vhr10" / "boxes" / f"{k:03d}.txt").write_text("(50,40),(90,80),3\n(150,120),(220,130),2\n")
+    text = root / "captions_text"
+    text.mkdir()
+    lines = [f"many {w} are next to a {v} ." for w in ("trees", "houses", "boats") for v in ("river", "road", "beach")]
+    (text / "rsicd_train_caps.txt").write_text("\n".join(lines * 3) + "\n")
+    (text / "rsitmd_train_caps.txt").write_text("\n".join(lines) + "\n")
+    (text / "sydney_train_val.json").write_text(json.dumps(
+        {"images": [{"sentences": [{"raw": "A residential area with houses ."}, {"raw": "Some boats in a river ."}]}]}))
+    return root

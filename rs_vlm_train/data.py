@@ -75,6 +75,7 @@ def views(image: Image.Image, n: int, size: int, rng: np.random.Generator) -> li
 
 VHR10_CLASSES = ("airplane", "ship", "storage tank", "baseball diamond", "tennis court", "basketball court",
                  "ground track field", "harbor", "bridge", "vehicle")
+OBJECT_PROMPTS = ("a {}.", "an aerial image of a {}.", "there is a {} in the image.")
 _BOX = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*(\d+)")
 
 

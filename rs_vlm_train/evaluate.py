@@ -32,13 +32,11 @@ import numpy as np
 from PIL import Image
 
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir
+from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS as SCENE_PROMPTS
+from rs_vlm_plugin.core.pipeline import class_embeddings
 
-from .data import held_out, load_image, read_captions, read_object_boxes, read_scene_folders
+from .data import OBJECT_PROMPTS, held_out, load_image, read_captions, read_object_boxes, read_scene_folders
 from .metrics import caption_scores, object_retrieval, retrieval_recalls
-
-SCENE_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.",
-                 "a remote sensing image of {}.")
-OBJECT_PROMPTS = ("a {}.", "an aerial image of a {}.", "there is a {} in the image.")
 HELD_OUT_FRACTION = 0.2  # as rs_vlm_train.features: the same images are held back from training
 
 # Published results (../shared/ANCHORS.md), scores x100.
@@ -68,13 +66,6 @@ def encode_files(bundle: ModelBundle, paths: list[Path], batch: int = 32) -> dic
         parts.append(bundle.encode_tiers(_tiles(bundle, [load_image(p) for p in paths[start:start + batch]]),
                                          batch_size=batch))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def class_embeddings(bundle: ModelBundle, names: list[str], prompts: tuple[str, ...]) -> np.ndarray:
-    """Normalised prompt-ensemble embedding of each name."""
-    emb = bundle.encode_texts([p.format(n) for n in names for p in prompts])
-    emb = emb.reshape(len(names), len(prompts), -1).mean(1)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
 def eval_captions(bundle: ModelBundle, folder: Path, split: str, meteor: bool = True) -> dict:

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS
 from rs_vlm_plugin.modeling.efficientnet_lite import LITE_MEAN, LITE_STD
 from rs_vlm_plugin.modeling.rsvlm import ModelConfig, build_backbone
 
-from .data import held_out, load_image, read_captions, read_object_boxes, read_scene_folders, views, _dihedral
+from .data import (OBJECT_PROMPTS, _dihedral, held_out, load_image, read_captions, read_object_boxes,
+                   read_scene_folders, views)
 
 HELD_OUT_FRACTION = 0.2
 CACHED_FINE_BLOCKS = 2  # the cache holds the features entering the backbone's last two blocks
@@ -40,9 +42,7 @@ UCM_NAMES = {"agricultural": "farmland", "baseballdiamond": "baseball diamond", 
              "tenniscourt": "tennis court", "buildings": "buildings", "chaparral": "chaparral",
              "freeway": "freeway", "harbor": "harbor", "intersection": "intersection", "overpass": "overpass",
              "river": "river", "runway": "runway", "airplane": "airplanes", "beach": "beach", "forest": "forest"}
-SCENE_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.",
-                 "a remote sensing image of {}.")
-OBJECT_PROMPTS = ("a {}.", "an aerial image of a {}.", "there is a {} in the image.")
+SCENE_PROMPTS = CLASS_PROMPTS  # the runtime's class prompts: training and use see the same ensemble
 
 
 def readable(name: str) -> str:

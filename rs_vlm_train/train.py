@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rs_vlm_plugin.core.decoding import BOS, EOS, PAD, beam_search, detokenize
+from rs_vlm_plugin.core.decoding import BOS, EOS, PAD, UNK, beam_search, detokenize
 from rs_vlm_plugin.core.qa import calibrate_threshold, presence_scores, subject_prompts
 from rs_vlm_plugin.modeling.rsvlm import (SPECIAL_TOKENS, CaptionDecoder, ImageModel, ModelConfig, box_cell_weights,
                                           build_backbone, pool_objects)
@@ -301,7 +301,7 @@ def encode_set(model: ImageModel, fs, views: list[int], rows: np.ndarray | None 
     """Augmented tokens of cached trunk features: global (N, V, D), regions, pooled objects, routing means."""
     model.eval()
     rows = np.arange(fs.fine.shape[0]) if rows is None else rows
-    out = {"global": [], "regions": [], "objects": [], "objects_full": None}
+    out = {"global": [], "regions": [], "objects": []}
     routing = torch.zeros(3, model.fusion.router.out_features)
     counts = torch.zeros(3)
     for v in views:
@@ -370,10 +370,6 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts) -> dict:
 # --------------------------------------------------------------------------- decoder
 
 
-def word_tokens(text: str) -> list[str]:  # noqa: D103
-    return feat.normalise_caption(text).split()
-
-
 def read_corpus(data: Path) -> list[str]:
     """Caption text for decoder pre-training: RSICD, RSITMD, Sydney (train+val), normalised."""
     folder = data / "captions_text"
@@ -401,15 +397,22 @@ def encode_words(sentences: list[str], vocab: list[str], max_len: int) -> torch.
     index = {w: i for i, w in enumerate(vocab)}
     out = torch.full((len(sentences), max_len + 2), PAD, dtype=torch.long)
     for k, s in enumerate(sentences):
-        ids = [BOS] + [index.get(w, 3) for w in s.split()[:max_len]] + [EOS]
+        ids = [BOS] + [index.get(w, UNK) for w in s.split()[:max_len]] + [EOS]
         out[k, :len(ids)] = torch.tensor(ids)
     return out
 
 
-def _decoder_step(decoder: CaptionDecoder, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def _decoder_update(decoder: CaptionDecoder, opt, memory: torch.Tensor, tokens: torch.Tensor) -> float:
+    """One teacher-forced optimisation step on a padded token batch; returns the loss."""
+    tokens = tokens[:, : int((tokens != PAD).sum(1).max())]
     logits = decoder(memory, tokens[:, :-1])
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD,
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD,
                            label_smoothing=0.1)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
 
 
 def pretrain_decoder(config: ModelConfig, corpus: list[str], corpus_emb: torch.Tensor, vocab: list[str], cache: Path,
@@ -439,17 +442,11 @@ def pretrain_decoder(config: ModelConfig, corpus: list[str], corpus_emb: torch.T
                 g["lr"] = 5e-4 * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
             sigma = noise * torch.rand(len(rows), 1, generator=gen) * 1.5
             emb = F.normalize(corpus_emb[rows] + sigma * torch.randn(len(rows), corpus_emb.shape[1], generator=gen), dim=-1)
-            t = tokens[rows]
-            t = t[:, : int((t != PAD).sum(1).max())]
-            loss = _decoder_step(decoder, decoder.memory(emb, None, None), t)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-            opt.step()
+            loss = _decoder_update(decoder, opt, decoder.memory(emb, None, None), tokens[rows])
             step += 1
-            run += float(loss.detach())
+            run += loss
             if step % 50 == 0:
-                print(f"[decoder-pretrain] step {step}/{total_steps} loss {float(loss):.3f} ({time.time() - start:.0f} s)",
+                print(f"[decoder-pretrain] step {step}/{total_steps} loss {loss:.3f} ({time.time() - start:.0f} s)",
                       flush=True)
         print(f"[decoder-pretrain] epoch {epoch + 1}/{epochs} loss {run / max(1, n // batch):.3f} "
               f"({time.time() - start:.0f} s)", flush=True)
@@ -483,15 +480,8 @@ def finetune_decoder(decoder: CaptionDecoder, tokens_cache: dict, sentences: lis
             img = owners[rows]
             v = torch.randint(0, n_views, (len(rows),), generator=gen)
             memory = memory_of(decoder, tokens_cache, img, v, drop_tier)
-            t = tokens[rows]
-            t = t[:, : int((t != PAD).sum(1).max())]
-            loss = _decoder_step(decoder, memory, t)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-            opt.step()
+            run += _decoder_update(decoder, opt, memory, tokens[rows])
             step += 1
-            run += float(loss.detach())
         if epoch % 5 == 4 or epoch == epochs - 1:
             print(f"[decoder] epoch {epoch + 1}/{epochs} loss {run / max(1, len(pairs) // batch):.3f} "
                   f"({time.time() - start:.0f} s)", flush=True)

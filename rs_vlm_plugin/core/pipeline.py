@@ -396,10 +396,10 @@ def scene_class_list(bundle: ModelBundle) -> list[str]:
     return [kb.concepts[i].name for i in kb.level_indices("scene")]
 
 
-def class_embeddings(bundle: ModelBundle, classes: list[str]) -> np.ndarray:
+def class_embeddings(bundle: ModelBundle, classes: list[str], prompts: tuple[str, ...] = CLASS_PROMPTS) -> np.ndarray:
     """(C, D) normalised prompt-ensemble embeddings of class names."""
-    emb = bundle.encode_texts([p.format(c) for c in classes for p in CLASS_PROMPTS])
-    emb = emb.reshape(len(classes), len(CLASS_PROMPTS), -1).mean(1)
+    emb = bundle.encode_texts([p.format(c) for c in classes for p in prompts])
+    emb = emb.reshape(len(classes), len(prompts), -1).mean(1)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 

@@ -42,6 +42,9 @@ class JobConfig:
         top_concepts: Concepts kept per tile and level.
         max_hits: Search hits kept (best first).
         min_score: Search hits below this cosine similarity are dropped (None keeps all).
+        mask_wkb: Optional area of interest (WKB polygon(s) in the raster's CRS, for example the
+            selected polygons of a vector layer): region and fine tiles that miss it are neither
+            encoded nor reported; the extent should be the mask's bounding box.
     """
 
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -49,6 +52,7 @@ class JobConfig:
     top_concepts: int = 3
     max_hits: int = 10
     min_score: float | None = None
+    mask_wkb: bytes | None = None
 
 
 @dataclass
@@ -216,9 +220,38 @@ def tiles_to_encode(plan: TilePlan, metres_per_unit: float, tile_size: int) -> l
     return list(by_key.values())
 
 
+def mask_tiles(tiles: list[EncodedTile], mask_wkb: bytes | None) -> list[EncodedTile]:
+    """The tiles that touch the mask (all of them without one); the global view always stays.
+
+    Raises:
+        RsVlmError: The mask is not a readable geometry, or no tile touches it.
+    """
+    if mask_wkb is None:
+        return tiles
+    from shapely import wkb
+    from shapely.prepared import prep
+
+    try:
+        mask = wkb.loads(mask_wkb)
+    except Exception as exc:  # noqa: BLE001 - shapely raises several kinds
+        raise RsVlmError(f"The mask geometry cannot be read ({exc}); select valid polygons.") from exc
+    if mask.is_empty or mask.area <= 0:
+        raise RsVlmError("The mask has no area; select one or more polygons (not points or lines).")
+    prepared = prep(mask)
+    kept = [t for t in tiles if "global" in t.levels or prepared.intersects(t.extent.to_polygon())]
+    if all("global" in t.levels for t in kept):
+        raise RsVlmError("The selected polygons do not overlap the raster; select polygons over the raster.")
+    return kept
+
+
 def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | None, config: JobConfig,
-                  progress: ProgressBackend) -> Encoding:
-    """Plan, read and encode every tile of an extent."""
+                  progress: ProgressBackend, keep: tuple[str, ...] | None = None) -> Encoding:
+    """Plan, read and encode every tile of an extent.
+
+    Args:
+        keep: Names of the tiers to keep (for example ``("embedding", "regions")`` for an index,
+            which does not need the 196 object tokens of every tile); None keeps all.
+    """
     timings = {}
     start = time.perf_counter()
     extent = source.georef.clip(extent or source.georef.extent)
@@ -226,7 +259,7 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
     plan = make_plan(source, extent, config.plan, bundle.image_size)
     check_canceled(progress)
     timings["plan_s"] = time.perf_counter() - start
-    tiles = tiles_to_encode(plan, source.georef.metres_per_unit, bundle.image_size)
+    tiles = mask_tiles(tiles_to_encode(plan, source.georef.metres_per_unit, bundle.image_size), config.mask_wkb)
     progress.set_fraction(0.05)
     progress.set_stage(f"Encoding {len(tiles)} tiles")
     size = bundle.image_size
@@ -239,13 +272,17 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
         t0 = time.perf_counter()
         pixels = np.stack([source.read(t.extent, size, size) for t in batch])
         t1 = time.perf_counter()
-        parts.append(bundle.encode_tiers(pixels, batch_size=len(batch)))
+        tiers = bundle.encode_tiers(pixels, batch_size=len(batch))
+        parts.append({k: v for k, v in tiers.items() if keep is None or k in keep})
         t2 = time.perf_counter()
         read_s += t1 - t0
         encode_s += t2 - t1
         sub.set_fraction((first + len(batch)) / len(tiles))
     timings.update(read_s=read_s, encode_s=encode_s, tiles=len(tiles))
-    tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else bundle.encode_tiers([])
+    if parts:
+        tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    else:
+        tiers = {k: v for k, v in bundle.encode_tiers([]).items() if keep is None or k in keep}
     return Encoding(plan, tiles, tiers["embedding"], timings, tiers)
 
 

@@ -5,10 +5,12 @@
     python3 build.py test            set everything up, then run the whole test suite
     python3 build.py setup           apt packages, virtual environment, pip packages, model export, sample data
     python3 build.py package         the installable plugin zip in dist/
+    python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.png
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
     python3 build.py train --data ../shared/data [--ablations]   train the model (resumable), then `export`
     python3 build.py export          re-export the ONNX bundle from the committed weights
+    python3 build.py styles          rebuild the layer styles (rs_vlm_plugin/resources/styles/*.qml)
     python3 build.py eval --data ../shared/data   captioning, retrieval, scenes, objects, ablations (JSON + Markdown)
     python3 build.py eval --captions DIR --split NAME | --scenes DIR | --objects DIR   any folder laid out alike
 
@@ -182,6 +184,70 @@ def cmd_test(args) -> int:
 PACKAGE_EXCLUDE = {"__pycache__", ".pytest_cache"}
 
 
+def run_desktop_tour(folder: Path, raster: Path | None, steps: list[str], shots: Path | None = None,
+                     max_tiles: int = 24, timeout_s: int = 900) -> dict:
+    """Drive the plugin's panel in the real QGIS desktop under Xvfb (``scripts/desktop_tour.py``).
+
+    QGIS runs with a fresh profile in ``folder`` and the plugin from this checkout; the tour's
+    project file, result GeoPackages and ``tour.json`` end up in ``folder``.
+
+    Returns:
+        What the tour saw (see the script), with the last lines of QGIS's output under "log".
+    """
+    import signal
+
+    qgis = shutil.which("qgis.bin") or shutil.which("qgis")
+    xvfb = shutil.which("xvfb-run")
+    if not (qgis and xvfb):
+        raise RuntimeError("the QGIS desktop (qgis) and xvfb-run are needed; run `python3 build.py setup`")
+    folder.mkdir(parents=True, exist_ok=True)
+    plugins = folder / "plugins"
+    plugins.mkdir(exist_ok=True)
+    link = plugins / "rs_vlm_plugin"
+    if not link.exists():
+        link.symlink_to(PLUGIN, target_is_directory=True)
+    result = folder / "tour.json"
+    result.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}  # a real (virtual) display
+    purelib = subprocess.run([str(VENV_PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True).stdout.strip() if VENV_PY.exists() else ""
+    env.update(QGIS_PLUGINPATH=str(plugins), QGIS_CUSTOM_CONFIG_PATH=str(folder / "profile"),
+               RSVLM_RESULT=str(result), RSVLM_RASTER=str(raster or ""), RSVLM_STEPS=",".join(steps),
+               RSVLM_SHOTS=str(shots or ""), RSVLM_MAX_TILES=str(max_tiles), PATH=qgis_path(),
+               PYTHONPATH=os.pathsep.join([p for p in (purelib, env.get("PYTHONPATH", "")) if p]))
+    # A session of its own, so a QGIS that hangs is killed with its X server.
+    child = subprocess.Popen([xvfb, "-a", "-s", "-screen 0 1600x1000x24", qgis, "--nologo", "--noversioncheck",
+                              "--code", str(ROOT / "scripts" / "desktop_tour.py")],
+                             env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        log = child.communicate(timeout=timeout_s)[0][-3000:]
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        log = f"QGIS did not exit within {timeout_s} s: " + child.communicate()[0][-3000:]
+    seen = json.loads(result.read_text()) if result.exists() else {"error": f"the tour wrote no result; QGIS said:\n{log}"}
+    seen["log"] = log
+    return seen
+
+
+SCREENSHOT_STEPS = ["describe", "search", "classify", "ask", "index", "search_index"]
+
+
+def cmd_screenshots(args) -> int:
+    """Screenshots of the panel in the real QGIS desktop (docs/screenshots/), with timings."""
+    setup()
+    shots = ROOT / "docs" / "screenshots"
+    seen = run_desktop_tour(ROOT / "out" / "tour", SAMPLES / "demo_scene.tif", SCREENSHOT_STEPS, shots)
+    if "error" in seen:
+        print(seen["error"], file=sys.stderr)
+        return 1
+    for step, record in seen["steps"].items():
+        print(f"{step:13s} click to layers {record['click_to_layers_s']:6.2f} s  results {record['results']:3d}  "
+              f"{record['answer'] or record['status']}")
+    log(f"screenshots in {shots}")
+    return 0
+
+
 def cmd_package(args) -> int:
     """dist/rs_vlm_plugin-<version>.zip: the plugin folder with its ONNX bundle."""
     setup()
@@ -259,6 +325,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_styles(args) -> int:
+    """Rebuild the layer styles (rs_vlm_plugin/resources/styles/*.qml) in a headless QGIS."""
+    ensure_apt()
+    ensure_venv()
+    (CACHE / "xdg").mkdir(parents=True, exist_ok=True, mode=0o700)
+    return run([VENV_PY, ROOT / "scripts" / "make_styles.py"], env=headless_env(), check=False,
+               cwd=ROOT).returncode
+
+
 def main(argv=None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,6 +346,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_test)
     sub.add_parser("setup", help="set up only").set_defaults(func=lambda a: setup() or 0)
     sub.add_parser("package", help="build the plugin zip").set_defaults(func=cmd_package)
+    sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.png"
+                   ).set_defaults(func=cmd_screenshots)
     p = sub.add_parser("install-plugin", help="install the zip into a QGIS profile")
     p.add_argument("--profile", default="default")
     p.add_argument("--profile-dir", default=None, help="a profile folder (overrides --profile)")
@@ -281,6 +358,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)
+    sub.add_parser("styles", help="rebuild the .qml layer styles").set_defaults(func=cmd_styles)
     p = sub.add_parser("eval", help="evaluate: --data DIR, or --captions DIR --split NAME, --scenes DIR, --objects DIR")
     p.set_defaults(func=cmd_eval)
     args, extra = parser.parse_known_args(argv)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from . import index_cli
 from .bundle import ModelBundle, RuntimeOptions, default_bundle_dir
 from .dris import PlanConfig
 from .errors import CancelledError, RsVlmError
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     ask_parser = sub.add_parser("ask", parents=[common], help="answer a question about the area")
     ask_parser.add_argument("question", help="\"is there X?\", \"what is this area?\", \"where is X?\", "
                                              "\"how much of the area is X?\"")
+    index_cli.add_parsers(sub, common)
     return parser
 
 
@@ -114,6 +116,17 @@ def run(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a user error, 130 cancelled)."""
     args = _parser().parse_args(argv)
+    if args.command in index_cli.COMMANDS:
+        try:
+            summary = index_cli.run(args)
+        except CancelledError as exc:
+            print(str(exc), file=sys.stderr)
+            return 130
+        except RsVlmError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        index_cli.report(summary, args.json)
+        return 0
     try:
         result = run(args)
     except CancelledError as exc:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import RsVlmError
-from .records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
+from .records import CaptionRecord, ClassRecord, EvidenceRecord, IndexTile, PlanTileRecord, SearchHit
 
-Record = CaptionRecord | SearchHit | ClassRecord | EvidenceRecord
+Record = CaptionRecord | SearchHit | ClassRecord | EvidenceRecord | PlanTileRecord | IndexTile
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,29 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("caption", "str", _attr("caption")),
         _Field("source", "str", _attr("source")),
     ),
+    PlanTileRecord: (
+        _Field("key", "str", _attr("key")),
+        _Field("depth", "int", _attr("depth")),
+        _Field("complexity", "real", _attr("complexity")),
+        _Field("is_leaf", "int", lambda r: int(r.is_leaf)),
+        _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("source", "str", _attr("source")),
+    ),
+    IndexTile: (
+        _Field("tile_id", "int", _attr("tile_id")),
+        _Field("tile_key", "str", _attr("key")),
+        _Field("level", "str", _attr("level")),
+        _Field("depth", "int", _attr("depth")),
+        _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("complexity", "real", _attr("complexity")),
+    ),
 }
 """Attribute fields of each record type, in column order."""
 
 
 def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_wkt: str | None,
-                     overwrite: bool = True, kinds: dict[str, type] | None = None) -> Path:
+                     overwrite: bool = True, kinds: dict[str, type] | None = None,
+                     finish: Callable[[Path], None] | None = None) -> Path:
     """Write records as polygon layers of a new GeoPackage.
 
     Args:
@@ -85,6 +102,9 @@ def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_
         overwrite: Replace an existing file; when False an existing file is an error.
         kinds: Record type by layer name, for empty layers (otherwise taken from the first
             record; CaptionRecord when a layer is empty and not listed).
+        finish: Called with the temporary file once GDAL has closed it and before it is renamed
+            to ``path`` (to add tables with sqlite3, or to check for cancellation); what it
+            raises aborts the write and removes the temporary file.
 
     Returns:
         The path written.
@@ -122,6 +142,8 @@ def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_
             _write_layer(ds, name, schemas[name], records, srs)
         finished, ds = ds, None  # never close twice: a closed proxy points at freed memory
         _close(finished)  # closing the datasource finishes the file
+        if finish is not None:
+            finish(temporary)
         try:
             os.replace(temporary, target)
         except OSError as exc:

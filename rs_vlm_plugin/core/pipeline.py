@@ -358,11 +358,22 @@ def tile_captions(encoding: Encoding, bundle: ModelBundle, rows: list[int], top_
     if bundle.has_decoder:
         sub = {k: v[rows] for k, v in encoding.tiers.items()}
         return dict(zip(rows, bundle.caption(sub)))
+    return dict(zip(rows, composed_captions(bundle, encoding.embeddings[rows], top_k)))
+
+
+def composed_captions(bundle: ModelBundle, embeddings: np.ndarray, top_k: int = 3,
+                      levels: list[str] | None = None) -> list[str]:
+    """Captions composed from the knowledge base's best concepts for tiles' global embeddings
+    (no decoder and no pixels needed).
+
+    Args:
+        embeddings: (N, D) the tiles' global tokens.
+        levels: Caption level of each tile ("global", "region" or "object"); "region" for all when None.
+    """
     kb = bundle.knowledge_base
-    emb = encoding.embeddings[rows]
-    ranked = {lvl: kb.rank(emb, lvl, top_k, bundle.logit_scale) for lvl in ("scene", "region", "object")}
-    return {i: compose_caption("region", ranked["scene"][k], ranked["region"][k], ranked["object"][k])
-            for k, i in enumerate(rows)}
+    ranked = {lvl: kb.rank(embeddings, lvl, top_k, bundle.logit_scale) for lvl in ("scene", "region", "object")}
+    return [compose_caption(levels[k] if levels else "region", ranked["scene"][k], ranked["region"][k],
+                            ranked["object"][k]) for k in range(len(embeddings))]
 
 
 def query_embedding(bundle: ModelBundle, subject: str) -> np.ndarray:

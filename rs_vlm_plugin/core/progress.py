@@ -134,15 +134,23 @@ def check_canceled(progress: ProgressBackend) -> None:
 
 
 class SubProgress:
-    """Maps a child job's [0, 1] onto a slice [start, end] of a parent's progress."""
+    """Maps a child job's [0, 1] onto a slice [start, end] of a parent's progress.
 
-    def __init__(self, parent: ProgressBackend, start: float, end: float) -> None:
+    Args:
+        parent: The progress the child reports to.
+        start: The parent's fraction when the child starts.
+        end: The parent's fraction when the child is done.
+        prefix: Put before each of the child's stage texts (for example "Captioning 3 of 7: scene: ").
+    """
+
+    def __init__(self, parent: ProgressBackend, start: float, end: float, prefix: str = "") -> None:
         self._parent = parent
         self._start = start
         self._end = end
+        self._prefix = prefix
 
     def set_stage(self, stage: str) -> None:  # noqa: D102
-        self._parent.set_stage(stage)
+        self._parent.set_stage(f"{self._prefix}{stage}")
 
     def set_fraction(self, fraction: float) -> None:  # noqa: D102
         self._parent.set_fraction(self._start + (self._end - self._start) * max(0.0, min(1.0, fraction)))

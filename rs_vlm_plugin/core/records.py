@@ -117,3 +117,49 @@ class EvidenceRecord:
     extent: Extent
     caption: str = ""
     source: str = ""
+
+
+@dataclass
+class PlanTileRecord:
+    """One node of a DRIS plan, to show where the model spent its compute.
+
+    Attributes:
+        key: The node's quadtree path, for example "0.2.1" (see ``dris.Tile.key``).
+        depth: Quadtree depth (0 for a root cell).
+        complexity: Mean content complexity over the tile, in [0, 1].
+        is_leaf: True for the tiles that were encoded (not split further).
+        gsd_m: Ground sample distance the model saw (or would see), in metres per model pixel.
+        extent: The tile's footprint in the raster's CRS.
+        source: Name of the raster.
+    """
+
+    key: str
+    depth: int
+    complexity: float
+    is_leaf: bool
+    gsd_m: float
+    extent: Extent
+    source: str = ""
+
+
+@dataclass
+class IndexTile:
+    """One tile of an embedding index (its footprint layer ``index_tiles``).
+
+    Attributes:
+        tile_id: Row of the tile in the index's embedding matrices.
+        key: The tile's quadtree key in the plan (for example "0.2.1").
+        level: "region" or "object".
+        depth: Quadtree depth of the tile.
+        extent: The tile's footprint in the raster's CRS.
+        gsd_m: Ground sample distance the model saw, in metres per model pixel.
+        complexity: The DRIS content complexity of the tile in [0, 1].
+    """
+
+    tile_id: int
+    key: str
+    level: str
+    depth: int
+    extent: Extent
+    gsd_m: float
+    complexity: float = 0.0

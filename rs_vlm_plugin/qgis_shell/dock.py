@@ -1,139 +1,297 @@
-"""The RS-VLM panel: pick a raster, describe it or search it by text, see the results.
+"""The RS-VLM panel: choose a model, a mode, a raster and a scope; run; read and filter the results.
 
-The panel only gathers inputs and shows progress and results; the plugin
-(:mod:`.plugin`) runs the jobs. It talks to the plugin through signals.
+The panel only gathers inputs into a :class:`DockRequest` and shows progress and results; the
+plugin (:mod:`.plugin`) runs the jobs and owns the result layers. They talk through signals.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 from qgis.core import QgsMapLayerProxyModel
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
     QDockWidget,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QSlider,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from ..core.dris import PlanConfig
-from ..core.pipeline import DescribeResult, SearchResult
+from ..core.pipeline import AnswerResult, ClassifyResult, DescribeResult, SearchResult
 
 MAX_TILE_BUDGET = 1024
+DETAIL_STEPS = (6, 12, 24, 48, 96, 192, 384, 768)
+"""Tile budgets of the detail-versus-speed slider, fastest first."""
 EXTENT_ROLE = Qt.UserRole + 1
+SCORE_ROLE = Qt.UserRole + 2
+THRESHOLD_STEPS = 100
+
+MODES = {
+    # mode: (label, query label, placeholder, run button text, tooltip)
+    "describe": ("Describe", "", "", "Describe",
+                 "Caption the area at three levels: the whole view, its regions and every fine tile."),
+    "search": ("Search", "Search for", "e.g. storage tanks next to a river", "Search",
+               "Find the places that match a text, best first (uses the layer's index when one exists)."),
+    "classify": ("Classify", "Classes", "e.g. forest, farmland, water, buildings (empty: scene types)", "Classify",
+                 "Label every fine tile with the best of your classes (comma-separated)."),
+    "ask": ("Ask", "Question", "e.g. Is there a storage tank? / How much of the area is forest?", "Ask",
+            "Answer a question: is there X, what is this area, where is X, how much of the area is X."),
+}
+SCOPES = {"visible": "Visible extent", "layer": "Whole layer", "selection": "Selected polygons (mask)"}
+DEVICES = {"auto": "Auto (GPU when available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
+
+
+@dataclass
+class DockRequest:
+    """What the user asked the panel for, handed to the plugin to validate and run.
+
+    Attributes:
+        mode: "describe", "search", "classify" or "ask".
+        query: Search text, class list or question (empty for describe).
+        layer: The raster layer.
+        scope: "visible", "layer" or "selection".
+        mask_layer: The vector layer whose selected polygons are the mask (scope "selection").
+        max_tiles: The DRIS tile budget.
+        model_dir: The chosen model bundle folder.
+        device: "auto", "cpu" or "cuda".
+        show_plan: Also add the DRIS quadtree (where compute went) as a layer.
+    """
+
+    mode: str
+    query: str
+    layer: object
+    scope: str
+    mask_layer: object
+    max_tiles: int
+    model_dir: Path | None
+    device: str
+    show_plan: bool
 
 
 class RsVlmDock(QDockWidget):
     """The RS-VLM dock widget.
 
     Signals:
-        describeRequested(): The user pressed Describe.
-        searchRequested(str): The user pressed Search (or Enter in the query box).
+        runRequested(object): The user pressed Run (or Enter in the query box); a DockRequest.
+        indexRequested(object): The user pressed "Build index"; a DockRequest (mode "index").
         cancelRequested(): The user pressed Cancel.
-        resultActivated(object, object): A result was double-clicked; carries its core
-            Extent and the WKT of its CRS (None for rasters without CRS).
+        resultActivated(object, object): A result was clicked; its core Extent and the WKT of
+            its CRS (None for rasters without CRS).
+        thresholdChanged(float): The score threshold moved; the plugin filters the layer.
     """
 
-    describeRequested = pyqtSignal()
-    searchRequested = pyqtSignal(str)
+    runRequested = pyqtSignal(object)
+    indexRequested = pyqtSignal(object)
     cancelRequested = pyqtSignal()
     resultActivated = pyqtSignal(object, object)
+    thresholdChanged = pyqtSignal(float)
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent=None, models: list[tuple[str, Path]] | None = None, cuda_available: bool = False) -> None:
         super().__init__("RS-VLM", parent)
         self.setObjectName("RsVlmDock")
         body = QWidget(self)
         layout = QVBoxLayout(body)
-
         form = QFormLayout()
+
+        self.model_combo = QComboBox(body)
+        self.model_combo.setToolTip("The model: the bundled RS-VLM model and any imported ones.")
+        form.addRow("Model", self.model_combo)
+        self.set_models(models or [])
+        self.mode_combo = QComboBox(body)
+        for mode, (label, *_rest) in MODES.items():
+            self.mode_combo.addItem(label, mode)
+        form.addRow("Mode", self.mode_combo)
         self.layer_combo = QgsMapLayerComboBox(body)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.layer_combo.setToolTip("The raster layer to describe or search (any provider: files, WMS, XYZ).")
+        self.layer_combo.setToolTip("The raster layer (any provider: files, WMS, XYZ).")
         form.addRow("Raster", self.layer_combo)
+        self.query_label = QLabel("Search for", body)
+        self.query_combo = QComboBox(body)
+        self.query_combo.setEditable(True)
+        self.query_combo.setInsertPolicy(QComboBox.NoInsert)
+        self.query_combo.setToolTip("Type, or pick an earlier query from the list.")
+        self.query_edit = self.query_combo.lineEdit()
+        self.query_edit.setClearButtonEnabled(True)
+        form.addRow(self.query_label, self.query_combo)
+
+        scope_row = QHBoxLayout()
+        self.scope_combo = QComboBox(body)
+        for scope, label in SCOPES.items():
+            self.scope_combo.addItem(label, scope)
+        self.mask_combo = QgsMapLayerComboBox(body)
+        self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.mask_combo.setToolTip("The polygon layer whose selected features limit the area.")
+        scope_row.addWidget(self.scope_combo, 1)
+        scope_row.addWidget(self.mask_combo, 1)
+        form.addRow("Scope", scope_row)
+
+        detail_row = QHBoxLayout()
+        self.detail_slider = QSlider(Qt.Horizontal, body)
+        self.detail_slider.setRange(0, len(DETAIL_STEPS) - 1)
+        self.detail_slider.setToolTip("Faster (left) or more detail (right): how many fine tiles DRIS may spend.")
         self.budget_spin = QSpinBox(body)
         self.budget_spin.setRange(1, MAX_TILE_BUDGET)
-        self.budget_spin.setValue(PlanConfig().max_tiles)
         self.budget_spin.setSuffix(" tiles")
         self.budget_spin.setToolTip(
-            "DRIS budget: the most fine tiles the model looks at. Busy areas get refined first; "
-            "more tiles find smaller things but take longer."
-        )
-        form.addRow("Tile budget", self.budget_spin)
-        self.query_edit = QLineEdit(body)
-        self.query_edit.setPlaceholderText("e.g. storage tanks next to a river")
-        self.query_edit.setClearButtonEnabled(True)
-        form.addRow("Search for", self.query_edit)
+            "DRIS budget: the most fine tiles the model looks at. Busy areas are refined first; "
+            "more tiles find smaller things but take longer.")
+        detail_row.addWidget(QLabel("Faster", body))
+        detail_row.addWidget(self.detail_slider, 1)
+        detail_row.addWidget(QLabel("More detail", body))
+        detail_row.addWidget(self.budget_spin)
+        form.addRow("Detail", detail_row)
+
+        self.device_combo = QComboBox(body)
+        for device, label in DEVICES.items():
+            self.device_combo.addItem(label, device)
+        if not cuda_available:
+            self.device_combo.model().item(self.device_combo.findData("cuda")).setEnabled(False)
+            self.device_combo.setItemData(self.device_combo.findData("cuda"),
+                                          "onnxruntime offers no CUDA provider here.", Qt.ToolTipRole)
+        form.addRow("Device", self.device_combo)
+        self.plan_check = QCheckBox("Show the DRIS tiles (where compute went)", body)
+        form.addRow("", self.plan_check)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
-        self.describe_button = QPushButton("Describe", body)
-        self.describe_button.setToolTip("Caption the visible part of the raster at three levels.")
-        self.search_button = QPushButton("Search", body)
-        self.search_button.setToolTip("Find the places in the visible part of the raster that match the text.")
+        self.run_button = QPushButton("Describe", body)
+        self.run_button.setDefault(True)
         self.cancel_button = QPushButton("Cancel", body)
-        for button in (self.describe_button, self.search_button, self.cancel_button):
+        self.index_button = QPushButton("Build index", body)
+        self.index_button.setToolTip("Encode the layer once so that searches answer in milliseconds.")
+        for button in (self.run_button, self.cancel_button, self.index_button):
             buttons.addWidget(button)
         layout.addLayout(buttons)
 
         self.progress_bar = QProgressBar(body)
         self.progress_bar.setRange(0, 100)
-        self.progress_bar.setTextVisible(True)
         layout.addWidget(self.progress_bar)
-        self.status_label = QLabel("Choose a raster and press Describe, or type a text and press Search.", body)
+        self.status_label = QLabel("Choose a raster, a mode and press Run.", body)
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout.addWidget(self.status_label)
+        self.answer_label = QLabel("", body)
+        self.answer_label.setObjectName("RsVlmAnswer")
+        self.answer_label.setWordWrap(True)
+        self.answer_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.answer_label.setStyleSheet("font-weight: bold; padding: 4px;")
+        layout.addWidget(self.answer_label)
+
+        threshold_row = QHBoxLayout()
+        self.threshold_slider = QSlider(Qt.Horizontal, body)
+        self.threshold_slider.setRange(0, THRESHOLD_STEPS)
+        self.threshold_slider.setToolTip("Hide results (in this list and on the map) scoring below this value.")
+        self.threshold_label = QLabel("", body)
+        threshold_row.addWidget(QLabel("Min. score", body))
+        threshold_row.addWidget(self.threshold_slider, 1)
+        threshold_row.addWidget(self.threshold_label)
+        layout.addLayout(threshold_row)
         self.results_list = QListWidget(body)
         self.results_list.setWordWrap(True)
         self.results_list.setAlternatingRowColors(True)
-        self.results_list.setToolTip("Double-click a result to zoom to it.")
+        self.results_list.setToolTip("Click a result to zoom to it and flash it on the map.")
         layout.addWidget(self.results_list, 1)
         self.setWidget(body)
 
-        self.describe_button.clicked.connect(self.describeRequested)
-        self.search_button.clicked.connect(self._emit_search)
-        self.query_edit.returnPressed.connect(self._emit_search)
-        self.cancel_button.clicked.connect(self.cancelRequested)
-        self.results_list.itemDoubleClicked.connect(self._emit_activated)
-        self.layer_combo.layerChanged.connect(self._update_buttons)
-        self.query_edit.textChanged.connect(self._update_buttons)
         self._running = False
-        self._update_buttons()
+        self._score_range = (0.0, 1.0)
+        self.mode_combo.currentIndexChanged.connect(self._mode_changed)
+        self.scope_combo.currentIndexChanged.connect(self._update_controls)
+        self.detail_slider.valueChanged.connect(lambda step: self.budget_spin.setValue(DETAIL_STEPS[step]))
+        self.budget_spin.valueChanged.connect(self._budget_changed)
+        self.run_button.clicked.connect(self._emit_run)
+        self.query_edit.returnPressed.connect(self._emit_run)
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.index_button.clicked.connect(self._emit_index)
+        self.results_list.itemClicked.connect(self._emit_activated)
+        self.results_list.itemActivated.connect(self._emit_activated)
+        self.threshold_slider.valueChanged.connect(self._threshold_moved)
+        self.layer_combo.layerChanged.connect(self._update_controls)
+        self.mask_combo.layerChanged.connect(self._update_controls)
+        self.query_edit.textChanged.connect(self._update_controls)
+        self.budget_spin.setValue(PlanConfig().max_tiles)
+        self._mode_changed()
 
     # Inputs -------------------------------------------------------------------------------
+
+    def set_models(self, models: list[tuple[str, Path]], current: str = "") -> None:
+        """Fill the model picker with (name, bundle folder) pairs; keep ``current`` chosen."""
+        self.model_combo.clear()
+        for name, folder in models:
+            self.model_combo.addItem(name, str(folder))
+            self.model_combo.setItemData(self.model_combo.count() - 1, str(folder), Qt.ToolTipRole)
+        index = self.model_combo.findText(current) if current else 0
+        self.model_combo.setCurrentIndex(max(0, index))
+
+    def set_history(self, queries: list[str]) -> None:
+        """Earlier queries, newest first, offered in the query box's list."""
+        text = self.query_edit.text()
+        self.query_combo.blockSignals(True)
+        self.query_combo.clear()
+        self.query_combo.addItems(queries)
+        self.query_combo.setCurrentIndex(-1)
+        self.query_combo.blockSignals(False)
+        self.query_edit.setText(text)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch the mode ("describe", "search", "classify" or "ask")."""
+        self.mode_combo.setCurrentIndex(self.mode_combo.findData(mode))
+
+    def mode(self) -> str:
+        """The chosen mode."""
+        return self.mode_combo.currentData()
 
     def current_layer(self):
         """The chosen raster layer, or None."""
         return self.layer_combo.currentLayer()
 
     def query(self) -> str:
-        """The search text, stripped."""
+        """The query text, stripped."""
         return self.query_edit.text().strip()
 
     def max_tiles(self) -> int:
         """The DRIS tile budget."""
         return self.budget_spin.value()
 
+    def model_dir(self) -> Path | None:
+        """The chosen model's bundle folder (None when there is none to choose)."""
+        folder = self.model_combo.currentData()
+        return Path(folder) if folder else None
+
+    def request(self, mode: str | None = None) -> DockRequest:
+        """Everything the panel holds, as a request."""
+        return DockRequest(mode=mode or self.mode(), query=self.query(), layer=self.current_layer(),
+                           scope=self.scope_combo.currentData(), mask_layer=self.mask_combo.currentLayer(),
+                           max_tiles=self.max_tiles(), model_dir=self.model_dir(),
+                           device=self.device_combo.currentData(), show_plan=self.plan_check.isChecked())
+
     # State --------------------------------------------------------------------------------
 
     def set_running(self, running: bool) -> None:
-        """Enable Cancel while a job runs, the job buttons otherwise."""
+        """Enable Cancel while a job runs, the inputs otherwise."""
         self._running = running
         if running:
             self.progress_bar.setValue(0)
-        self._update_buttons()
+            self.progress_bar.setFormat("%p%")
+        self._update_controls()
 
-    def set_progress(self, percent: float) -> None:
-        """Show progress in percent."""
+    def set_progress(self, percent: float, eta_s: float | None = None) -> None:
+        """Show progress in percent and, when known, the time left."""
         self.progress_bar.setValue(int(round(percent)))
+        self.progress_bar.setFormat(f"%p%  ({format_eta(eta_s)} left)" if eta_s is not None else "%p%")
 
     def set_status(self, text: str) -> None:
         """Show a one-line status (a stage, a result summary or an error sentence)."""
@@ -142,46 +300,129 @@ class RsVlmDock(QDockWidget):
     # Results ------------------------------------------------------------------------------
 
     def clear_results(self) -> None:
-        """Empty the result list."""
+        """Empty the result list and the answer."""
         self.results_list.clear()
+        self.answer_label.setText("")
 
-    def show_result(self, result: DescribeResult | SearchResult) -> None:
-        """List the captions (global, then regions, then the best object captions) or hits."""
+    def show_result(self, result) -> None:
+        """List a job's results: captions (global caption on top), hits, classes or evidence."""
         self.clear_results()
+        crs = result.crs_wkt
         if isinstance(result, SearchResult):
             for hit in result.hits:
                 self._add_item(f"#{hit.rank}  {hit.score:.3f}  ({hit.level}, {hit.gsd_m:.2f} m)\n{hit.caption}",
-                               hit.extent, result.crs_wkt)
+                               hit.extent, crs, hit.score)
             self.set_status(f'{len(result.hits)} places match "{result.query}".' if result.hits
                             else f'Nothing matches "{result.query}" here.')
-            return
-        for level, records in result.by_level().items():
-            for record in sorted(records, key=lambda r: -r.score):
-                self._add_item(f"{level.capitalize()}  {record.score:.2f}  ({record.gsd_m:.2f} m)\n{record.caption}",
-                               record.extent, result.crs_wkt)
-        self.set_status(result.global_caption or "No caption was produced.")
+        elif isinstance(result, ClassifyResult):
+            for record in sorted(result.records, key=lambda r: -r.confidence):
+                self._add_item(f"{record.label}  {record.confidence:.2f}  (runner-up {record.runner_up})",
+                               record.extent, crs, record.confidence)
+            shares = ", ".join(f"{name} {100 * share:.0f} %" for name, share in
+                               sorted(result.shares().items(), key=lambda kv: -kv[1]) if share > 0)
+            self.answer_label.setText(f"Scene: {result.scene[0][0]}." if result.scene else "")
+            self.set_status(f"{len(result.records)} tiles classified: {shares}.")
+        elif isinstance(result, AnswerResult):
+            self.answer_label.setText(result.answer)
+            for record in result.evidence:
+                self._add_item(f"#{record.rank}  {record.score:.2f}  ({record.level})\n{record.caption}",
+                               record.extent, crs, record.score)
+            self.set_status(f"{len(result.evidence)} evidence tiles.")
+        elif isinstance(result, DescribeResult):
+            self.answer_label.setText(result.global_caption)
+            for level, records in result.by_level().items():
+                for record in sorted(records, key=lambda r: -r.score):
+                    self._add_item(f"{level.capitalize()}  {record.score:.2f}  ({record.gsd_m:.2f} m)\n{record.caption}",
+                                   record.extent, crs, record.score)
+            self.set_status(f"{len(result.records)} captions: the whole view, its regions and its fine tiles."
+                            if result.records else "No caption was produced.")
+        scores = [self.results_list.item(i).data(SCORE_ROLE) for i in range(self.results_list.count())]
+        self._score_range = (min(scores), max(scores)) if scores else (0.0, 1.0)
+        self.threshold_slider.blockSignals(True)
+        self.threshold_slider.setValue(0)
+        self.threshold_slider.blockSignals(False)
+        self._threshold_moved(0, emit=False)
 
-    def _add_item(self, text: str, extent, crs_wkt) -> None:
+    def threshold(self) -> float:
+        """The score under which results are hidden."""
+        low, high = self._score_range
+        return low + (high - low) * self.threshold_slider.value() / THRESHOLD_STEPS
+
+    def set_threshold(self, value: float) -> None:
+        """Move the threshold slider to the step nearest ``value``."""
+        low, high = self._score_range
+        step = 0 if high <= low else round((value - low) / (high - low) * THRESHOLD_STEPS)
+        self.threshold_slider.setValue(max(0, min(THRESHOLD_STEPS, step)))
+
+    def visible_results(self) -> int:
+        """How many results pass the threshold."""
+        return sum(not self.results_list.item(i).isHidden() for i in range(self.results_list.count()))
+
+    def _add_item(self, text: str, extent, crs_wkt, score: float) -> None:
         item = QListWidgetItem(text)
         item.setData(EXTENT_ROLE, (extent, crs_wkt))
+        item.setData(SCORE_ROLE, float(score))
         item.setToolTip(text)
         self.results_list.addItem(item)
 
     # Internals ----------------------------------------------------------------------------
 
-    def _emit_search(self) -> None:
-        if not self._running and self.search_button.isEnabled():
-            self.searchRequested.emit(self.query())
+    def _threshold_moved(self, _step: int, emit: bool = True) -> None:
+        value = self.threshold()
+        self.threshold_label.setText(f"{value:.3f}")
+        for i in range(self.results_list.count()):
+            item = self.results_list.item(i)
+            item.setHidden(item.data(SCORE_ROLE) < value - 1e-9)
+        if emit:
+            self.thresholdChanged.emit(value)
+
+    def _budget_changed(self, value: int) -> None:
+        step = min(range(len(DETAIL_STEPS)), key=lambda k: abs(DETAIL_STEPS[k] - value))
+        self.detail_slider.blockSignals(True)
+        self.detail_slider.setValue(step)
+        self.detail_slider.blockSignals(False)
+
+    def _mode_changed(self, *_changed) -> None:
+        _, query_label, placeholder, run_text, tooltip = MODES[self.mode()]
+        self.query_label.setText(query_label or "Query")
+        self.query_edit.setPlaceholderText(placeholder or "(not needed to describe)")
+        self.run_button.setText(run_text)
+        self.run_button.setToolTip(tooltip)
+        self._update_controls()
+
+    def _emit_run(self) -> None:
+        if not self._running and self.run_button.isEnabled():
+            self.runRequested.emit(self.request())
+
+    def _emit_index(self) -> None:
+        if not self._running and self.index_button.isEnabled():
+            self.indexRequested.emit(self.request("index"))
 
     def _emit_activated(self, item: QListWidgetItem) -> None:
         data = item.data(EXTENT_ROLE)
         if data is not None:
             self.resultActivated.emit(*data)
 
-    def _update_buttons(self, *_changed) -> None:
+    def _update_controls(self, *_changed) -> None:
+        mode = self.mode()
         has_layer = self.current_layer() is not None
-        self.describe_button.setEnabled(has_layer and not self._running)
-        self.search_button.setEnabled(has_layer and bool(self.query()) and not self._running)
+        needs_text = mode in ("search", "ask")
+        selection = self.scope_combo.currentData() == "selection"
+        has_mask = not selection or self.mask_combo.currentLayer() is not None
+        idle = not self._running
+        self.run_button.setEnabled(idle and has_layer and has_mask and (bool(self.query()) or not needs_text))
+        self.index_button.setEnabled(idle and has_layer and has_mask)
         self.cancel_button.setEnabled(self._running)
-        self.layer_combo.setEnabled(not self._running)
-        self.budget_spin.setEnabled(not self._running)
+        self.query_combo.setEnabled(idle and mode != "describe")
+        self.mask_combo.setVisible(selection)
+        for widget in (self.model_combo, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
+                       self.detail_slider, self.budget_spin, self.device_combo, self.plan_check):
+            widget.setEnabled(idle)
+
+
+def format_eta(seconds: float | None) -> str:
+    """A time left as people say it: "12 s", "3 min 05 s"."""
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"

@@ -1,8 +1,12 @@
 """Result GeoPackages as styled, labelled layers in the project.
 
-Caption layers get a transparent fill and an outline whose colour and width say the level
-(global, region, object), labelled with the caption; search hits are coloured by score with
-a graduated renderer and labelled with rank and score. Styles are built in code.
+The styles ship as QML files in ``resources/styles/`` (built in code by ``scripts/make_styles.py``,
+``python3 build.py styles``): caption layers get a transparent fill and an outline whose colour
+and width say the level (global, region, object), labelled with the caption; search hits and
+evidence are coloured by score and labelled with rank and score; classes get one colour per
+class; the DRIS plan is outlined by depth. Every style has a map tip and a display expression.
+:func:`style_layer` loads the file and adds only what depends on the data: the class
+categories and the score breaks.
 """
 
 from __future__ import annotations
@@ -12,23 +16,18 @@ from pathlib import Path
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
-    QgsClassificationEqualInterval,
-    QgsFeatureRequest,
-    QgsFillSymbol,
-    QgsGradientColorRamp,
     QgsGraduatedSymbolRenderer,
-    QgsPalLayerSettings,
+    QgsMapLayer,
     QgsProject,
     QgsRendererCategory,
-    QgsSingleSymbolRenderer,
-    QgsTextBufferSettings,
-    QgsTextFormat,
     QgsVectorLayer,
-    QgsVectorLayerSimpleLabeling,
+    NULL,
 )
-from qgis.PyQt.QtGui import QColor, QFont
+from qgis.PyQt.QtGui import QColor
 
+from ..core.errors import RsVlmError
 from ..core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
+from ..core.plan_layer import PLAN_LAYER
 
 CAPTION_STYLES = {
     # level: (outline colour, outline width in mm, label size in points, display name)
@@ -42,6 +41,23 @@ HIT_COLOURS = ("#ffffb2", "#bd0026")  # low score pale yellow, high score deep r
 HIT_CLASSES = 5
 HIT_OPACITY = 0.35
 LABEL_WRAP_CHARACTERS = 32
+PLAN_DEPTH_COLOURS = ("#313695", "#4575b4", "#74add1", "#abd9e9", "#fee090", "#fdae61", "#f46d43", "#d73027")
+"""Outline colour of encoded plan tiles by depth, coarse (cool) to fine (warm); the last for deeper too."""
+CLASS_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+                 "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
+STYLES_DIR = Path(__file__).resolve().parents[1] / "resources" / "styles"
+"""The shipped QML styles (``python3 build.py styles`` writes them)."""
+STYLE_FILES = {
+    "captions": "captions.qml",
+    "batch_captions": "batch_captions.qml",
+    "search_hits": "search_hits.qml",
+    "evidence": "evidence.qml",
+    "classes": "classes.qml",
+    "dris_plan": "dris_plan.qml",
+}
+"""QML file of each style key."""
+STYLE_CATEGORIES = QgsMapLayer.Symbology | QgsMapLayer.Labeling | QgsMapLayer.MapTips | QgsMapLayer.Rendering
+"""What the QML files carry and set: renderer, labels, map tip and display expression (MapTips), opacity."""
 
 
 def run_group_name(kind: str, query: str = "", when: datetime | None = None) -> str:
@@ -61,6 +77,10 @@ def display_name(layer_name: str, query: str = "") -> str:
         return "Classes"
     if layer_name == EVIDENCE_LAYER:
         return f'Evidence: "{query}"' if query else "Evidence"
+    if layer_name == PLAN_LAYER:
+        return "DRIS plan (where compute went)"
+    if layer_name == BATCH_LAYER:
+        return "Captions"
     return layer_name
 
 
@@ -101,119 +121,64 @@ def add_result_layers(gpkg: str | Path, layer_names: list[str], group_name: str,
     return list(reversed(added))
 
 
+def style_key(layer_name: str) -> str | None:
+    """The style (a key of :data:`STYLE_FILES`) of a result layer, by its GeoPackage layer name."""
+    if layer_name in LEVEL_OF_LAYER:
+        return "captions"
+    if layer_name == BATCH_LAYER:
+        return "batch_captions"
+    if layer_name in (SEARCH_LAYER, EVIDENCE_LAYER, CLASS_LAYER, PLAN_LAYER):
+        return layer_name
+    return None
+
+
+def style_path(key: str) -> Path:
+    """The QML file of a style key."""
+    return STYLES_DIR / STYLE_FILES[key]
+
+
 def style_layer(layer: QgsVectorLayer, layer_name: str) -> None:
-    """Apply the RS-VLM style for a result layer, chosen by its GeoPackage layer name."""
-    if layer_name == SEARCH_LAYER:
-        style_search_hits(layer)
-    elif layer_name in LEVEL_OF_LAYER:
-        style_captions(layer, LEVEL_OF_LAYER[layer_name])
-    elif layer_name == BATCH_LAYER:
-        style_merged_captions(layer)
-    elif layer_name == CLASS_LAYER:
-        style_classes(layer)
-    elif layer_name == EVIDENCE_LAYER:
-        style_search_hits(layer)
+    """Apply the RS-VLM style of a result layer, chosen by its GeoPackage layer name.
+
+    Loads the shipped QML (renderer, labels, map tip, display expression), then fits what
+    depends on the data: one category per class present, score breaks over the layer's scores.
+    Layers of other names are left as they are.
+
+    Raises:
+        RsVlmError: The style file is missing or unreadable (the plugin is incomplete).
+    """
+    key = style_key(layer_name)
+    if key is None:
+        return
+    path = style_path(key)
+    if not path.is_file():
+        raise RsVlmError(f"The layer style {path} is missing; reinstall the RS-VLM plugin "
+                         "(or run `python3 build.py styles` in a source checkout).")
+    message, ok = layer.loadNamedStyle(str(path), STYLE_CATEGORIES)
+    if not ok:
+        raise RsVlmError(f"The layer style {path} could not be loaded ({message}); reinstall the RS-VLM plugin.")
+    renderer = layer.renderer()
+    if isinstance(renderer, QgsCategorizedSymbolRenderer):
+        _class_categories(layer, renderer)
+    elif isinstance(renderer, QgsGraduatedSymbolRenderer):
+        _score_classes(layer, renderer)
     layer.triggerRepaint()
 
 
-CLASS_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
-                 "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
-
-
-def style_classes(layer: QgsVectorLayer) -> None:
-    """One colour per class present (categorised on "class", a legend entry each), class labels."""
-    index = layer.fields().indexOf("class")
-    values = sorted(str(v) for v in layer.uniqueValues(index)) if index >= 0 else []
-    categories = []
+def _class_categories(layer: QgsVectorLayer, renderer: QgsCategorizedSymbolRenderer) -> None:
+    """One category per value present (a legend entry each), coloured from :data:`CLASS_PALETTE`."""
+    index = layer.fields().indexOf(renderer.classAttribute())
+    values = sorted(str(v) for v in layer.uniqueValues(index) if v is not None and v != NULL) if index >= 0 else []
+    renderer.deleteAllCategories()
     for k, value in enumerate(values):
-        symbol = QgsFillSymbol.createSimple({"color": CLASS_PALETTE[k % len(CLASS_PALETTE)],
-                                             "outline_color": "#ffffff", "outline_width": "0.2",
-                                             "outline_width_unit": "MM"})
-        symbol.setOpacity(0.45)
-        categories.append(QgsRendererCategory(value, symbol, value))
-    layer.setRenderer(QgsCategorizedSymbolRenderer("class", categories))
-    settings = _label_settings(8.0, QColor("#222222"))
-    settings.fieldName = "concat(\"class\", ' ', format_number(\"confidence\", 2))"
-    settings.isExpression = True
-    _enable_labels(layer, settings)
+        symbol = renderer.sourceSymbol().clone()
+        symbol.setColor(QColor(CLASS_PALETTE[k % len(CLASS_PALETTE)]))
+        symbol.setOpacity(renderer.sourceSymbol().opacity())
+        renderer.addCategory(QgsRendererCategory(value, symbol, value))
 
 
-def _outline_symbol(level: str) -> QgsFillSymbol:
-    colour, width, _, _ = CAPTION_STYLES[level]
-    return QgsFillSymbol.createSimple({
-        "style": "no",
-        "outline_color": colour,
-        "outline_width": str(width),
-        "outline_width_unit": "MM",
-        "joinstyle": "miter",
-    })
-
-
-def style_captions(layer: QgsVectorLayer, level: str) -> None:
-    """Transparent fill, outline by level, caption labels wrapped to a few words a line."""
-    colour, _, size, _ = CAPTION_STYLES[level]
-    layer.setRenderer(QgsSingleSymbolRenderer(_outline_symbol(level)))
-    settings = _label_settings(size, QColor(colour).darker(160))
-    settings.fieldName = "caption"
-    settings.isExpression = False
-    _enable_labels(layer, settings)
-
-
-def style_merged_captions(layer: QgsVectorLayer) -> None:
-    """All levels in one layer (batch captioning): outline by the "level" field, caption labels."""
-    categories = [QgsRendererCategory(level, _outline_symbol(level), CAPTION_STYLES[level][3])
-                  for level in CAPTION_STYLES]
-    layer.setRenderer(QgsCategorizedSymbolRenderer("level", categories))
-    settings = _label_settings(8.0, QColor("#333333"))
-    settings.fieldName = "caption"
-    settings.isExpression = False
-    _enable_labels(layer, settings)
-
-
-def style_search_hits(layer: QgsVectorLayer) -> None:
-    """Hits coloured by score (graduated, pale to deep red), labelled "#rank score"."""
-    symbol = QgsFillSymbol.createSimple({
-        "outline_color": "#3d0a12",
-        "outline_width": "0.4",
-        "outline_width_unit": "MM",
-    })
-    symbol.setOpacity(HIT_OPACITY)  # the ramp sets opaque colours; the image must show through
-    renderer = QgsGraduatedSymbolRenderer("score")
-    renderer.setSourceSymbol(symbol)
-    renderer.setSourceColorRamp(QgsGradientColorRamp(QColor(HIT_COLOURS[0]), QColor(HIT_COLOURS[1])))
-    renderer.setClassificationMethod(QgsClassificationEqualInterval())
-    if layer.featureCount() > 0:
-        renderer.updateClasses(layer, min(HIT_CLASSES, max(1, layer.featureCount())))
-    # best hits drawn last, on top of the weaker (often larger) tiles they overlap
-    renderer.setOrderBy(QgsFeatureRequest.OrderBy([QgsFeatureRequest.OrderByClause("score", True)]))
-    renderer.setOrderByEnabled(True)
-    layer.setRenderer(renderer)
-    settings = _label_settings(9.0, QColor("#3d0a12"))
-    settings.fieldName = "concat('#', \"rank\", '  ', format_number(\"score\", 3))"
-    settings.isExpression = True
-    _enable_labels(layer, settings)
-
-
-def _label_settings(size: float, colour: QColor) -> QgsPalLayerSettings:
-    text = QgsTextFormat()
-    font = QFont()
-    font.setPointSizeF(size)
-    text.setFont(font)
-    text.setSize(size)
-    text.setColor(colour)
-    buffer = QgsTextBufferSettings()
-    buffer.setEnabled(True)
-    buffer.setSize(0.8)
-    buffer.setColor(QColor(255, 255, 255, 220))
-    text.setBuffer(buffer)
-    settings = QgsPalLayerSettings()
-    settings.setFormat(text)
-    settings.placement = QgsPalLayerSettings.OverPoint
-    settings.autoWrapLength = LABEL_WRAP_CHARACTERS
-    settings.multilineAlign = QgsPalLayerSettings.MultiCenter
-    return settings
-
-
-def _enable_labels(layer: QgsVectorLayer, settings: QgsPalLayerSettings) -> None:
-    layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
-    layer.setLabelsEnabled(True)
+def _score_classes(layer: QgsVectorLayer, renderer: QgsGraduatedSymbolRenderer) -> None:
+    """Equal-interval score breaks (at most :data:`HIT_CLASSES`) over the layer's scores."""
+    count = layer.featureCount()
+    if count > 0:
+        renderer.updateClasses(layer, min(HIT_CLASSES, count))

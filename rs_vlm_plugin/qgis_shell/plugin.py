@@ -6,14 +6,15 @@ Works with a full QGIS interface, a minimal one (only what it offers is used) an
 
 from __future__ import annotations
 
-import tempfile
-from datetime import datetime
+import time
 from pathlib import Path
 
 from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
     QgsMapLayerType,
     QgsMessageLog,
     QgsProject,
@@ -21,29 +22,19 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QFileDialog
 
+from ..core.bundle import RuntimeOptions, available_providers
 from ..core.dris import PlanConfig
 from ..core.errors import RsVlmError
 from ..core.pipeline import JobConfig
+from .outputs import RUNS_FOLDER, ensure_writable_folder, run_output_path  # noqa: F401 - RUNS_FOLDER re-exported
 from .processing.provider import ICON_PATH, RsVlmProvider
+from .settings import PluginSettings, available_models
 
 MENU = "&RS-VLM"
-RUNS_FOLDER = "rs_vlm_runs"
-
-
-def output_path(kind: str, project: QgsProject | None = None, when: datetime | None = None) -> Path:
-    """Where a panel/toolbar run writes its GeoPackage.
-
-    Beside the project file when the project is saved (``<project folder>/rs_vlm_runs``), in
-    the system's temporary folder otherwise; one file per run, named by kind and time.
-    """
-    project = project or QgsProject.instance()
-    home = project.homePath() if project.fileName() else ""
-    folder = Path(home) / RUNS_FOLDER if home else Path(tempfile.gettempdir()) / RUNS_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = (when or datetime.now()).strftime("%Y%m%d_%H%M%S_%f")
-    return folder / f"rs_vlm_{kind}_{stamp}.gpkg"
+INDEX_FOLDER = "indexes"
+SCORE_FIELDS = ("score", "confidence")
 
 
 class RsVlmPlugin:
@@ -60,7 +51,11 @@ class RsVlmPlugin:
         self.dock = None
         self.describe_action: QAction | None = None
         self.dock_action: QAction | None = None
+        self.deps_action: QAction | None = None
         self.task = None
+        self.result_layers: list = []
+        self.last_timings: dict[str, float] = {}
+        self._started = 0.0
         self._menu_actions: list[QAction] = []
 
     # QGIS entry points --------------------------------------------------------------------
@@ -94,6 +89,9 @@ class RsVlmPlugin:
         self.dock_action.setObjectName("RsVlmTogglePanel")
         self.dock_action.setCheckable(True)
         self.dock_action.toggled.connect(self._set_dock_visible)
+        self.deps_action = QAction("Check dependencies…", window)
+        self.deps_action.setObjectName("RsVlmDependencies")
+        self.deps_action.triggered.connect(self.show_dependencies)
 
         if hasattr(self.iface, "addToolBar"):
             self.toolbar = self.iface.addToolBar("RS-VLM")
@@ -102,17 +100,21 @@ class RsVlmPlugin:
             self.toolbar.addAction(self.dock_action)
         add_to_menu = getattr(self.iface, "addPluginToRasterMenu", None) or getattr(self.iface, "addPluginToMenu", None)
         if add_to_menu is not None:
-            for action in (self.describe_action, self.dock_action):
+            for action in (self.describe_action, self.dock_action, self.deps_action):
                 add_to_menu(MENU, action)
                 self._menu_actions.append(action)
 
         from .dock import RsVlmDock
 
-        self.dock = RsVlmDock(window)
-        self.dock.describeRequested.connect(self.describe_from_dock)
-        self.dock.searchRequested.connect(self.search_from_dock)
+        settings = PluginSettings.load()
+        self.dock = RsVlmDock(window, available_models(settings),
+                              cuda_available="CUDAExecutionProvider" in available_providers())
+        self._apply_settings(settings)
+        self.dock.runRequested.connect(self.run_from_dock)
+        self.dock.indexRequested.connect(self.run_from_dock)
         self.dock.cancelRequested.connect(self.cancel)
         self.dock.resultActivated.connect(self.zoom_to_result)
+        self.dock.thresholdChanged.connect(self.filter_results)
         if hasattr(self.iface, "addDockWidget"):
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.dock.hide()
@@ -140,10 +142,10 @@ class RsVlmPlugin:
                     window.removeToolBar(self.toolbar)  # at once; deleteLater waits for the event loop
                 self.toolbar.deleteLater()
                 self.toolbar = None
-            for action in (self.describe_action, self.dock_action):
+            for action in (self.describe_action, self.dock_action, self.deps_action):
                 if action is not None:
                     action.deleteLater()
-            self.describe_action = self.dock_action = None
+            self.describe_action = self.dock_action = self.deps_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
@@ -158,13 +160,23 @@ class RsVlmPlugin:
             return
         self.start_job("describe", layer)
 
-    def describe_from_dock(self) -> None:
-        """Describe the panel's raster for the visible extent."""
-        self.start_job("describe", self.dock.current_layer() if self.dock else None)
+    def run_from_dock(self, request) -> None:
+        """Run what the panel asks for (a :class:`~.dock.DockRequest`); remember its settings."""
+        settings = self._remember(request)
+        try:
+            extent, mask = self._scope(request)
+        except RsVlmError as exc:
+            self._refuse(str(exc))
+            return
+        self.start_job(request.mode, request.layer, request.query, extent=extent, max_tiles=request.max_tiles,
+                       model_dir=request.model_dir, device=request.device, show_plan=request.show_plan,
+                       mask_wkb=mask, settings=settings)
 
-    def search_from_dock(self, query: str) -> None:
-        """Search the panel's raster for the query, in the visible extent."""
-        self.start_job("search", self.dock.current_layer() if self.dock else None, query)
+    def show_dependencies(self) -> None:
+        """The dependency report, with an installer for what is missing."""
+        from .deps_dialog import open_dependencies_dialog
+
+        open_dependencies_dialog(self._main_window(), self.iface)
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops between batches)."""
@@ -175,34 +187,41 @@ class RsVlmPlugin:
                 self.task = None
 
     def start_job(self, kind: str, layer, query: str = "", extent=None, max_tiles: int | None = None,
-                  output=None, model_dir=None):
+                  output=None, model_dir=None, device: str = "auto", show_plan: bool = False,
+                  mask_wkb: bytes | None = None, settings: PluginSettings | None = None):
         """Build the job on the main thread and run it as a background task.
 
         Args:
-            kind: "describe" or "search".
+            kind: "describe", "search", "classify", "ask" or "index".
             layer: The raster layer.
-            query: Search text (search only).
+            query: Search text, class list or question.
             extent: Core Extent in the layer's CRS; default the canvas's visible extent
                 (the whole layer without a canvas).
             max_tiles: DRIS budget; default the panel's value.
-            output: GeoPackage path; default :func:`output_path`.
+            output: GeoPackage path; default a new file in the runs folder (see :mod:`.outputs`).
             model_dir: Model bundle folder; default the plugin's model.
+            device: "auto", "cpu" or "cuda".
+            show_plan: Also write the DRIS quadtree as a layer.
+            mask_wkb: Selected polygons in the layer's CRS (WKB): tiles that miss them are skipped.
+            settings: The plugin settings (default: as stored).
 
         Returns:
             The started :class:`~.task.RsVlmTask`, or None when the inputs were not valid
-            (the reason is shown in the message bar).
+            (the reason is shown in the message bar and the panel).
         """
         from .task import RsVlmTask
 
         if self.task is not None and self._task_alive():
             self._message("An RS-VLM job is already running; wait for it or cancel it.", Qgis.Warning)
             return None
+        settings = settings or PluginSettings.load()
         try:
-            request = self._build_request(kind, layer, query, extent, max_tiles, output, model_dir)
+            request = self._build_request(kind, layer, query, extent, max_tiles, output, model_dir, device,
+                                          show_plan, mask_wkb, settings)
         except RsVlmError as exc:
-            self._message(str(exc), Qgis.Warning)
-            if self.dock is not None:
-                self.dock.set_status(str(exc))
+            self._refuse(str(exc))
+            return None
+        if request is None:
             return None
         task = RsVlmTask(request, self.iface)
         task.progressChanged.connect(self._on_progress)
@@ -210,41 +229,63 @@ class RsVlmPlugin:
         task.jobFinished.connect(self._on_finished)
         task.jobFailed.connect(self._on_failed)
         self.task = task  # keep a Python reference while QGIS runs it
+        self._started = time.perf_counter()
         if self.dock is not None:
             self.dock.set_running(True)
-            self.dock.set_status(f"{kind.capitalize()} {layer.name()}...")
+            how = " (from its index)" if kind == "search" and request.index_path is not None else ""
+            self.dock.set_status(f"{kind.capitalize()} {layer.name()}{how}...")
         QgsApplication.taskManager().addTask(task)
         return task
 
     def zoom_to_result(self, extent, crs_wkt=None) -> None:
-        """Zoom the canvas to a result's extent, given in the CRS of ``crs_wkt``."""
+        """Zoom the canvas to a result's extent (given in the CRS of ``crs_wkt``) and flash it."""
         canvas = self._canvas()
         if canvas is None:
             return
         from .extent import to_rectangle, transform_rectangle
 
         crs = QgsCoordinateReferenceSystem.fromWkt(crs_wkt) if crs_wkt else QgsCoordinateReferenceSystem()
+        target = canvas.mapSettings().destinationCrs()
         try:
-            rect = transform_rectangle(to_rectangle(extent), crs, canvas.mapSettings().destinationCrs())
+            rect = transform_rectangle(to_rectangle(extent), crs, target)
         except RsVlmError as exc:
             self._message(str(exc), Qgis.Warning)
             return
+        flash = QgsGeometry.fromRect(rect)
         rect.scale(1.1)
         canvas.setExtent(rect)
         canvas.refresh()
+        canvas.flashGeometries([flash], target)
+
+    def filter_results(self, threshold: float) -> None:
+        """Show only the features of the last run's layers that score at least ``threshold``."""
+        for layer in list(self.result_layers):
+            try:
+                names = layer.fields().names()
+            except RuntimeError:  # the user removed the layer
+                self.result_layers.remove(layer)
+                continue
+            name = next((f for f in SCORE_FIELDS if f in names), None)
+            if name is not None:
+                layer.setSubsetString(f'"{name}" >= {threshold:.6f}' if threshold > 0 else "")
+                layer.triggerRepaint()
 
     # Internals ----------------------------------------------------------------------------
 
-    def _build_request(self, kind, layer, query, extent, max_tiles, output, model_dir):
+    def _build_request(self, kind, layer, query, extent, max_tiles, output, model_dir, device, show_plan, mask_wkb,
+                       settings: PluginSettings):
         from ..core.pipeline import check_query
+        from ..core.qa import parse_question
         from .extent import canvas_extent_in_layer_crs, canvas_gsd_m
         from .source import QgsLayerSource
-        from .task import JobRequest
+        from .task import JobRequest, load_bundle
 
         if layer is None or not isinstance(layer, QgsRasterLayer):
-            raise RsVlmError("Choose a raster layer first; RS-VLM describes and searches raster layers only.")
+            raise RsVlmError("Choose a raster layer first; RS-VLM works on raster layers only.")
         if kind == "search":
             query = check_query(query)
+        elif kind == "ask":
+            parse_question(query)  # a sentence now rather than from the task
         canvas = self._canvas()
         if extent is None and canvas is not None:
             extent = canvas_extent_in_layer_crs(canvas, layer)
@@ -254,37 +295,147 @@ class RsVlmPlugin:
             extent = source.georef.clip(extent)  # a sentence now rather than from the task
         if max_tiles is None:
             max_tiles = self.dock.max_tiles() if self.dock is not None else PlanConfig().max_tiles
-        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles))
+        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=settings.max_hits, mask_wkb=mask_wkb)
+        options = RuntimeOptions(device=device, threads=settings.threads)
+        source_id = layer_source_id(layer)
+        index_path = None
+        if kind in ("index", "search") and output is None:
+            folder = self._runs_folder(settings)
+            if folder is None:
+                return None
+            from ..core.index import default_index_path, find_index
+
+            bundle = load_bundle(model_dir, options)
+            index_folder = ensure_writable_folder(folder / INDEX_FOLDER)
+            if kind == "index":
+                index_path = default_index_path(index_folder, layer.name(), source_id, bundle)
+            elif mask_wkb is None:
+                index_path = find_index(index_folder, source_id, bundle)
+        if output is None and kind != "index":
+            output = run_output_path(kind, QgsProject.instance(), settings)
+            if output is None:
+                folder = self._runs_folder(settings)
+                if folder is None:
+                    return None
+                output = run_output_path(kind, QgsProject.instance(), settings)
         return JobRequest(kind=kind, source=source, extent=extent, config=config, query=query,
                           model_dir=Path(model_dir) if model_dir else None,
-                          output=Path(output) if output else output_path(kind))
+                          output=Path(output) if output else None, options=options, index_path=index_path,
+                          source_id=source_id, show_plan=show_plan)
+
+    def _runs_folder(self, settings: PluginSettings) -> Path | None:
+        """The runs folder; asks the user once (and remembers) when the project is not saved."""
+        from .outputs import runs_folder
+
+        folder = runs_folder(QgsProject.instance(), settings)
+        if folder is not None:
+            return ensure_writable_folder(folder)
+        chosen = QFileDialog.getExistingDirectory(
+            self._main_window(), "RS-VLM: choose a folder for results (asked once; change it in the settings)")
+        if not chosen:
+            self._refuse("Choose a folder for the results (or save the project: results then go beside it).")
+            return None
+        settings.output_folder = chosen
+        settings.save()
+        return ensure_writable_folder(Path(chosen))
+
+    def _scope(self, request) -> tuple[object, bytes | None]:
+        """The extent (layer CRS) and mask of a panel request's scope."""
+        if request.layer is None:
+            raise RsVlmError("Choose a raster layer first; RS-VLM works on raster layers only.")
+        if request.scope == "layer":
+            from .extent import to_extent
+
+            return to_extent(request.layer.extent()), None
+        if request.scope != "selection":
+            return None, None
+        return selection_mask(request.mask_layer, request.layer)
+
+    def _remember(self, request) -> PluginSettings:
+        settings = PluginSettings.load()
+        if request.mode in ("describe", "search", "classify", "ask"):
+            settings.mode = request.mode
+        settings.max_tiles, settings.scope = request.max_tiles, request.scope
+        settings.device, settings.show_plan = request.device, request.show_plan
+        if request.model_dir is not None:
+            settings.model = Path(request.model_dir).name
+        if request.mode == "classify":
+            settings.classes = request.query
+        elif request.query and request.mode in ("search", "ask"):
+            settings.add_query(request.query)
+        settings.save()
+        if self.dock is not None:
+            self.dock.set_history(settings.query_history)
+        return settings
+
+    def _apply_settings(self, settings: PluginSettings) -> None:
+        dock = self.dock
+        dock.set_models(available_models(settings), settings.model_name)
+        dock.set_mode(settings.mode)
+        dock.budget_spin.setValue(settings.max_tiles)
+        dock.scope_combo.setCurrentIndex(max(0, dock.scope_combo.findData(settings.scope)))
+        index = dock.device_combo.findData(settings.device)
+        if index >= 0 and dock.device_combo.model().item(index).isEnabled():
+            dock.device_combo.setCurrentIndex(index)
+        dock.plan_check.setChecked(settings.show_plan)
+        dock.set_history(settings.query_history)
+
+    def _refuse(self, message: str) -> None:
+        self._message(message, Qgis.Warning)
+        if self.dock is not None:
+            self.dock.set_status(message)
 
     def _on_progress(self, percent: float) -> None:
-        if self.dock is not None:
-            self.dock.set_progress(percent)
+        if self.dock is None:
+            return
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed * (100.0 - percent) / percent if percent >= 5.0 and elapsed > 1.0 else None
+        self.dock.set_progress(percent, eta)
 
     def _on_stage(self, stage: str) -> None:
         if self.dock is not None:
             self.dock.set_status(stage)
 
     def _on_finished(self, outcome) -> None:
-        from ..core.pipeline import SearchResult
+        from ..core.pipeline import AnswerResult, ClassifyResult, SearchResult
         from .layers import add_result_layers, run_group_name
+        from .task import IndexBuilt
 
         self.task = None
-        query = outcome.result.query if isinstance(outcome.result, SearchResult) else ""
-        if outcome.output is not None:
-            add_result_layers(outcome.output, list(outcome.layers), run_group_name(outcome.request.kind, query),
-                              query=query)
+        result = outcome.result
         if self.dock is not None:
             self.dock.set_running(False)
             self.dock.set_progress(100)
-            self.dock.show_result(outcome.result)
-        if isinstance(outcome.result, SearchResult):
-            summary = f'{len(outcome.result.hits)} places match "{query}".'
+        if isinstance(result, IndexBuilt):
+            text = (f"Index of {result.n_tiles} tiles saved to {result.path}; searches of this layer with this "
+                    "model now answer from it.")
+            self._finish_message(text, outcome)
+            return
+        query = outcome.request.query if outcome.request.kind != "describe" else ""
+        self.result_layers = []
+        if outcome.output is not None:
+            name = f"{outcome.request.source.name}: " + run_group_name(outcome.request.kind, query)
+            self.result_layers = add_result_layers(outcome.output, outcome.written, name, query=query)
+        self.last_timings = {"job_s": outcome.seconds, "click_to_layers_s": time.perf_counter() - self._started}
+        if self.dock is not None:
+            self.dock.show_result(result)
+        if isinstance(result, SearchResult):
+            summary = f'{len(result.hits)} places match "{result.query}".'
+        elif isinstance(result, ClassifyResult):
+            summary = f"{len(result.records)} tiles classified into {len(result.classes)} classes."
+        elif isinstance(result, AnswerResult):
+            summary = result.answer
         else:
-            summary = outcome.result.global_caption
-        self._message(f"{summary} Results: {outcome.output}", Qgis.Success)
+            summary = result.global_caption
+        self._finish_message(f"{summary} Results: {outcome.output}", outcome)
+
+    def _finish_message(self, text: str, outcome) -> None:
+        seconds = time.perf_counter() - self._started
+        QgsMessageLog.logMessage(f"{outcome.request.kind} finished in {seconds:.2f} s "
+                                 f"(job {outcome.seconds:.2f} s)", "RS-VLM", Qgis.Info)
+        self._message(text, Qgis.Success)
+        if self.dock is not None and outcome.request.kind == "index":
+            self.dock.set_status(text)
 
     def _on_failed(self, message: str) -> None:
         self.task = None
@@ -319,3 +470,55 @@ class RsVlmPlugin:
         if bar is not None:
             bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.Critical else 8)
         QgsMessageLog.logMessage(text, "RS-VLM", level)
+
+
+def layer_source_id(layer) -> str:
+    """A stable identity of a layer's data: provider and source, plus size and time for files.
+
+    An index built for one file is found again for the same file, and not after it changed.
+    """
+    source = layer.source()
+    path = Path(source.split("|")[0])
+    try:
+        stat = path.stat()
+        source = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    except OSError:
+        pass  # a web or database source: its URI is its identity
+    return f"{layer.providerType()}:{source}"
+
+
+def selection_mask(mask_layer, raster_layer) -> tuple[object, bytes]:
+    """The selected polygons of ``mask_layer`` in the raster's CRS: (bounding Extent, WKB).
+
+    Raises:
+        RsVlmError: No polygon layer, nothing selected, or the polygons cannot be reprojected.
+    """
+    from qgis.core import QgsCsException
+
+    from .extent import to_extent
+
+    if mask_layer is None:
+        raise RsVlmError("Choose the polygon layer whose selected features limit the area.")
+    features = list(mask_layer.getSelectedFeatures())
+    if not features:
+        raise RsVlmError(f"Nothing is selected in {mask_layer.name()}; select one or more polygons first "
+                         "(or choose another scope).")
+    transform = None
+    if mask_layer.crs().isValid() and raster_layer.crs().isValid() and mask_layer.crs() != raster_layer.crs():
+        transform = QgsCoordinateTransform(mask_layer.crs(), raster_layer.crs(), QgsProject.instance().transformContext())
+    parts = []
+    for feature in features:
+        geometry = QgsGeometry(feature.geometry())
+        if geometry.isNull():
+            continue
+        if transform is not None:
+            try:
+                geometry.transform(transform)
+            except QgsCsException as exc:
+                raise RsVlmError(f"The selected polygons cannot be reprojected to the raster's CRS ({exc}).") from exc
+        parts.append(geometry)
+    if not parts:
+        raise RsVlmError(f"The selected features of {mask_layer.name()} have no geometry; select polygons.")
+    union = QgsGeometry.unaryUnion(parts)
+    return to_extent(union.boundingBox()), bytes(union.asWkb())
+

@@ -8,6 +8,7 @@ differs (task progress here, Processing feedback there).
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,25 +16,29 @@ from pathlib import Path
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from ..core.bundle import ModelBundle, default_bundle_dir
+from ..core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir
 from ..core.errors import CancelledError, RsVlmError
 from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
 from ..core.pipeline import (DescribeResult, JobConfig, SearchResult, ask, classify, describe, result_kinds,
                              result_layers, search)
+from ..core.index import EmbeddingIndex, build_index
+from ..core.plan_layer import PLAN_LAYER, plan_records
 from ..core.raster import RasterSource
+from ..core.records import PlanTileRecord
 
 LOG_TAG = "RS-VLM"
 
-_bundles: dict[tuple[str, float], ModelBundle] = {}
+_bundles: dict[tuple[str, float, RuntimeOptions], ModelBundle] = {}
 _bundles_lock = threading.Lock()
 
 
-def load_bundle(folder: str | Path | None = None) -> ModelBundle:
+def load_bundle(folder: str | Path | None = None, options: RuntimeOptions | None = None) -> ModelBundle:
     """The model bundle in ``folder`` (default: the plugin's model), loaded once per process.
 
-    Bundles are cached by folder and manifest time, so a re-exported model is picked up and
-    the ONNX sessions are created only once for many runs. Thread-safe.
+    Bundles are cached by folder, manifest time and runtime options (device, threads), so a
+    re-exported model is picked up and the ONNX sessions are created only once for many runs.
+    Thread-safe.
 
     Raises:
         RsVlmError: The folder holds no valid bundle.
@@ -44,18 +49,40 @@ def load_bundle(folder: str | Path | None = None) -> ModelBundle:
         stamp = manifest.stat().st_mtime
     except OSError:
         stamp = -1.0  # ModelBundle.load explains what is missing
-    key = (str(path.resolve()), stamp)
+    options = options or RuntimeOptions()
+    key = (str(path.resolve()), stamp, options)
     with _bundles_lock:
         bundle = _bundles.get(key)
         if bundle is None:
-            bundle = ModelBundle.load(path)
-            for old in [k for k in _bundles if k[0] == key[0]]:
+            bundle = ModelBundle.load(path, options)
+            for old in [k for k in _bundles if k[0] == key[0] and k[1] != stamp]:
                 del _bundles[old]
             _bundles[key] = bundle
         return bundle
 
 
-JOB_KINDS = ("describe", "search", "classify", "ask")
+_indexes: dict[str, tuple[float, EmbeddingIndex]] = {}
+
+
+def open_index(path: str | Path) -> EmbeddingIndex:
+    """The embedding index at ``path``, opened once per process and file version (thread-safe).
+
+    Repeated searches of one layer then cost a text encoding and a matrix product only.
+    """
+    key = str(Path(path).resolve())
+    try:
+        stamp = Path(path).stat().st_mtime
+    except OSError:
+        stamp = -1.0  # EmbeddingIndex.open explains what is missing
+    with _bundles_lock:
+        cached = _indexes.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, EmbeddingIndex.open(path))
+            _indexes[key] = cached
+        return cached[1]
+
+
+JOB_KINDS = ("describe", "search", "classify", "ask", "index")
 
 
 @dataclass
@@ -71,6 +98,11 @@ class JobRequest:
             empty uses the knowledge base's scene concepts).
         model_dir: The model bundle folder; None for the plugin's default model.
         output: The GeoPackage to write; None to write nothing.
+        options: Device and threads of the ONNX sessions.
+        index_path: "index": the index file to build; "search": an index to answer from
+            instead of reading the raster (None reads the raster).
+        source_id: Identity of the raster's source, stored in an index it builds.
+        show_plan: Also write the DRIS quadtree (where compute went) as a layer.
     """
 
     kind: str
@@ -80,6 +112,10 @@ class JobRequest:
     query: str = ""
     model_dir: Path | None = None
     output: Path | None = None
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
+    index_path: Path | None = None
+    source_id: str = ""
+    show_plan: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -87,17 +123,44 @@ class JobRequest:
 
 
 @dataclass
+class IndexBuilt:
+    """The result of an "index" job: the index file and how many tiles it holds."""
+
+    path: Path
+    n_tiles: int
+    crs_wkt: str | None
+    warnings: list[str]
+
+
+@dataclass
 class JobOutcome:
-    """What a finished job produced: the result and the GeoPackage written (if any)."""
+    """What a finished job produced: the result and the GeoPackage written (if any).
+
+    Attributes:
+        written: The layers written to ``output``, in drawing order (bottom first).
+        seconds: Wall time of the job in the worker.
+    """
 
     request: JobRequest
-    result: DescribeResult | SearchResult
+    result: object
     output: Path | None
+    written: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def layers(self) -> dict[str, list]:
         """Records by output layer name."""
-        return result_layers(self.result)
+        return {} if isinstance(self.result, IndexBuilt) else result_layers(self.result)
+
+
+def job_layers(request: JobRequest, result) -> tuple[dict[str, list], dict[str, type]]:
+    """The layers a job writes: its result layers and, when asked, the DRIS plan under them."""
+    layers, kinds = result_layers(result), result_kinds(result)
+    if request.show_plan and getattr(result, "plan", None) is not None:
+        records = plan_records(result.plan, request.source.georef.metres_per_unit, request.source.name)
+        layers = {PLAN_LAYER: records, **layers}
+        kinds = {PLAN_LAYER: PlanTileRecord, **kinds}
+    return layers, kinds
 
 
 def execute(request: JobRequest, progress) -> JobOutcome:
@@ -111,9 +174,23 @@ def execute(request: JobRequest, progress) -> JobOutcome:
         RsVlmError: A problem the user can fix (the message says how).
         CancelledError: The user cancelled; nothing was written.
     """
+    started = time.perf_counter()
     progress.set_stage("Loading the model")
-    bundle = load_bundle(request.model_dir)
-    if request.kind == "search":
+    bundle = load_bundle(request.model_dir, request.options)
+    if request.kind == "index":
+        path = build_index(request.source, bundle, request.index_path, request.extent, request.config, progress,
+                           source_id=request.source_id)
+        index = EmbeddingIndex.open(path)
+        built = IndexBuilt(path, index.n_tiles, request.source.georef.crs_wkt, list(request.source.warnings))
+        return JobOutcome(request, built, None, seconds=time.perf_counter() - started)
+    if request.kind == "search" and request.index_path is not None:
+        progress.set_stage("Searching the index")
+        index = open_index(request.index_path)
+        index.check_model(bundle)
+        result = index.search(bundle, request.query, max_hits=request.config.max_hits,
+                              min_score=request.config.min_score, extent=request.extent)
+        progress.set_fraction(1.0)
+    elif request.kind == "search":
         result = search(request.source, bundle, request.query, request.extent, request.config, progress)
     elif request.kind == "classify":
         classes = [c for c in request.query.split(",") if c.strip()]
@@ -127,10 +204,11 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     for message in result.warnings:
         progress.warn(message)
     output = None
+    layers, kinds = job_layers(request, result)
     if request.output is not None:
         progress.set_stage("Writing the GeoPackage")
-        output = write_geopackage(request.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result))
-    return JobOutcome(request, result, output)
+        output = write_geopackage(request.output, layers, result.crs_wkt, kinds=kinds)
+    return JobOutcome(request, result, output, list(layers), time.perf_counter() - started)
 
 
 class TaskProgress:

@@ -1,0 +1,378 @@
+"""An embedding index: encode a raster once, then answer any number of text queries without it.
+
+    raster -> DRIS plan -> tiles -> image tower (global + 13 region tokens per tile)
+           -> one GeoPackage: layer ``index_tiles`` (footprints, for QGIS) + sqlite tables
+              ``rsvlm_index_meta`` (key, JSON value) and ``rsvlm_index_embeddings`` (np.save BLOBs)
+    query  -> text tower -> one matrix product with the (tiles x 14, D) token matrix -> top k
+
+Hits are ranked exactly as :func:`pipeline.search` ranks them (the best of a tile's global
+token and its 13 region tokens, cosine similarity; ties to the earlier tile); their captions
+are composed from the knowledge base, since the object tokens the decoder needs are not kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import ModelBundle
+from .dris import PlanConfig, Tile, TilePlan
+from .errors import RsVlmError
+from .geometry import Extent
+from .gpkg import write_geopackage
+from .pipeline import (JobConfig, SearchResult, _tile_level, check_query, composed_captions, encode_extent)
+from .progress import NullProgress, ProgressBackend, check_canceled
+from .raster import RasterSource
+from .records import IndexTile, SearchHit
+
+INDEX_FORMAT = "rsvlm-index"
+INDEX_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+TILES_LAYER = "index_tiles"
+META_TABLE = "rsvlm_index_meta"
+EMBEDDINGS_TABLE = "rsvlm_index_embeddings"
+INDEX_SUFFIX = ".rsvlm-index.gpkg"
+CHUNK_ROWS = 4096
+"""Tiles per BLOB: keeps every BLOB far below SQLite's 1 GB limit however large the index."""
+LEVEL_CODES = ("region", "object")
+
+
+def model_fingerprint(bundle: ModelBundle) -> str:
+    """sha256 of the bundle's manifest.json and the sizes of its ONNX files.
+
+    A re-exported model gets a new fingerprint, so an index of the old one is detected.
+    """
+    digest = hashlib.sha256((bundle.folder / "manifest.json").read_bytes())
+    for onnx in sorted(bundle.folder.glob("*.onnx")):
+        digest.update(f"\n{onnx.name}:{onnx.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def file_identity(path: str | Path) -> str:
+    """A raster file's identity: its resolved path, size and modification time."""
+    resolved = Path(path).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError:
+        return str(resolved)
+    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def source_identity(source: RasterSource) -> str:
+    """The identity of a source: :func:`file_identity` for files, its name otherwise."""
+    path = getattr(source, "path", None)
+    return file_identity(path) if path is not None and not str(path).startswith("/vsi") else source.name
+
+
+def default_index_path(folder: str | Path, source_name: str, source_id: str, bundle: ModelBundle) -> Path:
+    """Where the index of a source and model goes: ``<stem>-<8 hex>.rsvlm-index.gpkg`` in ``folder``.
+
+    The 8 hex digits hash the source identity and the model fingerprint, so each source and
+    model gets its own file.
+    """
+    stem = re.sub(r"[^\w.-]+", "_", Path(source_name).stem).strip("._") or "raster"
+    tag = hashlib.sha256(f"{source_id}\n{model_fingerprint(bundle)}".encode()).hexdigest()[:8]
+    return Path(folder) / f"{stem}-{tag}{INDEX_SUFFIX}"
+
+
+def find_index(folder: str | Path, source_id: str, bundle: ModelBundle) -> Path | None:
+    """The newest index in ``folder`` of this source built with this model, or None."""
+    fingerprint = model_fingerprint(bundle)
+    best: tuple[str, Path] | None = None
+    for path in Path(folder).glob(f"*{INDEX_SUFFIX}"):
+        try:
+            meta = _read_meta(path)
+        except RsVlmError:
+            continue
+        if meta.get("source_id") == source_id and meta.get("model_fingerprint") == fingerprint \
+                and meta.get("format_version") in SUPPORTED_VERSIONS:
+            created = str(meta.get("created", ""))
+            if best is None or created > best[0]:
+                best = (created, path)
+    return best[1] if best else None
+
+
+def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, extent: Extent | None = None,
+                config: JobConfig | None = None, progress: ProgressBackend | None = None,
+                source_id: str | None = None, dtype: str = "float16") -> Path:
+    """Encode a raster once and write its tiles and embeddings to an index GeoPackage.
+
+    Args:
+        source: The raster.
+        bundle: The model.
+        path: The index to write (``.gpkg``); written atomically, so a cancelled or failed
+            build leaves no file (or the previous one).
+        extent: Part of the raster, in its CRS; None for all of it.
+        config: Plan and mask settings (``config.plan``, ``config.mask_wkb``, ``config.batch_size``).
+        progress: Receives stages and progress; asked for cancellation between batches.
+        source_id: The source's identity (a QGIS layer's source URI); by default the file's
+            resolved path, size and modification time.
+        dtype: "float16" (half the size) or "float32" for the stored embeddings.
+
+    Returns:
+        The path written.
+
+    Raises:
+        RsVlmError: The output is not a GeoPackage, the extent misses the raster, or writing failed.
+        CancelledError: The user cancelled.
+    """
+    target = Path(path)
+    if target.suffix.lower() != ".gpkg":
+        raise RsVlmError(f"The index {target} is not a GeoPackage; give a file name ending in .gpkg.")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, not {dtype!r}.")
+    config = config or JobConfig()
+    progress = progress or NullProgress()
+    start = time.perf_counter()
+    encoding = encode_extent(source, bundle, extent, config, progress, keep=("embedding", "regions"))
+    rows = [(i, _tile_level(t)) for i, t in enumerate(encoding.tiles) if _tile_level(t) is not None]
+    picked = [i for i, _ in rows]
+    tiles = [IndexTile(k, encoding.tiles[i].key, level, encoding.tiles[i].depth, encoding.tiles[i].extent,
+                       encoding.tiles[i].gsd_m, encoding.tiles[i].complexity) for k, (i, level) in enumerate(rows)]
+    arrays = {
+        "embedding": encoding.tiers["embedding"][picked].astype(dtype),
+        "regions": encoding.tiers["regions"][picked].astype(dtype),
+        "extent": np.array([[t.extent.xmin, t.extent.ymin, t.extent.xmax, t.extent.ymax] for t in tiles],
+                           np.float64).reshape(-1, 4),
+        "depth": np.array([t.depth for t in tiles], np.int16),
+        "level": np.array([LEVEL_CODES.index(t.level) for t in tiles], np.int8),
+        "gsd_m": np.array([t.gsd_m for t in tiles], np.float64),
+        "complexity": np.array([t.complexity for t in tiles], np.float32),
+        "key": np.array([t.key for t in tiles], dtype=str),
+    }
+    plan = encoding.plan
+    georef = source.georef
+    meta = {
+        "format": INDEX_FORMAT, "format_version": INDEX_VERSION,
+        "model_name": bundle.name, "model_fingerprint": model_fingerprint(bundle), "embed_dim": bundle.embed_dim,
+        "source_name": source.name, "source_id": source_id or source_identity(source),
+        "crs_wkt": georef.crs_wkt, "metres_per_unit": georef.metres_per_unit,
+        "extent": list(dataclasses.astuple(plan.extent)), "native_gsd": plan.native_gsd,
+        "plan_config": dataclasses.asdict(plan.config), "plan_summary": plan.summary(),
+        "tiles": len(tiles), "dtype": dtype, "warnings": list(source.warnings),
+        "encode_timings": {k: v for k, v in encoding.timings.items() if isinstance(v, (int, float))},
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+    }
+    check_canceled(progress)
+    progress.set_stage(f"Writing the index of {len(tiles)} tiles")
+
+    def add_tables(temporary: Path) -> None:
+        check_canceled(progress)
+        meta["build_s"] = round(time.perf_counter() - start, 3)
+        _write_tables(temporary, meta, arrays)
+        check_canceled(progress)
+
+    written = write_geopackage(target, {TILES_LAYER: tiles}, georef.crs_wkt, kinds={TILES_LAYER: IndexTile},
+                               finish=add_tables)
+    progress.set_fraction(1.0)
+    progress.info(f"Indexed {len(tiles)} tiles of {source.name} in {written}.")
+    return written
+
+
+class EmbeddingIndex:
+    """An index opened for searching: tile geometry and a normalised (N x 14, D) token matrix.
+
+    Attributes:
+        path: The index file.
+        meta: Its metadata (see :func:`build_index`).
+        tokens: (N * 14, D) float32: each tile's global token then its 13 region tokens, normalised.
+        embeddings: (N, D) float32 the tiles' global tokens (for captions).
+        extents, depths, levels, gsd_m, complexity, keys: Per-tile columns, in tile_id order.
+    """
+
+    def __init__(self, path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.path = path
+        self.meta = meta
+        embedding = arrays["embedding"].astype(np.float32)
+        regions = arrays["regions"].astype(np.float32)
+        tokens = np.concatenate([embedding[:, None], regions], axis=1)
+        self.tokens_per_tile = tokens.shape[1]
+        tokens = tokens.reshape(-1, tokens.shape[-1])
+        tokens /= np.maximum(np.linalg.norm(tokens, axis=1, keepdims=True), 1e-12)
+        self.tokens = tokens
+        self.embeddings = tokens.reshape(len(embedding), self.tokens_per_tile, -1)[:, 0]
+        self.extents = arrays["extent"]
+        self.depths = arrays["depth"]
+        self.levels = arrays["level"]
+        self.gsd_m = arrays["gsd_m"]
+        self.complexity = arrays["complexity"]
+        self.keys = arrays["key"]
+        self._plan: TilePlan | None = None
+        self._checked: ModelBundle | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "EmbeddingIndex":
+        """Read an index file.
+
+        Raises:
+            RsVlmError: The file is missing, is not an RS-VLM index, or is of an unsupported version.
+        """
+        path = Path(path)
+        meta = _read_meta(path)
+        version = meta.get("format_version")
+        if version not in SUPPORTED_VERSIONS:
+            raise RsVlmError(
+                f"{path} is an RS-VLM index of version {version!r}, which this plugin cannot read (it reads "
+                f"version {', '.join(map(str, SUPPORTED_VERSIONS))}); build the index again with this plugin.")
+        with _connect(path) as db:
+            arrays = _read_arrays(db, path)
+        if len(arrays.get("embedding", ())) != meta.get("tiles"):
+            raise RsVlmError(f"The index {path} is incomplete (its embeddings are missing or cut short); build it again.")
+        index = cls(path, meta, arrays)
+        _ = index.plan  # built now, so that the first query is as fast as the others
+        return index
+
+    def __len__(self) -> int:
+        return len(self.extents)
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The CRS of the tile extents."""
+        return self.meta.get("crs_wkt")
+
+    @property
+    def source_name(self) -> str:
+        """Name of the indexed raster."""
+        return str(self.meta.get("source_name", ""))
+
+    @property
+    def plan(self) -> TilePlan:
+        """The indexed tiles as a plan (regions and leaves; leaves marked), for result summaries."""
+        if self._plan is None:
+            config = PlanConfig(**self.meta["plan_config"])
+            nodes = [Tile(str(self.keys[i]), self.extent(i), int(self.depths[i]),
+                          max(self.extent(i).width, self.extent(i).height) / config.tile_size,
+                          float(self.complexity[i]), LEVEL_CODES[self.levels[i]] == "object")
+                     for i in range(len(self))]
+            self._plan = TilePlan(Extent(*self.meta["extent"]), float(self.meta["native_gsd"]), config, nodes)
+        return self._plan
+
+    def extent(self, i: int) -> Extent:
+        """The footprint of tile ``i``."""
+        return Extent(*map(float, self.extents[i]))
+
+    def check_model(self, bundle: ModelBundle) -> None:
+        """Raise a sentence-error unless the index was built with this model."""
+        if bundle is self._checked:
+            return
+        if self.meta.get("model_fingerprint") != model_fingerprint(bundle):
+            built, now = self.meta.get("model_name", "another model"), bundle.name
+            same = " (the same name, but exported again)" if built == now else ""
+            raise RsVlmError(
+                f"The index {self.path.name} was built with the model {built}, not with {now}{same}; "
+                "build the index again with this model, or search it with the model it was built with.")
+        self._checked = bundle
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """Each tile's score for a normalised query embedding: its best token's cosine similarity.
+
+        The same as :func:`pipeline.tile_scores` without a bundle, as one matrix product.
+        """
+        return (self.tokens @ query.astype(np.float32)).reshape(len(self), self.tokens_per_tile).max(1)
+
+    def top(self, scores: np.ndarray, max_hits: int, min_score: float | None = None) -> np.ndarray:
+        """Rows of the best ``max_hits`` tiles, best first, ties to the lower row (as ``pipeline.search``)."""
+        rows = np.arange(len(scores)) if min_score is None else np.flatnonzero(scores >= min_score)
+        if len(rows) > max_hits > 0:
+            kth = np.partition(scores[rows], len(rows) - max_hits)[len(rows) - max_hits]
+            rows = rows[scores[rows] >= kth]  # every tile tied with the k-th stays for the tie-break
+        order = np.lexsort((rows, -scores[rows]))
+        return rows[order][:max(0, max_hits)]
+
+    def search(self, bundle: ModelBundle, query: str, max_hits: int = 10, min_score: float | None = None,
+               top_concepts: int = 3) -> SearchResult:
+        """Rank the indexed tiles by similarity to a text (no raster access).
+
+        Raises:
+            RsVlmError: The query is empty, or the index was built with another model.
+        """
+        text = check_query(query)
+        self.check_model(bundle)
+        t0 = time.perf_counter()
+        query_emb = bundle.encode_texts([text])[0]
+        t1 = time.perf_counter()
+        scores = self.scores(query_emb)
+        rows = self.top(scores, max_hits, min_score)
+        t2 = time.perf_counter()
+        levels = [LEVEL_CODES[self.levels[i]] for i in rows]
+        captions = composed_captions(bundle, self.embeddings[rows], top_concepts, levels) if len(rows) else []
+        t3 = time.perf_counter()
+        hits = [SearchHit(query=text, rank=rank, score=float(scores[i]), level=levels[rank - 1],
+                          depth=int(self.depths[i]), extent=self.extent(i), gsd_m=float(self.gsd_m[i]),
+                          caption=captions[rank - 1], source=self.source_name)
+                for rank, i in enumerate(rows, start=1)]
+        timings = {"text_s": t1 - t0, "score_s": t2 - t1, "caption_s": t3 - t2, "tiles": len(self)}
+        return SearchResult(text, hits, [], self.plan, self.crs_wkt, [], timings)
+
+
+# Storage -------------------------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise RsVlmError(f"{path} cannot be opened ({exc}); check the file and its permissions.") from exc
+
+
+def _not_an_index(path: Path) -> RsVlmError:
+    return RsVlmError(
+        f"{path} is not an RS-VLM embedding index; choose a file written by \"Build embedding index\" "
+        "(or `python -m rs_vlm_plugin index`), or build one.")
+
+
+def _read_meta(path: Path) -> dict:
+    """The metadata table of an index (sentence-errors for a missing file or another kind of file)."""
+    if not path.is_file():
+        raise RsVlmError(f"The index file {path} does not exist; check the path or build the index first.")
+    try:
+        with _connect(path) as db:
+            rows = db.execute(f"SELECT key, value FROM {META_TABLE}").fetchall()
+    except sqlite3.Error as exc:  # not SQLite, or SQLite without the table
+        raise _not_an_index(path) from exc
+    try:
+        meta = {key: json.loads(value) for key, value in rows}
+    except (TypeError, ValueError) as exc:
+        raise _not_an_index(path) from exc
+    if meta.get("format") != INDEX_FORMAT:
+        raise _not_an_index(path)
+    return meta
+
+
+def _read_arrays(db: sqlite3.Connection, path: Path) -> dict[str, np.ndarray]:
+    try:
+        rows = db.execute(f"SELECT name, chunk, data FROM {EMBEDDINGS_TABLE} ORDER BY name, chunk").fetchall()
+    except sqlite3.Error as exc:
+        raise _not_an_index(path) from exc
+    parts: dict[str, list[np.ndarray]] = {}
+    for name, _, data in rows:
+        parts.setdefault(name, []).append(np.load(io.BytesIO(data), allow_pickle=False))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def _write_tables(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Add the metadata and embedding tables to a closed GeoPackage."""
+    db = sqlite3.connect(str(path))
+    try:
+        with db:
+            db.execute(f"CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.executemany(f"INSERT INTO {META_TABLE} VALUES (?, ?)",
+                           [(key, json.dumps(value)) for key, value in meta.items()])
+            db.execute(f"CREATE TABLE {EMBEDDINGS_TABLE} (name TEXT NOT NULL, chunk INTEGER NOT NULL, "
+                       "data BLOB NOT NULL, PRIMARY KEY (name, chunk))")
+            for name, array in arrays.items():
+                for chunk, first in enumerate(range(0, max(1, len(array)), CHUNK_ROWS)):
+                    buffer = io.BytesIO()
+                    np.save(buffer, np.ascontiguousarray(array[first:first + CHUNK_ROWS]), allow_pickle=False)
+                    db.execute(f"INSERT INTO {EMBEDDINGS_TABLE} VALUES (?, ?, ?)", (name, chunk, buffer.getvalue()))
+    finally:
+        db.close()

@@ -8,6 +8,7 @@
     python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.png
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
+    python3 build.py bench-index     build a 12k-tile embedding index, time 200+ text queries against it
     python3 build.py train --data ../shared/data [--ablations]   train the model (resumable), then `export`
     python3 build.py export          re-export the ONNX bundle from the committed weights
     python3 build.py styles          rebuild the layer styles (rs_vlm_plugin/resources/styles/*.qml)
@@ -304,6 +305,15 @@ def cmd_bench(args) -> int:
                check=False, cwd=ROOT).returncode
 
 
+def cmd_bench_index(args) -> int:
+    """Embedding index benchmark: build time, file size, open time, per-query latency (prints figures)."""
+    setup()
+    extra = ["--grid", args.grid, "--queries", str(args.queries)] + (["--reuse"] if args.reuse else [])
+    return run([VENV_PY, ROOT / "scripts" / "bench_index.py", "--samples", SAMPLES, "--work", CACHE / "bench_index",
+                "--out", ROOT / "out" / "bench_index.json", *extra], env=headless_env(), check=False,
+               cwd=ROOT).returncode
+
+
 def cmd_train(args) -> int:
     """Train the model on a data folder laid out like ../shared/data (stages resume from checkpoints)."""
     ensure_apt()
@@ -355,6 +365,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="print benchmark figures")
     p.add_argument("--data", default=None, help="optional ../shared/data for the NAIP scenes")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("bench-index", help="embedding index: build 10k+ tiles once, time 200+ queries")
+    p.add_argument("--grid", default="18x6", help="copies of the large demo scene in the VRT mosaic (x by y)")
+    p.add_argument("--queries", type=int, default=216, help="timed text queries (at least 200)")
+    p.add_argument("--reuse", action="store_true", help="reuse the index of an earlier run")
+    p.set_defaults(func=cmd_bench_index)
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)

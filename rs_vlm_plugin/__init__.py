@@ -14,8 +14,16 @@ def classFactory(iface):  # noqa: N802 - the name QGIS looks for
         iface: The QgisInterface of the running QGIS, or None when only Processing is wanted.
 
     Returns:
-        The :class:`~rs_vlm_plugin.qgis_shell.plugin.RsVlmPlugin` instance.
+        The :class:`~rs_vlm_plugin.qgis_shell.plugin.RsVlmPlugin` instance, or, when a required
+        Python package is missing or broken, a
+        :class:`~rs_vlm_plugin.qgis_shell.missing_deps.MissingDependenciesPlugin` that explains
+        it and offers to install it (packages installed earlier are found in the private folder).
     """
+    from .qgis_shell.missing_deps import MissingDependenciesPlugin, prepare_dependencies
+
+    report = prepare_dependencies()
+    if not report.ok:
+        return MissingDependenciesPlugin(iface, report)
     from .qgis_shell.plugin import RsVlmPlugin
 
     return RsVlmPlugin(iface)

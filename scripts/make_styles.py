@@ -32,6 +32,7 @@ from qgis.core import (  # noqa: E402 - after the path set-up
     QgsGradientColorRamp,
     QgsGraduatedSymbolRenderer,
     QgsPalLayerSettings,
+    QgsRendererCategory,
     QgsRuleBasedLabeling,
     QgsRuleBasedRenderer,
     QgsTextBufferSettings,
@@ -51,6 +52,7 @@ from rs_vlm_plugin.core.records import (  # noqa: E402
 )
 from rs_vlm_plugin.qgis_shell.layers import (  # noqa: E402
     CAPTION_STYLES,
+    CLASS_PALETTE,
     HIT_COLOURS,
     HIT_OPACITY,
     LABEL_WRAP_CHARACTERS,
@@ -155,13 +157,26 @@ def scored_tiles(layer: QgsVectorLayer, tip: str) -> None:
     layer.setDisplayExpression("concat('#', \"rank\", ' ', \"caption\")")
 
 
-def style_classes(layer: QgsVectorLayer) -> None:
-    """Categorised on "class" (categories come from the data at load time), class labels."""
-    symbol = QgsFillSymbol.createSimple({"color": "#888888", "outline_color": "#ffffff", "outline_width": "0.2",
+def class_symbol(colour: str) -> QgsFillSymbol:
+    """A half-transparent fill in ``colour`` with a thin white outline."""
+    symbol = QgsFillSymbol.createSimple({"color": colour, "outline_color": "#ffffff", "outline_width": "0.2",
                                          "outline_width_unit": "MM"})
     symbol.setOpacity(0.45)
-    renderer = QgsCategorizedSymbolRenderer("class", [])
-    renderer.setSourceSymbol(symbol)
+    return symbol
+
+
+def style_classes(layer: QgsVectorLayer) -> None:
+    """Categorised on "class", class labels.
+
+    The categories saved are the palette (placeholders "class 1", "class 2"...) and a grey one for
+    other values; at load time :func:`layers.style_layer` replaces them with one category per
+    class in the data, coloured by the placeholders' symbols in order.
+    """
+    categories = [QgsRendererCategory(f"class {k + 1}", class_symbol(colour), f"class {k + 1}")
+                  for k, colour in enumerate(CLASS_PALETTE)]
+    categories.append(QgsRendererCategory("", class_symbol("#888888"), "other"))
+    renderer = QgsCategorizedSymbolRenderer("class", categories)
+    renderer.setSourceSymbol(class_symbol("#888888"))
     layer.setRenderer(renderer)
     text = "concat(\"class\", ' ', format_number(\"confidence\", 2))"
     layer.setLabeling(QgsVectorLayerSimpleLabeling(label_settings(8.0, QColor("#222222"), text, True)))

@@ -279,9 +279,19 @@ class EmbeddingIndex:
         """
         return (self.tokens @ query.astype(np.float32)).reshape(len(self), self.tokens_per_tile).max(1)
 
-    def top(self, scores: np.ndarray, max_hits: int, min_score: float | None = None) -> np.ndarray:
-        """Rows of the best ``max_hits`` tiles, best first, ties to the lower row (as ``pipeline.search``)."""
-        rows = np.arange(len(scores)) if min_score is None else np.flatnonzero(scores >= min_score)
+    def within(self, extent: Extent) -> np.ndarray:
+        """Rows of the tiles that overlap ``extent`` (in the index's CRS)."""
+        e = self.extents
+        return np.flatnonzero((e[:, 0] < extent.xmax) & (e[:, 2] > extent.xmin)
+                              & (e[:, 1] < extent.ymax) & (e[:, 3] > extent.ymin))
+
+    def top(self, scores: np.ndarray, max_hits: int, min_score: float | None = None,
+            rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the best ``max_hits`` tiles (among ``rows``, default all), best first, ties to the
+        lower row (as ``pipeline.search``)."""
+        rows = np.arange(len(scores)) if rows is None else np.asarray(rows)
+        if min_score is not None:
+            rows = rows[scores[rows] >= min_score]
         if len(rows) > max_hits > 0:
             kth = np.partition(scores[rows], len(rows) - max_hits)[len(rows) - max_hits]
             rows = rows[scores[rows] >= kth]  # every tile tied with the k-th stays for the tie-break
@@ -289,8 +299,11 @@ class EmbeddingIndex:
         return rows[order][:max(0, max_hits)]
 
     def search(self, bundle: ModelBundle, query: str, max_hits: int = 10, min_score: float | None = None,
-               top_concepts: int = 3) -> SearchResult:
+               top_concepts: int = 3, extent: Extent | None = None) -> SearchResult:
         """Rank the indexed tiles by similarity to a text (no raster access).
+
+        Args:
+            extent: Only tiles overlapping this area (the index's CRS) compete; None for all.
 
         Raises:
             RsVlmError: The query is empty, or the index was built with another model.
@@ -301,7 +314,7 @@ class EmbeddingIndex:
         query_emb = bundle.encode_texts([text])[0]
         t1 = time.perf_counter()
         scores = self.scores(query_emb)
-        rows = self.top(scores, max_hits, min_score)
+        rows = self.top(scores, max_hits, min_score, None if extent is None else self.within(extent))
         t2 = time.perf_counter()
         levels = [LEVEL_CODES[self.levels[i]] for i in rows]
         captions = composed_captions(bundle, self.embeddings[rows], top_concepts, levels) if len(rows) else []

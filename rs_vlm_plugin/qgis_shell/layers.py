@@ -23,7 +23,6 @@ from qgis.core import (
     QgsVectorLayer,
     NULL,
 )
-from qgis.PyQt.QtGui import QColor
 
 from ..core.errors import RsVlmError
 from ..core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
@@ -43,8 +42,9 @@ HIT_OPACITY = 0.35
 LABEL_WRAP_CHARACTERS = 32
 PLAN_DEPTH_COLOURS = ("#313695", "#4575b4", "#74add1", "#abd9e9", "#fee090", "#fdae61", "#f46d43", "#d73027")
 """Outline colour of encoded plan tiles by depth, coarse (cool) to fine (warm); the last for deeper too."""
-CLASS_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
-                 "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
+CLASS_PALETTE = (  # the class colours, in the order classes take them (saved in classes.qml)
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+    "#1f78b4", "#b2df8a", "#fb9a99", "#cab2d6")
 STYLES_DIR = Path(__file__).resolve().parents[1] / "resources" / "styles"
 """The shipped QML styles (``python3 build.py styles`` writes them)."""
 STYLE_FILES = {
@@ -56,8 +56,10 @@ STYLE_FILES = {
     "dris_plan": "dris_plan.qml",
 }
 """QML file of each style key."""
-STYLE_CATEGORIES = QgsMapLayer.Symbology | QgsMapLayer.Labeling | QgsMapLayer.MapTips | QgsMapLayer.Rendering
-"""What the QML files carry and set: renderer, labels, map tip and display expression (MapTips), opacity."""
+STYLE_CATEGORIES = (QgsMapLayer.Symbology | QgsMapLayer.Labeling | QgsMapLayer.MapTips | QgsMapLayer.Rendering
+                    | QgsMapLayer.LayerConfiguration)
+"""What the QML files carry and set: renderer, labels, map tip, display expression (QGIS 3.22 saves it
+with LayerConfiguration), rendering options."""
 
 
 def run_group_name(kind: str, query: str = "", when: datetime | None = None) -> str:
@@ -166,15 +168,19 @@ def style_layer(layer: QgsVectorLayer, layer_name: str) -> None:
 
 
 def _class_categories(layer: QgsVectorLayer, renderer: QgsCategorizedSymbolRenderer) -> None:
-    """One category per value present (a legend entry each), coloured from :data:`CLASS_PALETTE`."""
+    """One category per class present (a legend entry each), sorted by name.
+
+    The QML's categories are the palette (placeholders "class 1", "class 2"...); the classes take
+    their symbols in order, cycling when there are more classes than colours.
+    """
+    palette = [c.symbol().clone() for c in renderer.categories() if c.value() not in ("", None, NULL)]
+    if not palette:
+        palette = [renderer.sourceSymbol().clone()]
     index = layer.fields().indexOf(renderer.classAttribute())
     values = sorted(str(v) for v in layer.uniqueValues(index) if v is not None and v != NULL) if index >= 0 else []
     renderer.deleteAllCategories()
     for k, value in enumerate(values):
-        symbol = renderer.sourceSymbol().clone()
-        symbol.setColor(QColor(CLASS_PALETTE[k % len(CLASS_PALETTE)]))
-        symbol.setOpacity(renderer.sourceSymbol().opacity())
-        renderer.addCategory(QgsRendererCategory(value, symbol, value))
+        renderer.addCategory(QgsRendererCategory(value, palette[k % len(palette)].clone(), value))
 
 
 def _score_classes(layer: QgsVectorLayer, renderer: QgsGraduatedSymbolRenderer) -> None:

@@ -181,7 +181,7 @@ def execute(request: JobRequest, progress) -> JobOutcome:
         path = build_index(request.source, bundle, request.index_path, request.extent, request.config, progress,
                            source_id=request.source_id)
         index = EmbeddingIndex.open(path)
-        built = IndexBuilt(path, index.n_tiles, request.source.georef.crs_wkt, list(request.source.warnings))
+        built = IndexBuilt(path, len(index), request.source.georef.crs_wkt, list(request.source.warnings))
         return JobOutcome(request, built, None, seconds=time.perf_counter() - started)
     if request.kind == "search" and request.index_path is not None:
         progress.set_stage("Searching the index")

@@ -94,7 +94,7 @@ def test_gui_lifecycle_with_a_minimal_iface(plugin, iface):
         texts = [a.text() for a in toolbars[0].actions()]
         assert "Describe visible extent" in texts and "RS-VLM panel" in texts
         menu = iface.plugin_menus["&RS-VLM"]
-        assert [a.text() for a in menu.actions()] == ["Describe visible extent", "RS-VLM panel"]
+        assert [a.text() for a in menu.actions()] == ["Describe visible extent", "RS-VLM panel", "Check dependencies…"]
         assert gui.dock is not None and not gui.dock.isVisible()
         gui.dock_action.setChecked(True)
         assert gui.dock.isVisibleTo(iface.window)
@@ -123,36 +123,6 @@ def test_describe_without_a_raster_says_what_to_do(plugin, iface, project):
         gui.unload()
 
 
-def test_dock_lists_rasters_and_enables_buttons(qgis_app, rasters, project):
-    from qgis.core import QgsVectorLayer
-
-    from rs_vlm_plugin.qgis_shell.dock import RsVlmDock
-
-    vector = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
-    raster = raster_layer(rasters["scene"])
-    project.addMapLayers([vector, raster])
-    dock = RsVlmDock()
-    combo = dock.layer_combo
-    names = [combo.itemText(i) for i in range(combo.count())]
-    assert names == ["scene"]
-    assert dock.current_layer() is raster
-    assert dock.describe_button.isEnabled()
-    assert not dock.search_button.isEnabled()  # no text yet
-    assert not dock.cancel_button.isEnabled()
-    dock.query_edit.setText("  houses ")
-    assert dock.search_button.isEnabled() and dock.query() == "houses"
-    requested = []
-    dock.searchRequested.connect(requested.append)
-    dock.search_button.click()
-    assert requested == ["houses"]
-    dock.set_running(True)
-    assert dock.cancel_button.isEnabled() and not dock.describe_button.isEnabled()
-    dock.set_running(False)
-    dock.budget_spin.setValue(12)
-    assert dock.max_tiles() == 12
-    dock.deleteLater()
-
-
 def _records(source: str = "scene") -> list[CaptionRecord]:
     whole = Extent(500000.0, 4099744.0, 500256.0, 4100000.0)
     records = [CaptionRecord("global", 0, whole, 1.14, "A town beside fields.", [("town", 0.6)], 0.6, 0.5, source)]
@@ -167,27 +137,6 @@ def _hits(query: str = "houses") -> list[SearchHit]:
     tiles = [r for r in _records() if r.level == "object"][:5]
     return [SearchHit(query, rank, 0.5 - 0.05 * rank, "object", 2, r.extent, 0.29, r.caption, "scene")
             for rank, r in enumerate(tiles, start=1)]
-
-
-def test_dock_shows_results_and_zoom_requests(qgis_app):
-    from rs_vlm_plugin.qgis_shell.dock import RsVlmDock
-
-    dock = RsVlmDock()
-    records = _records()
-    dock.show_result(DescribeResult(records, None, "WKT", []))
-    assert dock.results_list.count() == len(records)
-    assert dock.status_label.text() == "A town beside fields."
-    zooms = []
-    dock.resultActivated.connect(lambda extent, wkt: zooms.append((extent, wkt)))
-    item = dock.results_list.item(0)
-    dock.results_list.itemDoubleClicked.emit(item)
-    assert zooms == [(records[0].extent, "WKT")]
-    hits = _hits()
-    dock.show_result(SearchResult("houses", hits, records, None, None, []))
-    assert dock.results_list.count() == len(hits)
-    assert dock.results_list.item(0).text().startswith("#1")
-    assert "5 places" in dock.status_label.text()
-    dock.deleteLater()
 
 
 def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_path):
@@ -355,18 +304,3 @@ def test_plugin_describes_the_visible_extent(plugin, rasters, tmp_path, bundle_d
     finally:
         gui.unload()
         iface.window.deleteLater()
-
-
-def test_output_path_is_beside_a_saved_project(qgis_app, project, tmp_path, monkeypatch):
-    import tempfile
-
-    from rs_vlm_plugin.qgis_shell.plugin import RUNS_FOLDER, output_path
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
-    (tmp_path / "temp").mkdir()
-    unsaved = output_path("describe", project)
-    assert unsaved.parent == tmp_path / "temp" / RUNS_FOLDER and unsaved.suffix == ".gpkg"
-    project.setFileName(str(tmp_path / "project.qgz"))
-    saved = output_path("search", project)
-    assert saved.parent == tmp_path / RUNS_FOLDER and saved.name.startswith("rs_vlm_search_")
-    assert Path(saved.parent).is_dir()

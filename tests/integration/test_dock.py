@@ -1,0 +1,242 @@
+"""The RS-VLM panel driven like a user in a real headless QGIS: modes, scope, mask, index,
+results list, live score filter, zoom; with the real model on generated rasters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import MinimalIface, raster_layer, wait_for
+
+from rs_vlm_plugin.core.geometry import Extent
+from rs_vlm_plugin.core.pipeline import AnswerResult, ClassifyResult, DescribeResult, SearchResult
+from rs_vlm_plugin.core.qa import parse_question
+from rs_vlm_plugin.core.records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
+
+
+@pytest.fixture()
+def stored_settings(qgis_app, tmp_path):
+    """The plugin settings with the output folder in tmp_path; the user's settings restored after."""
+    from rs_vlm_plugin.qgis_shell.settings import PluginSettings
+
+    before = PluginSettings.load()
+    settings = PluginSettings(output_folder=str(tmp_path / "runs"))
+    settings.save()
+    yield settings
+    before.save()
+
+
+@pytest.fixture()
+def gui(plugin, stored_settings, rasters, project):
+    """The plugin with a real (minimal) QGIS interface and the generated scene in the project."""
+    import rs_vlm_plugin
+
+    shell = MinimalIface()
+    layer = raster_layer(rasters["scene"])
+    project.addMapLayer(layer)
+    shell.active_layer = layer
+    shell.canvas.setDestinationCrs(layer.crs())
+    shell.canvas.resize(400, 400)
+    shell.canvas.setExtent(layer.extent())
+    instance = rs_vlm_plugin.classFactory(shell)
+    instance.initGui()
+    instance.dock.layer_combo.setLayer(layer)
+    instance.dock.budget_spin.setValue(6)
+    instance.layer = layer
+    yield instance
+    instance.unload()
+    shell.window.deleteLater()
+
+
+def run(gui, mode: str, query: str = "", scope: str = "layer", button: str = "run"):
+    """Set the panel up, press a button and wait for the job; returns the finished task."""
+    dock = gui.dock
+    dock.set_mode(mode)
+    dock.query_edit.setText(query)
+    dock.scope_combo.setCurrentIndex(dock.scope_combo.findData(scope))
+    (dock.index_button if button == "index" else dock.run_button).click()
+    task = gui.task
+    assert task is not None, dock.status_label.text()
+    assert dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+    wait_for(lambda: gui.task is None, timeout_s=300)
+    assert task.error is None, task.error
+    return task
+
+
+def _extent() -> Extent:
+    return Extent(500000.0, 4099744.0, 500256.0, 4100000.0)
+
+
+# The panel alone ----------------------------------------------------------------------------
+
+
+def test_modes_enable_run_and_request_what_the_panel_shows(qgis_app, rasters, project):
+    from qgis.core import QgsVectorLayer
+
+    from rs_vlm_plugin.qgis_shell.dock import DETAIL_STEPS, RsVlmDock
+
+    raster = raster_layer(rasters["scene"])
+    polygons = QgsVectorLayer("Polygon?crs=EPSG:26914", "fields", "memory")
+    project.addMapLayers([raster, polygons])
+    dock = RsVlmDock(models=[("rs-vlm-lite0", Path("/models/rs-vlm-lite0")), ("georsclip", Path("/models/g"))])
+    assert [dock.layer_combo.itemText(i) for i in range(dock.layer_combo.count())] == ["scene"]
+    assert dock.mode() == "describe" and dock.run_button.isEnabled() and not dock.query_combo.isEnabled()
+    dock.set_mode("search")
+    assert dock.run_button.text() == "Search" and not dock.run_button.isEnabled()  # no text yet
+    dock.query_edit.setText("  storage tanks ")
+    assert dock.run_button.isEnabled()
+    dock.set_mode("classify")
+    dock.query_edit.setText("")
+    assert dock.run_button.isEnabled()  # no classes: the knowledge base's scene types
+    dock.set_mode("ask")
+    assert not dock.run_button.isEnabled()
+    dock.query_edit.setText("Is there a road?")
+    dock.detail_slider.setValue(0)
+    assert dock.max_tiles() == DETAIL_STEPS[0]
+    dock.budget_spin.setValue(100)
+    assert dock.detail_slider.value() == DETAIL_STEPS.index(96)
+    dock.model_combo.setCurrentIndex(1)
+    dock.plan_check.setChecked(True)
+    requests = []
+    dock.runRequested.connect(requests.append)
+    dock.run_button.click()
+    (request,) = requests
+    assert (request.mode, request.query, request.layer, request.max_tiles) == ("ask", "Is there a road?", raster, 100)
+    assert request.model_dir == Path("/models/g") and request.show_plan and request.scope == "visible"
+
+    dock.scope_combo.setCurrentIndex(dock.scope_combo.findData("selection"))
+    assert dock.mask_combo.isVisibleTo(dock) and dock.mask_combo.currentLayer() is polygons
+    dock.set_history(["a river", "houses"])
+    assert [dock.query_combo.itemText(i) for i in range(dock.query_combo.count())] == ["a river", "houses"]
+    assert dock.query() == "Is there a road?"  # the history does not replace what is typed
+    dock.set_running(True)
+    assert dock.cancel_button.isEnabled() and not dock.run_button.isEnabled() and not dock.layer_combo.isEnabled()
+    dock.set_running(False)
+    dock.deleteLater()
+
+
+def test_results_list_threshold_and_click(qgis_app):
+    from rs_vlm_plugin.qgis_shell.dock import RsVlmDock
+
+    dock = RsVlmDock()
+    whole = _extent()
+    records = [CaptionRecord("global", 0, whole, 1.0, "A town beside fields.", [("town", 0.6)], 0.6)]
+    records += [CaptionRecord("region", 1, q, 0.5, f"Region {i}.", [("field", 0.1 * i)], 0.1 * (i + 1))
+                for i, q in enumerate(whole.quadrants())]
+    dock.show_result(DescribeResult(records, None, "WKT", []))
+    assert dock.answer_label.text() == "A town beside fields."  # the global caption on top
+    assert dock.results_list.count() == 5 and dock.results_list.item(0).text().startswith("Global")
+    thresholds = []
+    dock.thresholdChanged.connect(thresholds.append)
+    dock.set_threshold(0.35)
+    assert thresholds and thresholds[-1] == pytest.approx(0.35, abs=0.01)
+    assert dock.visible_results() == 2  # 0.6 and 0.4 pass; 0.1, 0.2 and 0.3 are hidden
+    clicks = []
+    dock.resultActivated.connect(lambda extent, wkt: clicks.append((extent, wkt)))
+    dock.results_list.itemClicked.emit(dock.results_list.item(0))
+    assert clicks == [(whole, "WKT")]
+
+    hits = [SearchHit("houses", k, 0.5 - 0.1 * k, "object", 2, q, 0.3, f"Tile {k}.") for k, q in
+            enumerate(whole.quadrants(), start=1)]
+    dock.show_result(SearchResult("houses", hits, [], None, None, []))
+    assert dock.visible_results() == 4 and "4 places" in dock.status_label.text()  # a new result shows all
+    classes = [ClassRecord("forest" if k % 2 else "water", 0.5 + 0.1 * k, "field", "object", 1, q, 0.5)
+               for k, q in enumerate(whole.quadrants())]
+    dock.show_result(ClassifyResult(["forest", "water"], classes, [("forest", 0.7)], None, None, []))
+    assert dock.answer_label.text() == "Scene: forest." and "forest 50 %" in dock.status_label.text()
+    question = parse_question("Is there a road?")
+    evidence = [EvidenceRecord(question.text, "Yes: road is likely here.", 1, 0.8, "object", 2, whole, "A road.")]
+    dock.show_result(AnswerResult(question, "Yes: road is likely here.", True, evidence, None, None, []))
+    assert dock.answer_label.text() == "Yes: road is likely here." and dock.results_list.count() == 1
+    dock.deleteLater()
+
+
+# The panel with the plugin and the real model ----------------------------------------------
+
+
+def test_describe_whole_layer_with_the_dris_plan(gui, bundle_dir, stored_settings):
+    from rs_vlm_plugin.qgis_shell.settings import PluginSettings
+
+    gui.dock.plan_check.setChecked(True)
+    task = run(gui, "describe")
+    outcome = task.outcome
+    assert outcome.output.parent == Path(stored_settings.output_folder)
+    assert outcome.written[0] == "dris_plan" and "captions_global" in outcome.written
+    names = [layer.name() for layer in gui.result_layers]
+    assert any("DRIS" in name for name in names), names
+    assert gui.dock.answer_label.text() == outcome.result.global_caption != ""
+    layer_extent = gui.layer.extent()
+    assert outcome.result.plan.extent.width == pytest.approx(layer_extent.width())  # scope: the whole layer
+    assert gui.last_timings["click_to_layers_s"] >= gui.last_timings["job_s"] > 0
+    remembered = PluginSettings.load()
+    assert remembered.mode == "describe" and remembered.show_plan and remembered.scope == "layer"
+
+    second = run(gui, "describe")
+    assert second.outcome.output != outcome.output and outcome.output.exists()  # never overwritten
+
+
+def test_score_threshold_filters_the_result_layer(gui, bundle_dir):
+    from qgis.core import QgsPointXY
+
+    task = run(gui, "search", "a road")
+    (layer,) = gui.result_layers
+    scores = sorted(hit.score for hit in task.outcome.result.hits)
+    assert layer.featureCount() == len(scores) >= 3
+    gui.dock.set_threshold(scores[len(scores) // 2])
+    shown = gui.dock.visible_results()
+    assert 0 < shown < len(scores)
+    assert '"score" >=' in layer.subsetString() and layer.featureCount() == shown
+    gui.dock.set_threshold(scores[0])
+    assert layer.featureCount() == len(scores)
+
+    gui.dock.results_list.itemClicked.emit(gui.dock.results_list.item(0))  # zoom to the best hit
+    best = task.outcome.result.hits[0].extent
+    canvas = gui.iface.canvas.extent()
+    assert canvas.contains(QgsPointXY(*best.center))
+    assert min(canvas.width(), canvas.height()) < 0.7 * gui.layer.extent().width()  # zoomed in on it
+
+
+def test_selected_polygons_limit_the_tiles(gui, bundle_dir, project):
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorLayer
+
+    extent = gui.layer.extent()
+    corner = QgsRectangle(extent.xMinimum(), extent.center().y(), extent.center().x(), extent.yMaximum())
+    mask = QgsVectorLayer(f"Polygon?crs={gui.layer.crs().authid()}", "area of interest", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(corner))
+    mask.dataProvider().addFeatures([feature])
+    project.addMapLayer(mask)
+    gui.dock.mask_combo.setLayer(mask)
+
+    gui.dock.set_mode("classify")
+    gui.dock.scope_combo.setCurrentIndex(gui.dock.scope_combo.findData("selection"))
+    gui.dock.run_button.click()
+    assert gui.task is None and "Nothing is selected" in gui.dock.status_label.text()
+
+    mask.selectAll()
+    task = run(gui, "classify", "forest, water, buildings", scope="selection")
+    records = task.outcome.result.records
+    assert records
+    for record in records:
+        e = record.extent
+        assert e.xmin < corner.xMaximum() and e.ymax > corner.yMinimum()  # every tile touches the mask
+
+
+def test_index_built_from_the_panel_answers_searches(gui, bundle_dir, stored_settings):
+    from rs_vlm_plugin.core.pipeline import SearchResult
+
+    task = run(gui, "search", button="index")
+    built = task.outcome.result
+    assert built.path.exists() and built.path.parent == Path(stored_settings.output_folder) / "indexes"
+    assert built.n_tiles > 0 and "Index of" in gui.dock.status_label.text()
+
+    indexed = run(gui, "search", "a road")
+    assert indexed.request.index_path == built.path
+    assert isinstance(indexed.outcome.result, SearchResult) and indexed.outcome.result.hits
+    direct = gui.start_job("search", gui.layer, "a road", extent=None, max_tiles=6,
+                           output=Path(stored_settings.output_folder) / "direct.gpkg")
+    assert direct.request.index_path is None
+    wait_for(lambda: gui.task is None, timeout_s=300)
+    ours = [(h.extent, round(h.score, 4)) for h in indexed.outcome.result.hits[:3]]
+    theirs = [(h.extent, round(h.score, 4)) for h in direct.outcome.result.hits[:3]]
+    assert ours == theirs

@@ -58,7 +58,7 @@ class Requirement:
 
 REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("numpy", "numpy", "numpy>=1.24,<2", "1.24", "2",
-                "arrays of pixels and embeddings (NumPy 1.x: QGIS's GDAL and rasterio are built against it)"),
+                "holds pixels and embeddings as arrays (NumPy 1.x: QGIS's GDAL and rasterio are built against it)"),
     Requirement("onnxruntime", "onnxruntime", "onnxruntime==1.32.0", "1.14", None,
                 "runs the vision-language model (ONNX, opset 17)"),
     Requirement("tokenizers", "tokenizers", "tokenizers==0.23.3", "0.13", None,
@@ -71,7 +71,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
                 "reads raster files in the command line only; inside QGIS layers are read through QGIS",
                 required=False),
     Requirement("tqdm", "tqdm", "tqdm==4.70.1", None, None,
-                "progress bars in the command line only", required=False),
+                "draws progress bars in the command line only", required=False),
 )
 
 ONNXRUNTIME_GPU = "onnxruntime-gpu"

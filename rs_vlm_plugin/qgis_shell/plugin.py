@@ -52,6 +52,7 @@ class RsVlmPlugin:
         self.describe_action: QAction | None = None
         self.dock_action: QAction | None = None
         self.deps_action: QAction | None = None
+        self.settings_action: QAction | None = None
         self.task = None
         self.result_layers: list = []
         self.last_timings: dict[str, float] = {}
@@ -92,6 +93,9 @@ class RsVlmPlugin:
         self.deps_action = QAction("Check dependencies…", window)
         self.deps_action.setObjectName("RsVlmDependencies")
         self.deps_action.triggered.connect(self.show_dependencies)
+        self.settings_action = QAction("Settings…", window)
+        self.settings_action.setObjectName("RsVlmSettings")
+        self.settings_action.triggered.connect(self.show_settings)
 
         if hasattr(self.iface, "addToolBar"):
             self.toolbar = self.iface.addToolBar("RS-VLM")
@@ -100,7 +104,7 @@ class RsVlmPlugin:
             self.toolbar.addAction(self.dock_action)
         add_to_menu = getattr(self.iface, "addPluginToRasterMenu", None) or getattr(self.iface, "addPluginToMenu", None)
         if add_to_menu is not None:
-            for action in (self.describe_action, self.dock_action, self.deps_action):
+            for action in (self.describe_action, self.dock_action, self.settings_action, self.deps_action):
                 add_to_menu(MENU, action)
                 self._menu_actions.append(action)
 
@@ -142,10 +146,10 @@ class RsVlmPlugin:
                     window.removeToolBar(self.toolbar)  # at once; deleteLater waits for the event loop
                 self.toolbar.deleteLater()
                 self.toolbar = None
-            for action in (self.describe_action, self.dock_action, self.deps_action):
+            for action in (self.describe_action, self.dock_action, self.settings_action, self.deps_action):
                 if action is not None:
                     action.deleteLater()
-            self.describe_action = self.dock_action = self.deps_action = None
+            self.describe_action = self.dock_action = self.settings_action = self.deps_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
@@ -177,6 +181,24 @@ class RsVlmPlugin:
         from .deps_dialog import open_dependencies_dialog
 
         open_dependencies_dialog(self._main_window(), self.iface)
+
+    def show_settings(self, modal: bool = True):
+        """The settings dialog (results folder, imported models, threads, hits kept).
+
+        Returns:
+            The dialog (already closed when ``modal``).
+        """
+        from .settings_dialog import SettingsDialog
+
+        settings = PluginSettings.load()
+        dialog = SettingsDialog(settings, self._main_window())
+        dialog.accepted.connect(lambda: self.dock is not None and self.dock.set_models(
+            available_models(settings), settings.model_name))
+        if modal:
+            dialog.exec_()
+        else:
+            dialog.show()
+        return dialog
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops between batches)."""

@@ -91,7 +91,8 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
         "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "MODEL", "OUTPUT"],
         "rsvlm:classify_raster": ["INPUT", "CLASSES", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
         "rsvlm:ask_raster": ["INPUT", "QUESTION", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
-        "rsvlm:batch_caption": ["LAYERS", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:batch_caption": ["LAYERS", "FOLDER", "PATTERN", "MAX_TILES", "MODEL", "OUTPUT_MODE", "OUTPUT",
+                                "OUTPUT_FOLDER"],
         "rsvlm:export_model": ["PYTHON", "WEIGHTS", "OUTPUT_FOLDER"],
     }
     for alg_id, params in expected.items():

@@ -240,3 +240,23 @@ def test_index_built_from_the_panel_answers_searches(gui, bundle_dir, stored_set
     ours = [(h.extent, round(h.score, 4)) for h in indexed.outcome.result.hits[:3]]
     theirs = [(h.extent, round(h.score, 4)) for h in direct.outcome.result.hits[:3]]
     assert ours == theirs
+
+
+def test_settings_dialog_stores_and_lists_imported_models(gui, stored_settings, tmp_path, bundle_dir):
+    import shutil
+
+    from rs_vlm_plugin.qgis_shell.settings import PluginSettings
+
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir, models / "my-model", ignore=shutil.ignore_patterns("*.onnx"))
+    (models / "not-a-model").mkdir()
+    dialog = gui.show_settings(modal=False)
+    dialog.models_widget.setFilePath(str(models))
+    dialog.threads_spin.setValue(2)
+    dialog.hits_spin.setValue(25)
+    dialog.accept()
+    stored = PluginSettings.load()
+    assert (stored.models_folder, stored.threads, stored.max_hits) == (str(models), 2, 25)
+    assert stored.output_folder == stored_settings.output_folder
+    names = [gui.dock.model_combo.itemText(i) for i in range(gui.dock.model_combo.count())]
+    assert names == ["rs-vlm-lite0", "my-model"]

@@ -16,7 +16,8 @@ from rs_vlm_plugin.core.gpkg import write_geopackage
 from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeResult, SearchResult
 from rs_vlm_plugin.core.records import CaptionRecord, SearchHit
 
-ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model"}
+ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model",
+              "build_index", "search_index"}
 
 
 def test_package_imports_without_qgis():
@@ -94,7 +95,8 @@ def test_gui_lifecycle_with_a_minimal_iface(plugin, iface):
         texts = [a.text() for a in toolbars[0].actions()]
         assert "Describe visible extent" in texts and "RS-VLM panel" in texts
         menu = iface.plugin_menus["&RS-VLM"]
-        assert [a.text() for a in menu.actions()] == ["Describe visible extent", "RS-VLM panel", "Check dependencies…"]
+        assert [a.text() for a in menu.actions()] == ["Describe visible extent", "RS-VLM panel", "Settings…",
+                                                 "Check dependencies…"]
         assert gui.dock is not None and not gui.dock.isVisible()
         gui.dock_action.setChecked(True)
         assert gui.dock.isVisibleTo(iface.window)
@@ -141,10 +143,11 @@ def _hits(query: str = "houses") -> list[SearchHit]:
 
 def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_path):
     from qgis.core import (
-        QgsCategorizedSymbolRenderer,
+        QgsExpressionContextUtils,
         QgsGraduatedSymbolRenderer,
-        QgsSingleSymbolRenderer,
-        QgsVectorLayerSimpleLabeling,
+        QgsRenderContext,
+        QgsRuleBasedLabeling,
+        QgsRuleBasedRenderer,
     )
 
     from rs_vlm_plugin.core.pipeline import result_layers
@@ -163,16 +166,22 @@ def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_pa
     widths = []
     for layer in added:
         assert layer.crs().authid() == "EPSG:26914"
-        renderer = layer.renderer()
-        assert isinstance(renderer, QgsSingleSymbolRenderer)
-        fill = renderer.symbol().symbolLayer(0)
+        renderer = layer.renderer().clone()  # rule-based: one rule per level (resources/styles/captions.qml)
+        assert isinstance(renderer, QgsRuleBasedRenderer)
+        context = QgsRenderContext()
+        context.expressionContext().appendScopes(QgsExpressionContextUtils.globalProjectLayerScopes(layer))
+        renderer.startRender(context, layer.fields())
+        (symbol,) = renderer.symbolsForFeature(next(layer.getFeatures()), context)
+        renderer.stopRender(context)
+        fill = symbol.symbolLayer(0)
         assert fill.brushStyle() == 0  # Qt.NoBrush: transparent fill
         widths.append(fill.strokeWidth())
         assert layer.labelsEnabled()
         labeling = layer.labeling()
-        assert isinstance(labeling, QgsVectorLayerSimpleLabeling)
-        assert labeling.settings().fieldName == "caption"
-        assert labeling.settings().autoWrapLength > 0
+        assert isinstance(labeling, QgsRuleBasedLabeling)
+        for rule in labeling.rootRule().children():
+            assert rule.settings().fieldName == "caption"
+            assert rule.settings().autoWrapLength > 0
     assert widths == sorted(widths) and len(set(widths)) == 3  # finer levels, thinner outlines
 
     hits = write_geopackage(tmp_path / "search.gpkg", {SEARCH_LAYER: _hits()}, wkt)
@@ -188,8 +197,9 @@ def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_pa
     merged = write_geopackage(tmp_path / "batch.gpkg", {"captions": _records()}, wkt)
     layer = open_layer(merged, "captions")
     style_layer(layer, "captions")
-    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
-    assert {c.value() for c in layer.renderer().categories()} == {"global", "region", "object"}
+    assert isinstance(layer.renderer(), QgsRuleBasedRenderer)
+    assert {r.filterExpression() for r in layer.renderer().rootRule().children()} == {
+        f"\"level\" = '{level}'" for level in ("global", "region", "object")}
 
 
 def raster_layer_crs_wkt() -> str:
@@ -291,7 +301,7 @@ def test_plugin_describes_the_visible_extent(plugin, rasters, tmp_path, bundle_d
         assert gui.start_job("describe", layer) is None  # one job at a time
         wait_for(lambda: gui.task is None, timeout_s=300)
         assert task.error is None, task.error
-        groups = [g for g in project.layerTreeRoot().children() if g.name().startswith("RS-VLM describe")]
+        groups = [g for g in project.layerTreeRoot().children() if "RS-VLM describe" in g.name()]
         assert len(groups) == 1
         names = [node.layer().name() for node in groups[0].findLayers()]
         assert "Global caption" in names and "Region captions" in names

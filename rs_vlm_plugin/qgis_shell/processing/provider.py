@@ -32,6 +32,7 @@ class RsVlmProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: D102, N802
         from .algorithms import all_algorithms
+        from .index_algorithms import index_algorithms
 
-        for algorithm in all_algorithms():
+        for algorithm in all_algorithms() + index_algorithms():
             self.addAlgorithm(algorithm)

@@ -5,7 +5,7 @@
     python3 build.py test            set everything up, then run the whole test suite
     python3 build.py setup           apt packages, virtual environment, pip packages, model export, sample data
     python3 build.py package         the installable plugin zip in dist/
-    python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.png
+    python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.jpg
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
     python3 build.py bench-index     build a 12k-tile embedding index, time 200+ text queries against it
@@ -231,21 +231,23 @@ def run_desktop_tour(folder: Path, raster: Path | None, steps: list[str], shots:
     return seen
 
 
-SCREENSHOT_STEPS = ["describe", "search", "classify", "ask", "index", "search_index"]
+SCREENSHOT_STEPS = ["describe", "describe", "search", "classify", "ask", "index", "search_index"]
 
 
 def cmd_screenshots(args) -> int:
     """Screenshots of the panel in the real QGIS desktop (docs/screenshots/), with timings."""
     setup()
     shots = ROOT / "docs" / "screenshots"
-    seen = run_desktop_tour(ROOT / "out" / "tour", SAMPLES / "demo_scene.tif", SCREENSHOT_STEPS, shots)
+    folder = ROOT / "out" / "tour"
+    shutil.rmtree(folder / "rs_vlm_runs", ignore_errors=True)
+    seen = run_desktop_tour(folder, SAMPLES / "demo_scene.tif", SCREENSHOT_STEPS, shots, max_tiles=48)
     if "error" in seen:
         print(seen["error"], file=sys.stderr)
         return 1
     for step, record in seen["steps"].items():
-        print(f"{step:13s} click to layers {record['click_to_layers_s']:6.2f} s  results {record['results']:3d}  "
+        print(f"{step:15s} click to layers {record['click_to_layers_s']:6.2f} s  results {record['results']:3d}  "
               f"{record['answer'] or record['status']}")
-    log(f"screenshots in {shots}")
+    log(f"screenshots in {shots}; figures in {folder / 'tour.json'}")
     return 0
 
 
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_test)
     sub.add_parser("setup", help="set up only").set_defaults(func=lambda a: setup() or 0)
     sub.add_parser("package", help="build the plugin zip").set_defaults(func=cmd_package)
-    sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.png"
+    sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.jpg"
                    ).set_defaults(func=cmd_screenshots)
     p = sub.add_parser("install-plugin", help="install the zip into a QGIS profile")
     p.add_argument("--profile", default="default")

@@ -9,7 +9,9 @@ Environment:
     RSVLM_RESULT: The JSON file to write.
     RSVLM_RASTER: The raster to open (empty: only load and unload the plugin).
     RSVLM_SHOTS: A folder for screenshots (empty: none).
-    RSVLM_STEPS: Comma-separated steps among describe, search, index, search_index, classify, ask.
+    RSVLM_STEPS: Comma-separated steps among describe, search, index, search_index, classify, ask;
+        a step given twice is recorded the second time as "<step>_again" (a warm run).
+    RSVLM_MAX_TILES: The panel's tile budget.
 """
 
 import json
@@ -41,8 +43,8 @@ def shot(name):
     QgsApplication.processEvents()
     iface.mapCanvas().refreshAllLayers()
     iface.mapCanvas().waitWhileRendering()
-    path = os.path.join(SHOTS, f"{name}.png")
-    iface.mainWindow().grab().save(path)
+    path = os.path.join(SHOTS, f"{name}.jpg")
+    iface.mainWindow().grab().save(path, "JPG", 82)  # aerial imagery: a JPEG is a tenth of a PNG
     seen.setdefault("shots", []).append(path)
 
 
@@ -68,7 +70,8 @@ def next_step():
         finish()
         return
     step = state["queue"].pop(0)
-    state["step"] = step
+    key = step if step not in seen["steps"] else f"{step}_again"
+    state["step"], state["key"] = step, key
     mode = MODES.get(step, step)
     for group in QgsProject.instance().layerTreeRoot().children():  # earlier runs out of the picture
         group.setItemVisibilityChecked(group.name() == "scene")
@@ -79,7 +82,7 @@ def next_step():
         dock.query_edit.setText(QUERIES.get(step, ""))
         state["clicked"] = time.perf_counter()
         (dock.index_button if step == "index" else dock.run_button).click()
-        seen["steps"][step] = {"task_started": plugin.task is not None,
+        seen["steps"][key] = {"task_started": plugin.task is not None,
                                "from_index": bool(plugin.task is not None and plugin.task.request.index_path
                                                   and step != "index")}
         QTimer.singleShot(100, poll)
@@ -90,12 +93,12 @@ def next_step():
 
 def poll():
     plugin = plugins["rs_vlm_plugin"]
-    step = state["step"]
+    step, key = state["step"], state["key"]
     if plugin.task is not None and time.perf_counter() - state["clicked"] < TIMEOUT_S:
         QTimer.singleShot(50, poll)
         return
     dock = plugin.dock
-    record = seen["steps"][step]
+    record = seen["steps"][key]
     record["click_to_layers_s"] = round(time.perf_counter() - state["clicked"], 3)
     record["timings"] = plugin.last_timings
     record["status"] = dock.status_label.text()
@@ -111,14 +114,14 @@ def poll():
     if step in ("search", "search_index") and dock.results_list.count():
         dock.results_list.setCurrentRow(0)
         dock.results_list.itemClicked.emit(dock.results_list.item(0))  # zoom to and flash the best hit
-        QTimer.singleShot(400, lambda: after_zoom(step))
+        QTimer.singleShot(400, lambda: after_zoom(key))
         return
-    shot(step)
+    shot(key)
     QTimer.singleShot(200, next_step)
 
 
-def after_zoom(step):
-    shot(step)
+def after_zoom(key):
+    shot(key)
     iface.mapCanvas().setExtent(state["layer"].extent())
     iface.mapCanvas().refresh()
     QTimer.singleShot(200, next_step)

@@ -94,11 +94,11 @@ class PluginSettings:
             key = PREFIX + f.name
             if not store.contains(key):
                 continue
-            values[f.name] = _typed(store.value(key), f.name)
-        try:
-            return cls(**values)
-        except (TypeError, ValueError):
-            return cls()  # unreadable values: start from the defaults rather than fail
+            try:
+                values[f.name] = _typed(store.value(key), f.name)
+            except (TypeError, ValueError):
+                continue  # an unreadable value (edited by hand): that setting's default
+        return cls(**values)
 
     def save(self, settings: QgsSettings | None = None) -> None:
         """Store every field in QgsSettings under ``rs_vlm/``.

@@ -40,14 +40,18 @@ SITECUSTOMIZE = textwrap.dedent("""
         sys.meta_path.insert(0, Blocker(blocked))
 """)
 
+# MinimalIface and wait_for are taken from conftest.py's source: QGIS's own Python has no pytest.
 START_QGIS = textwrap.dedent("""
-    import json, sys, time
-    sys.path.insert(0, {integration!r})
+    import ast, json, sys, time
     from qgis.core import QgsApplication
     QgsApplication.setPrefixPath("/usr", True)
     app = QgsApplication([], False)
     app.initQgis()
-    from conftest import MinimalIface, wait_for
+    _conftest = {conftest!r}
+    with open(_conftest, encoding="utf-8") as _stream:
+        for _node in ast.parse(_stream.read()).body:
+            if getattr(_node, "name", None) in ("MinimalIface", "wait_for"):
+                exec(compile(ast.Module([_node], []), _conftest, "exec"))
 """)
 
 
@@ -64,7 +68,7 @@ def run_qgis(tmp_path: Path, body: str, python: str = sys.executable, blocked: s
                QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path / "xdg"), RSVLM_TEST_BLOCK=blocked)
     env.pop("XDG_DATA_HOME", None)
     env.pop("XDG_CONFIG_HOME", None)
-    code = START_QGIS.format(integration=str(REPO / "tests" / "integration")) + textwrap.dedent(body)
+    code = START_QGIS.format(conftest=str(REPO / "tests" / "integration" / "conftest.py")) + textwrap.dedent(body)
     done = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
@@ -74,7 +78,7 @@ def run_qgis(tmp_path: Path, body: str, python: str = sys.executable, blocked: s
 def interpreters() -> list:
     """The project venv's Python and QGIS's own (Debian's /usr/bin/python3) when present."""
     found = [pytest.param(sys.executable, id="venv")]
-    if SYSTEM_PYTHON.exists() and Path(sys.executable).resolve() != SYSTEM_PYTHON.resolve():
+    if SYSTEM_PYTHON.exists() and sys.prefix != sys.base_prefix:  # in a venv: QGIS's own Python differs
         found.append(pytest.param(str(SYSTEM_PYTHON), id="qgis-python"))
     return found
 
@@ -200,3 +204,32 @@ def test_describing_a_raster_in_qgis_never_imports_torch(tmp_path, bundle_dir):
     assert out["plugin"] == "RsVlmPlugin"
     assert out["caption"]
     assert out["torch"] == []
+
+
+def test_dependencies_dialog_shows_the_report(qgis_app, iface):
+    from qgis.PyQt.QtWidgets import QDialog
+
+    from rs_vlm_plugin.qgis_shell.deps_dialog import COLUMNS, DependenciesDialog, open_dependencies_dialog
+
+    dialog = open_dependencies_dialog(None, iface)
+    try:
+        assert isinstance(dialog, QDialog) and dialog.isVisible() and dialog.parent() is iface.mainWindow()
+        table = dialog.table
+        assert [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())] == list(COLUMNS)
+        rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+        assert rows["onnxruntime"] == deps.OK and rows["numpy"] == deps.OK
+        assert dialog.summary.text() == "All the Python packages RS-VLM needs are installed."
+        assert not dialog.install_button.isEnabled()
+    finally:
+        dialog.close()
+
+    broken = deps.Requirement("rsvlm_fake_not_there", "rsvlm-fake", "rsvlm-fake==1.0", None, None,
+                              "is a test package")
+    missing = DependenciesDialog(None, deps.check([broken]))
+    try:
+        assert missing.table.item(0, 1).text() == deps.MISSING
+        assert "No module named 'rsvlm_fake_not_there'" in missing.table.item(0, 4).text()
+        assert "rsvlm-fake is not installed: it is a test package." in missing.summary.text()
+        assert missing.install_button.isEnabled()
+    finally:
+        missing.close()

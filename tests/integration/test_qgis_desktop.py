@@ -53,7 +53,7 @@ def test_panel_describes_and_searches_in_qgis(tmp_path, bundle_dir, demo_scene):
     runs = sorted((tmp_path / "rs_vlm_runs").glob("rs_vlm_*.gpkg"))
     assert len(runs) == 2, runs  # one GeoPackage per run, none overwritten
     for name in ("describe", "search"):
-        image = Image.open(shots / f"{name}.png")
+        image = Image.open(shots / f"{name}.jpg")
         assert image.size[0] >= 1000 and image.size[1] >= 700
         colours = image.convert("RGB").resize((64, 64)).getcolors(64 * 64)
         assert colours is not None and len(colours) > 50  # a drawn window, not a blank one

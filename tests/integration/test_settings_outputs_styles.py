@@ -59,10 +59,13 @@ def test_settings_with_one_query_and_bad_values(ini):
     PluginSettings(query_history=["only one"], show_plan=False).save(ini)
     ini.setValue("rs_vlm/device", "tpu")  # not a device: back to "auto"
     ini.setValue("rs_vlm/max_tiles", 0)  # not a budget: back to the default
+    ini.setValue("rs_vlm/threads", "many")  # not a number: back to the default
+    ini.setValue("rs_vlm/max_hits", 12)  # fine: kept
     ini.sync()
     reread = PluginSettings.load(QgsSettings(ini.fileName(), QSettings.IniFormat))
     assert reread.query_history == ["only one"] and reread.show_plan is False
     assert reread.device == "auto" and reread.max_tiles == PluginSettings().max_tiles
+    assert reread.threads == 0 and reread.max_hits == 12
 
 
 def test_settings_default_store_is_the_profile_and_is_restored(qgis_app):

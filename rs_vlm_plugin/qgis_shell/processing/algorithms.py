@@ -462,8 +462,8 @@ def folder_rasters(folder: Path, pattern: str = BATCH_PATTERN) -> list[Path]:
         pattern: Shell patterns separated by ";" (or ","), matched without regard to case.
     """
     patterns = [p.strip().lower() for p in pattern.replace(",", ";").split(";") if p.strip()]
-    return sorted((p for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name.lower(), pat) for pat in patterns)),
-                  key=lambda p: p.name.lower())
+    matching = [p for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name.lower(), pat) for pat in patterns)]
+    return sorted(matching, key=lambda p: p.name.lower())
 
 
 def file_stem(name: str) -> str:
@@ -584,7 +584,8 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
 
     def output_folder(self, parameters, context) -> Path:
         """OUTPUT_FOLDER, created and writable (per-input mode)."""
-        folder = self.parameterAsFileOutput(parameters, "OUTPUT_FOLDER", context) if parameters.get("OUTPUT_FOLDER") else ""
+        given = parameters.get("OUTPUT_FOLDER")
+        folder = self.parameterAsFileOutput(parameters, "OUTPUT_FOLDER", context) if given else ""
         if not folder:
             raise QgsProcessingException("Choose a folder for the GeoPackages (OUTPUT_FOLDER), or choose one "
                                          "merged layer as the output.")

@@ -165,7 +165,6 @@ def test_real_install_of_a_pinned_package_with_the_host_constraints(tmp_path):
     result = deps.install(["tqdm==4.70.1"], target, constraints=pins, on_line=lines.append)
     assert result.ok, f"{result.message}\n{result.last_lines()}"
     assert "--constraint" in result.command and lines == result.lines
-    assert not list(target.glob("numpy*"))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import tqdm; "
             "print(tqdm.__version__); print(tqdm.__file__)")
     done = subprocess.run([deps.find_python(), "-c", code, str(target)], capture_output=True, text=True,
@@ -233,3 +232,47 @@ def test_dependencies_dialog_shows_the_report(qgis_app, iface):
         assert missing.install_button.isEnabled()
     finally:
         missing.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs QGIS's own Python at /usr/bin/python3")
+def test_qgis_python_installs_what_it_lacks_then_the_plugin_captions(tmp_path, bundle_dir):
+    """The whole story in QGIS's own Python: fallback plugin, Install, reload, caption (downloads ~60 MB)."""
+    out = run_qgis(tmp_path, f"""
+        sys.path.append("/usr/share/qgis/python/plugins")
+        import rs_vlm_plugin
+        from rs_vlm_plugin import deps
+        iface = MinimalIface()
+        fallback = rs_vlm_plugin.classFactory(iface)
+        missing = [s.requirement.pip_name for s in getattr(fallback, "report", deps.check()).to_install]
+        if type(fallback).__name__ != "MissingDependenciesPlugin":
+            print(json.dumps({{"skip": "QGIS's Python already has every package"}}))
+            sys.exit(0)
+        fallback.initGui()
+        task = fallback.install()
+        wait_for(lambda: fallback.task is None, timeout_s=540)
+        fallback.unload()
+        plugin = rs_vlm_plugin.classFactory(None)  # what "reload the plugin" does
+        from processing.core.Processing import Processing
+        Processing.initialize()
+        import processing
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("make_geotiffs", {str(REPO / "tests" / "data" / "make_geotiffs.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        scene = module.make_all({str(tmp_path / "rasters")!r}, seed=0)["scene"]
+        plugin.initProcessing()
+        result = processing.run("rsvlm:caption_raster", {{"INPUT": str(scene), "MAX_TILES": 8,
+                                                        "OUTPUT": {str(tmp_path / "captions.gpkg")!r}}})
+        import numpy
+        print(json.dumps({{"missing": missing, "messages": iface.messages(), "plugin": type(plugin).__name__,
+                          "caption": result["GLOBAL_CAPTION"], "numpy": numpy.__file__,
+                          "onnxruntime": sys.modules["onnxruntime"].__file__}}))
+    """, python=str(SYSTEM_PYTHON))
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert "onnxruntime" in out["missing"]
+    assert any(m.startswith("The packages were installed into") for m in out["messages"]), out["messages"]
+    assert out["plugin"] == "RsVlmPlugin" and out["caption"]
+    assert "rs_vlm_deps" not in out["numpy"], "the private folder must not shadow QGIS's NumPy"
+    assert "rs_vlm_deps" in out["onnxruntime"]

@@ -1,4 +1,5 @@
-"""Command line: ``python -m rs_vlm_plugin caption|search|classify|ask RASTER ...`` (no QGIS needed)."""
+"""Command line: ``python -m rs_vlm_plugin caption|search|classify|ask|index RASTER ...`` and
+``search-index INDEX ...`` (no QGIS needed)."""
 
 from __future__ import annotations
 

@@ -299,7 +299,7 @@ class RsVlmPlugin:
         from ..core.pipeline import check_query
         from ..core.qa import parse_question
         from .extent import canvas_extent_in_layer_crs, canvas_gsd_m
-        from .source import QgsLayerSource
+        from .source import QgsLayerSource, layer_source_id
         from .task import JobRequest, load_bundle
 
         if layer is None or not isinstance(layer, QgsRasterLayer):
@@ -492,21 +492,6 @@ class RsVlmPlugin:
         if bar is not None:
             bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.Critical else 8)
         QgsMessageLog.logMessage(text, "RS-VLM", level)
-
-
-def layer_source_id(layer) -> str:
-    """A stable identity of a layer's data: provider and source, plus size and time for files.
-
-    An index built for one file is found again for the same file, and not after it changed.
-    """
-    source = layer.source()
-    path = Path(source.split("|")[0])
-    try:
-        stat = path.stat()
-        source = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
-    except OSError:
-        pass  # a web or database source: its URI is its identity
-    return f"{layer.providerType()}:{source}"
 
 
 def selection_mask(mask_layer, raster_layer) -> tuple[object, bytes]:

@@ -13,6 +13,7 @@ the same way QGIS's own renderers clone the raster pipe before drawing in the ba
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from qgis.core import (
@@ -270,3 +271,18 @@ def _georeference(layer: QgsRasterLayer, provider: QgsRasterDataProvider,
         )
     georef = GeoReference(width, height, extent.xMinimum(), extent.yMaximum(), pixel_x, pixel_y, crs_wkt, metres)
     return georef, notes
+
+
+def layer_source_id(layer) -> str:
+    """A stable identity of a layer's data: provider and source, plus size and time for files.
+
+    An index built for one file is found again for the same file, and not after it changed.
+    """
+    source = layer.source()
+    path = Path(source.split("|")[0])
+    try:
+        stat = path.stat()
+        source = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    except OSError:
+        pass  # a web or database source: its URI is its identity
+    return f"{layer.providerType()}:{source}"

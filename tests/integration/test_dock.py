@@ -260,3 +260,14 @@ def test_settings_dialog_stores_and_lists_imported_models(gui, stored_settings, 
     assert stored.output_folder == stored_settings.output_folder
     names = [gui.dock.model_combo.itemText(i) for i in range(gui.dock.model_combo.count())]
     assert names == ["rs-vlm-lite0", "my-model"]
+
+
+def test_the_panel_finds_an_index_built_by_processing(gui, bundle_dir, stored_settings):
+    import processing
+
+    folder = Path(stored_settings.output_folder) / "indexes"
+    folder.mkdir(parents=True)
+    built = processing.run("rsvlm:build_index", {"INPUT": gui.layer, "MAX_TILES": 6,
+                                                 "OUTPUT": str(folder / "from-processing.rsvlm-index.gpkg")})
+    task = run(gui, "search", "a road")
+    assert task.request.index_path == Path(built["OUTPUT"])

@@ -21,6 +21,7 @@ from ...core.errors import CancelledError, RsVlmError
 from ...core.gpkg import write_geopackage
 from ...core.index import TILES_LAYER, build_index
 from ...core.pipeline import SEARCH_LAYER, JobConfig, check_query, result_kinds, result_layers
+from ..source import layer_source_id
 from ..task import load_bundle, open_index
 from .algorithms import CANCELLED, FeedbackProgress, RsVlmAlgorithm
 
@@ -57,7 +58,7 @@ class BuildIndexAlgorithm(RsVlmAlgorithm):
     def gather(self, parameters, context, feedback) -> None:  # noqa: D102
         self.source, layer = self.raster_source(parameters, context)
         self.extent = self.job_extent(parameters, context, self.source, layer.crs())
-        self.source_id = f"{layer.providerType()}:{layer.source()}"
+        self.source_id = layer_source_id(layer)  # the same identity the panel looks indexes up by
 
     def process(self, parameters, context, feedback) -> dict:  # noqa: D102
         output = self.gpkg_path(parameters, context)

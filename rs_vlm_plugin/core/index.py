@@ -90,7 +90,7 @@ def find_index(folder: str | Path, source_id: str, bundle: ModelBundle) -> Path 
     best: tuple[str, Path] | None = None
     for path in Path(folder).glob(f"*{INDEX_SUFFIX}"):
         try:
-            meta = _read_meta(path)
+            meta = read_meta(path)
         except RsVlmError:
             continue
         if meta.get("source_id") == source_id and meta.get("model_fingerprint") == fingerprint \
@@ -217,7 +217,7 @@ class EmbeddingIndex:
             RsVlmError: The file is missing, is not an RS-VLM index, or is of an unsupported version.
         """
         path = Path(path)
-        meta = _read_meta(path)
+        meta = read_meta(path)
         version = meta.get("format_version")
         if version not in SUPPORTED_VERSIONS:
             raise RsVlmError(
@@ -343,7 +343,7 @@ def _not_an_index(path: Path) -> RsVlmError:
         "(or `python -m rs_vlm_plugin index`), or build one.")
 
 
-def _read_meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict:
     """The metadata table of an index (sentence-errors for a missing file or another kind of file)."""
     if not path.is_file():
         raise RsVlmError(f"The index file {path} does not exist; check the path or build the index first.")

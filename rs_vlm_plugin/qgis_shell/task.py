@@ -22,7 +22,7 @@ from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
 from ..core.pipeline import (DescribeResult, JobConfig, SearchResult, ask, classify, describe, result_kinds,
                              result_layers, search)
-from ..core.index import EmbeddingIndex, build_index
+from ..core.index import EmbeddingIndex, build_index, read_meta
 from ..core.plan_layer import PLAN_LAYER, plan_records
 from ..core.raster import RasterSource
 from ..core.records import PlanTileRecord
@@ -180,8 +180,8 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     if request.kind == "index":
         path = build_index(request.source, bundle, request.index_path, request.extent, request.config, progress,
                            source_id=request.source_id)
-        index = EmbeddingIndex.open(path)
-        built = IndexBuilt(path, len(index), request.source.georef.crs_wkt, list(request.source.warnings))
+        built = IndexBuilt(path, int(read_meta(path)["tiles"]), request.source.georef.crs_wkt,
+                           list(request.source.warnings))
         return JobOutcome(request, built, None, seconds=time.perf_counter() - started)
     if request.kind == "search" and request.index_path is not None:
         progress.set_stage("Searching the index")

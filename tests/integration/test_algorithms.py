@@ -460,7 +460,7 @@ def test_export_model_writes_a_bundle_the_algorithms_read(processing, rasters, t
 
 def test_results_load_styled_when_processing_loads_them(processing, rasters, tmp_path, bundle_dir, project):
     """runAndLoadResults (what the Processing dialog does) loads the three styled caption layers."""
-    from qgis.core import QgsSingleSymbolRenderer
+    from qgis.core import QgsRuleBasedRenderer
 
     out = tmp_path / "loaded.gpkg"
     processing.runAndLoadResults("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MAX_TILES": 4,
@@ -468,5 +468,7 @@ def test_results_load_styled_when_processing_loads_them(processing, rasters, tmp
     loaded = {layer.name(): layer for layer in project.mapLayers().values()}
     assert {"Global caption", "Region captions", "Object captions"} <= set(loaded)
     layer = loaded["Region captions"]
-    assert isinstance(layer.renderer(), QgsSingleSymbolRenderer) and layer.labelsEnabled()
-    assert np.isclose(layer.renderer().symbol().symbolLayer(0).strokeWidth(), 0.6)
+    assert isinstance(layer.renderer(), QgsRuleBasedRenderer) and layer.labelsEnabled()
+    (region,) = [r for r in layer.renderer().rootRule().children() if "'region'" in r.filterExpression()]
+    assert np.isclose(region.symbol().symbolLayer(0).strokeWidth(), 0.6)
+    assert "caption" in layer.mapTipTemplate()

@@ -12,7 +12,7 @@ from rs_vlm_plugin.core import index as index_module
 from rs_vlm_plugin.core.errors import RsVlmError
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.index import EmbeddingIndex, _read_arrays, _read_meta, _write_tables
+from rs_vlm_plugin.core.index import EmbeddingIndex, _read_arrays, read_meta, _write_tables
 from rs_vlm_plugin.core.qa import presence_scores
 from rs_vlm_plugin.core.records import SearchHit
 
@@ -75,7 +75,7 @@ def test_tables_round_trip_in_chunks(tmp_path, monkeypatch):
     for name, array in arrays.items():
         assert back[name].dtype == array.dtype
         np.testing.assert_array_equal(back[name], array)
-    assert _read_meta(path)["tiles"] == 30
+    assert read_meta(path)["tiles"] == 30
 
 
 def test_missing_file_is_a_sentence(tmp_path):

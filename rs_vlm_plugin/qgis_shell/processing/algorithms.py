@@ -269,8 +269,8 @@ class CaptionRasterAlgorithm(RsVlmAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of DRIS tiles")))
 
     def gather(self, parameters, context, feedback) -> None:  # noqa: D102
-        self.source, layer = self.raster_source(parameters, context)
-        self.extent = self.job_extent(parameters, context, self.source, layer.crs())
+        self.source, self.layer = self.raster_source(parameters, context)
+        self.extent = self.job_extent(parameters, context, self.source, self.layer.crs())
 
     def job_request(self, parameters, context) -> JobRequest:
         """The job of this run."""
@@ -287,9 +287,13 @@ class CaptionRasterAlgorithm(RsVlmAlgorithm):
             return {}
         except RsVlmError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        self.load_outputs(context, outcome)
+        return self.results(outcome)
+
+    def load_outputs(self, context, outcome) -> None:
+        """Ask Processing to load the written layers, styled, when it loads outputs."""
         query = outcome.result.query if isinstance(outcome.result, SearchResult) else ""
         self.load_on_completion(context, outcome.output, list(outcome.layers), query)
-        return self.results(outcome)
 
     def results(self, outcome) -> dict:
         """The algorithm's outputs from a finished job."""

@@ -7,6 +7,8 @@ in milliseconds, without reading the raster again.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
@@ -16,17 +18,16 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...core.dris import PlanConfig
-from ...core.errors import CancelledError, RsVlmError
+from ...core.errors import RsVlmError
 from ...core.gpkg import write_geopackage
-from ...core.index import TILES_LAYER, build_index
-from ...core.pipeline import SEARCH_LAYER, JobConfig, check_query, result_kinds, result_layers
+from ...core.index import TILES_LAYER
+from ...core.pipeline import SEARCH_LAYER, check_query, result_kinds, result_layers
 from ..source import layer_source_id
-from ..task import load_bundle, open_index
-from .algorithms import CANCELLED, FeedbackProgress, RsVlmAlgorithm
+from ..task import JobRequest, load_bundle, open_index
+from .algorithms import CaptionRasterAlgorithm, RsVlmAlgorithm
 
 
-class BuildIndexAlgorithm(RsVlmAlgorithm):
+class BuildIndexAlgorithm(CaptionRasterAlgorithm):
     """Encode a raster once into an embedding index for repeated text search."""
 
     def name(self) -> str:  # noqa: D102
@@ -56,26 +57,19 @@ class BuildIndexAlgorithm(RsVlmAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of indexed tiles")))
 
     def gather(self, parameters, context, feedback) -> None:  # noqa: D102
-        self.source, layer = self.raster_source(parameters, context)
-        self.extent = self.job_extent(parameters, context, self.source, layer.crs())
-        self.source_id = layer_source_id(layer)  # the same identity the panel looks indexes up by
+        super().gather(parameters, context, feedback)
+        self.source_id = layer_source_id(self.layer)  # the same identity the panel looks indexes up by
 
-    def process(self, parameters, context, feedback) -> dict:  # noqa: D102
-        output = self.gpkg_path(parameters, context)
-        config = JobConfig(plan=PlanConfig(max_tiles=self.parameterAsInt(parameters, "MAX_TILES", context)))
-        progress = FeedbackProgress(feedback)
-        try:
-            progress.set_stage("Loading the model")
-            bundle = load_bundle(self.model_dir(parameters, context))
-            path = build_index(self.source, bundle, output, self.extent, config, progress, source_id=self.source_id)
-            n_tiles = len(open_index(path))
-        except CancelledError:
-            feedback.pushInfo(CANCELLED)
-            return {}
-        except RsVlmError as exc:
-            raise QgsProcessingException(str(exc)) from exc
-        self.load_on_completion(context, path, [TILES_LAYER])
-        return {"OUTPUT": str(path), "N_TILES": n_tiles}
+    def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
+        request = super().job_request(parameters, context)
+        return replace(request, kind="index", output=None, index_path=self.gpkg_path(parameters, context),
+                       source_id=self.source_id)
+
+    def load_outputs(self, context, outcome) -> None:  # noqa: D102
+        self.load_on_completion(context, outcome.result.path, [TILES_LAYER])
+
+    def results(self, outcome) -> dict:  # noqa: D102
+        return {"OUTPUT": str(outcome.result.path), "N_TILES": outcome.result.n_tiles}
 
 
 class SearchIndexAlgorithm(RsVlmAlgorithm):

@@ -232,22 +232,27 @@ def run_desktop_tour(folder: Path, raster: Path | None, steps: list[str], shots:
 
 
 SCREENSHOT_STEPS = ["describe", "describe", "search", "classify", "ask", "index", "search_index"]
+README_SHOTS = ["describe", "search", "classify", "ask", "search_index"]
 
 
 def cmd_screenshots(args) -> int:
     """Screenshots of the panel in the real QGIS desktop (docs/screenshots/), with timings."""
     setup()
-    shots = ROOT / "docs" / "screenshots"
+    docs = ROOT / "docs" / "screenshots"
     folder = ROOT / "out" / "tour"
     shutil.rmtree(folder / "rs_vlm_runs", ignore_errors=True)
+    shots = folder / "shots"
     seen = run_desktop_tour(folder, SAMPLES / "demo_scene.tif", SCREENSHOT_STEPS, shots, max_tiles=48)
     if "error" in seen:
         print(seen["error"], file=sys.stderr)
         return 1
+    docs.mkdir(parents=True, exist_ok=True)
+    for name in README_SHOTS:
+        shutil.copyfile(shots / f"{name}.jpg", docs / f"{name}.jpg")
     for step, record in seen["steps"].items():
         print(f"{step:15s} click to layers {record['click_to_layers_s']:6.2f} s  results {record['results']:3d}  "
               f"{record['answer'] or record['status']}")
-    log(f"screenshots in {shots}; figures in {folder / 'tour.json'}")
+    log(f"screenshots in {docs} (all steps in {shots}); figures in {folder / 'tour.json'}")
     return 0
 
 

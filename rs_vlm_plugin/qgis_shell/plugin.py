@@ -429,6 +429,8 @@ class RsVlmPlugin:
             self.dock.set_running(False)
             self.dock.set_progress(100)
         if isinstance(result, IndexBuilt):
+            if self.dock is not None:
+                self.dock.clear_results()
             text = (f"Index of {result.n_tiles} tiles saved to {result.path}; searches of this layer with this "
                     "model now answer from it.")
             self._finish_message(text, outcome)
@@ -441,6 +443,10 @@ class RsVlmPlugin:
         self.last_timings = {"job_s": outcome.seconds, "click_to_layers_s": time.perf_counter() - self._started}
         if self.dock is not None:
             self.dock.show_result(result)
+            if isinstance(result, SearchResult) and outcome.request.index_path is not None:
+                t = result.timings
+                self.dock.set_status(f"{self.dock.status_label.text()} Answered from the layer's index of "
+                                     f"{t.get('tiles', 0)} tiles in {1000 * (t.get('text_s', 0) + t.get('score_s', 0)):.0f} ms.")
         if isinstance(result, SearchResult):
             summary = f'{len(result.hits)} places match "{result.query}".'
         elif isinstance(result, ClassifyResult):

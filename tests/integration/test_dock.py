@@ -232,6 +232,7 @@ def test_index_built_from_the_panel_answers_searches(gui, bundle_dir, stored_set
 
     indexed = run(gui, "search", "a road")
     assert indexed.request.index_path == built.path
+    assert "Answered from the layer's index" in gui.dock.status_label.text()
     assert isinstance(indexed.outcome.result, SearchResult) and indexed.outcome.result.hits
     direct = gui.start_job("search", gui.layer, "a road", extent=None, max_tiles=6,
                            output=Path(stored_settings.output_folder) / "direct.gpkg")

@@ -15,7 +15,7 @@ from .dris import PlanConfig
 from .errors import CancelledError, RsVlmError
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .pipeline import (AnswerResult, ClassifyResult, DescribeResult, JobConfig, SearchResult, ask, classify, describe,
+from .pipeline import (AnswerResult, ClassifyResult, JobConfig, SearchResult, ask, classify, describe,
                        result_kinds, result_layers, search)
 from .progress import TerminalProgress
 from .raster import open_raster

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .check import (DependencyReport, DependencyState, ONNXRUNTIME_GPU, Requirement, check)
+from .check import ONNXRUNTIME_GPU, DependencyReport, DependencyState, Requirement
 
 __all__ = [
     "canonical_name", "host_constraints", "constraints_text", "cuda_available", "install_spec",

@@ -28,7 +28,7 @@ from ..core.bundle import RuntimeOptions, available_providers
 from ..core.dris import PlanConfig
 from ..core.errors import RsVlmError
 from ..core.pipeline import JobConfig
-from .outputs import RUNS_FOLDER, ensure_writable_folder, run_output_path  # noqa: F401 - RUNS_FOLDER re-exported
+from .outputs import ensure_writable_folder, run_output_path
 from .processing.provider import ICON_PATH, RsVlmProvider
 from .settings import PluginSettings, available_models
 

@@ -20,9 +20,8 @@ from ..core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir
 from ..core.errors import CancelledError, RsVlmError
 from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
-from ..core.pipeline import (DescribeResult, JobConfig, SearchResult, ask, classify, describe, result_kinds,
-                             result_layers, search)
 from ..core.index import EmbeddingIndex, build_index, read_meta
+from ..core.pipeline import JobConfig, ask, classify, describe, result_kinds, result_layers, search
 from ..core.plan_layer import PLAN_LAYER, plan_records
 from ..core.raster import RasterSource
 from ..core.records import PlanTileRecord

@@ -6,14 +6,13 @@ from __future__ import annotations
 import configparser
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import REPO, MinimalIface, raster_layer, wait_for
 
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeResult, SearchResult
+from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeResult
 from rs_vlm_plugin.core.records import CaptionRecord, SearchHit
 
 ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model",

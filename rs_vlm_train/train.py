@@ -372,17 +372,23 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts) -> dict:
 
 def read_corpus(data: Path) -> list[str]:
     """Caption text for decoder pre-training: RSICD, RSITMD, Sydney (train+val), normalised."""
-    folder = data / "captions_text"
-    out = []
-    for name in ("rsicd_train_caps.txt", "rsitmd_train_caps.txt"):
+    return [s for part in read_corpus_parts(data).values() for s in part]
+
+
+def read_corpus_parts(data: Path) -> dict[str, list[str]]:
+    """The caption text of :func:`read_corpus` by source ("RSICD", "RSITMD", "Sydney"), present ones only."""
+    folder = Path(data) / "captions_text"
+    parts: dict[str, list[str]] = {}
+    for source, name in (("RSICD", "rsicd_train_caps.txt"), ("RSITMD", "rsitmd_train_caps.txt")):
         path = folder / name
         if path.exists():
-            out += [feat.normalise_caption(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            parts[source] = [feat.normalise_caption(line) for line in path.read_text(encoding="utf-8").splitlines()
+                             if line.strip()]
     path = folder / "sydney_train_val.json"
     if path.exists():
-        for im in json.loads(path.read_text(encoding="utf-8"))["images"]:
-            out += [feat.normalise_caption(s["raw"]) for s in im["sentences"]]
-    return [s for s in out if s]
+        parts["Sydney"] = [feat.normalise_caption(s["raw"])
+                           for im in json.loads(path.read_text(encoding="utf-8"))["images"] for s in im["sentences"]]
+    return {k: [s for s in v if s] for k, v in parts.items()}
 
 
 def build_vocab(sentences: list[str], min_count: int = 3) -> list[str]:
@@ -415,42 +421,79 @@ def _decoder_update(decoder: CaptionDecoder, opt, memory: torch.Tensor, tokens: 
     return float(loss.detach())
 
 
+def noised_global_memory(noise: float = 0.08):
+    """Memory builder of text-only pre-training: each text embedding, noised (per-sentence level drawn
+    uniformly up to 1.5 x ``noise`` per dimension) and renormalised, as the only (global) token."""
+
+    def memory(decoder: CaptionDecoder, emb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        sigma = noise * torch.rand(len(emb), 1, generator=gen) * 1.5
+        noised = F.normalize(emb + sigma * torch.randn(len(emb), emb.shape[1], generator=gen), dim=-1)
+        return decoder.memory(noised, None, None)
+
+    return memory
+
+
 def pretrain_decoder(config: ModelConfig, corpus: list[str], corpus_emb: torch.Tensor, vocab: list[str], cache: Path,
-                     epochs: int, seed: int, noise: float = 0.08) -> CaptionDecoder:
-    """Text-only pre-training: decode captions from their own noised text embeddings (global slot)."""
-    final = cache / "decoder_pretrain.pt"
+                     epochs: int, seed: int, noise: float = 0.08, memory=None, tag: str = "decoder_pretrain",
+                     batch_size: int = 128, lr: float = 5e-4, warmup: int = 200, on_epoch=None) -> CaptionDecoder:
+    """Text-only training: decode captions from decoder memory built from their own text embeddings.
+
+    Checkpointed after every epoch (``cache/{tag}.ckpt``) and resumed from there; the final
+    weights are ``cache/{tag}.pt`` (returned as they are when present).
+
+    Args:
+        memory: ``(decoder, embeddings (B, D), generator) -> memory``; default
+            :func:`noised_global_memory` (``noise``).
+        on_epoch: Called with the number of finished epochs after each checkpoint.
+    """
+    final, ckpt = cache / f"{tag}.pt", cache / f"{tag}.ckpt"
+    label = tag.replace("_", "-")  # as logs have always read: "[decoder-pretrain] ..."
+    memory = memory or noised_global_memory(noise)
     seed_everything(seed)
     decoder = CaptionDecoder(config)
     if final.exists():
         decoder.load_state_dict(torch.load(final, weights_only=True))
         return decoder
     tokens = encode_words(corpus, vocab, config.max_caption_tokens)
-    opt = torch.optim.AdamW(decoder.parameters(), lr=5e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=0.01)
     n = len(corpus)
-    batch = min(128, n)
+    batch = min(batch_size, n)
     total_steps = max(1, epochs * (n // batch))
     step = 0
+    first_epoch = 0
     start = time.time()
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        if state["epochs"] == epochs and state["sentences"] == n:
+            decoder.load_state_dict(state["decoder"])
+            opt.load_state_dict(state["opt"])
+            first_epoch, step = state["epoch"], state["step"]
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            print(f"[{label}] resuming after epoch {first_epoch}/{epochs}", flush=True)
+    for epoch in range(first_epoch, epochs):
         decoder.train()
         perm = torch.randperm(n, generator=gen)
         run = 0.0
         for k in range(0, n - batch + 1, batch):
             rows = perm[k:k + batch]
             for g in opt.param_groups:
-                g["lr"] = 5e-4 * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            sigma = noise * torch.rand(len(rows), 1, generator=gen) * 1.5
-            emb = F.normalize(corpus_emb[rows] + sigma * torch.randn(len(rows), corpus_emb.shape[1], generator=gen), dim=-1)
-            loss = _decoder_update(decoder, opt, decoder.memory(emb, None, None), tokens[rows])
+                g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            loss = _decoder_update(decoder, opt, memory(decoder, corpus_emb[rows], gen), tokens[rows])
             step += 1
             run += loss
             if step % 50 == 0:
-                print(f"[decoder-pretrain] step {step}/{total_steps} loss {loss:.3f} ({time.time() - start:.0f} s)",
-                      flush=True)
-        print(f"[decoder-pretrain] epoch {epoch + 1}/{epochs} loss {run / max(1, n // batch):.3f} "
+                print(f"[{label}] step {step}/{total_steps} loss {loss:.3f} ({time.time() - start:.0f} s)", flush=True)
+        print(f"[{label}] epoch {epoch + 1}/{epochs} loss {run / max(1, n // batch):.3f} "
               f"({time.time() - start:.0f} s)", flush=True)
+        torch.save({"decoder": decoder.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "step": step,
+                    "epochs": epochs, "sentences": n, "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
+                   ckpt)
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     torch.save(decoder.state_dict(), final)
+    ckpt.unlink(missing_ok=True)
     return decoder
 
 

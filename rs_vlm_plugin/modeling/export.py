@@ -179,14 +179,44 @@ def validate_image(tower, path: Path, size: int, batches=PARITY_BATCHES) -> floa
     return worst
 
 
+DECODER_INPUTS = ["global", "regions", "objects", "tokens"]
+
+
+def export_decoder(step: torch.nn.Module, example: tuple, path: Path) -> None:
+    """Export a decoder step (tiers + token prefix -> next-word logits) with dynamic batch and length."""
+    torch.onnx.export(step, example, str(path), input_names=DECODER_INPUTS, output_names=["logits"],
+                      dynamic_axes={"global": {0: "batch"}, "regions": {0: "batch"}, "objects": {0: "batch"},
+                                    "tokens": {0: "batch", 1: "length"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+
+
+def decoder_entry(config: ModelConfig) -> dict:
+    """The manifest's "decoder" entry of a decoder exported by :func:`export_decoder`."""
+    return {"file": "decoder.onnx", "vocab": "vocab.json", "inputs": list(DECODER_INPUTS), "output": "logits",
+            "max_tokens": config.max_caption_tokens, "beam": 3}
+
+
 def validate_decoder(step, tower, path: Path, size: int, batches=PARITY_BATCHES) -> float:
     """Largest |torch - onnx| of the next-word logits for several batch sizes and prefix lengths."""
+
+    def tiers(n: int, gen: torch.Generator):
+        return tower(torch.randn(n, 3, size, size, generator=gen))[:3]
+
+    return decoder_parity(step, path, tiers, batches)
+
+
+def decoder_parity(step, path: Path, make_tiers, batches=PARITY_BATCHES) -> float:
+    """Largest |torch - onnx| of the next-word logits for several batch sizes and prefix lengths.
+
+    Args:
+        make_tiers: ``(n, generator) -> (global, regions, objects)`` torch inputs for ``n`` tiles.
+    """
     sess = _session(path)
     gen = torch.Generator().manual_seed(2)
     worst = 0.0
     for n in batches:
         with torch.inference_mode():
-            g, r, o, _ = tower(torch.randn(n, 3, size, size, generator=gen))
+            g, r, o = make_tiers(n, gen)
             tokens = torch.randint(4, step.decoder.config.vocab_size, (n, 1 + n), generator=gen)
             tokens[:, 0] = 1
             ref = step(g, r, o, tokens).numpy()
@@ -259,11 +289,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
             with torch.no_grad():
                 g, r, o, _ = image_tower(torch.zeros(2, 3, size, size))
             example = (g, r, o, torch.tensor([[1, 5, 6], [1, 7, 8]]))
-            torch.onnx.export(decoder_step, example, str(decoder_path),
-                              input_names=["global", "regions", "objects", "tokens"], output_names=["logits"],
-                              dynamic_axes={"global": {0: "batch"}, "regions": {0: "batch"}, "objects": {0: "batch"},
-                                            "tokens": {0: "batch", 1: "length"}, "logits": {0: "batch"}},
-                              opset_version=17, dynamo=False)
+            export_decoder(decoder_step, example, decoder_path)
             (work / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         _progress(60, "Checking ONNX against torch (batch sizes 1, 3, 5)")
         parity = {"image_encoder": validate_image(image_tower, image_path, size),
@@ -315,9 +341,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
             "export_seconds": round(time.time() - start, 1),
         }
         if decoder_step is not None:
-            manifest["decoder"] = {"file": "decoder.onnx", "vocab": "vocab.json", "inputs": ["global", "regions",
-                                   "objects", "tokens"], "output": "logits", "max_tokens": config.max_caption_tokens,
-                                   "beam": 3}
+            manifest["decoder"] = decoder_entry(config)
         _set_metadata(image_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
                       | {"image_encoder": manifest["image_encoder"]})
         _set_metadata(text_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
@@ -327,18 +351,23 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                           | {"decoder": manifest["decoder"]})
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _progress(95, "Moving the bundle into place")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(work, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, out_dir)
+        move_into_place(work, out_dir)
         _progress(100, f"Bundle written to {out_dir}")
         return manifest
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def move_into_place(work: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the finished folder ``work`` (a sibling) with renames only."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(work, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

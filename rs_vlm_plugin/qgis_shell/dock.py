@@ -87,6 +87,7 @@ class RsVlmDock(QDockWidget):
     Signals:
         runRequested(object): The user pressed Run (or Enter in the query box); a DockRequest.
         indexRequested(object): The user pressed "Build index"; a DockRequest (mode "index").
+        importRequested(): The user pressed "Import…" beside the model picker.
         cancelRequested(): The user pressed Cancel.
         resultActivated(object, object): A result was clicked; its core Extent and the WKT of
             its CRS (None for rasters without CRS).
@@ -95,6 +96,7 @@ class RsVlmDock(QDockWidget):
 
     runRequested = pyqtSignal(object)
     indexRequested = pyqtSignal(object)
+    importRequested = pyqtSignal()
     cancelRequested = pyqtSignal()
     resultActivated = pyqtSignal(object, object)
     thresholdChanged = pyqtSignal(float)
@@ -108,7 +110,12 @@ class RsVlmDock(QDockWidget):
 
         self.model_combo = QComboBox(body)
         self.model_combo.setToolTip("The model: the bundled RS-VLM model and any imported ones.")
-        form.addRow("Model", self.model_combo)
+        self.import_button = QPushButton("Import…", body)
+        self.import_button.setToolTip("Import an open_clip checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP) as a model.")
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.import_button)
+        form.addRow("Model", model_row)
         self.set_models(models or [])
         self.mode_combo = QComboBox(body)
         for mode, (label, *_rest) in MODES.items():
@@ -216,6 +223,7 @@ class RsVlmDock(QDockWidget):
         self.query_edit.returnPressed.connect(self._emit_run)
         self.cancel_button.clicked.connect(self.cancelRequested)
         self.index_button.clicked.connect(self._emit_index)
+        self.import_button.clicked.connect(self.importRequested)
         self.results_list.itemClicked.connect(self._emit_activated)
         self.results_list.itemActivated.connect(self._emit_activated)
         self.threshold_slider.valueChanged.connect(self._threshold_moved)
@@ -228,7 +236,7 @@ class RsVlmDock(QDockWidget):
     # Inputs -------------------------------------------------------------------------------
 
     def set_models(self, models: list[tuple[str, Path]], current: str = "") -> None:
-        """Fill the model picker with (name, bundle folder) pairs; keep ``current`` chosen."""
+        """Fill the model picker with (name, bundle folder) pairs; choose ``current`` (default: the first)."""
         self.model_combo.clear()
         for name, folder in models:
             self.model_combo.addItem(name, str(folder))
@@ -415,7 +423,7 @@ class RsVlmDock(QDockWidget):
         self.cancel_button.setEnabled(self._running)
         self.query_combo.setEnabled(idle and mode != "describe")
         self.mask_combo.setVisible(selection)
-        for widget in (self.model_combo, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
+        for widget in (self.model_combo, self.import_button, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
                        self.detail_slider, self.budget_spin, self.device_combo, self.plan_check):
             widget.setEnabled(idle)
 

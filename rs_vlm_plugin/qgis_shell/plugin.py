@@ -119,6 +119,7 @@ class RsVlmPlugin:
         self.dock.cancelRequested.connect(self.cancel)
         self.dock.resultActivated.connect(self.zoom_to_result)
         self.dock.thresholdChanged.connect(self.filter_results)
+        self.dock.importRequested.connect(self.import_model)
         if hasattr(self.iface, "addDockWidget"):
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.dock.hide()
@@ -199,6 +200,67 @@ class RsVlmPlugin:
         else:
             dialog.show()
         return dialog
+
+    def import_model(self, checkpoint=None, name: str = "", arch: str = "auto", quick_gelu: bool = False,
+                     python: str | None = None):
+        """Import an open_clip checkpoint as a model bundle in the background; it then appears (chosen)
+        in the model picker.
+
+        Args:
+            checkpoint: The checkpoint file; None asks for it.
+            name: The model's name (default: the file name).
+            arch: An architecture name, or "auto" to recognise it from the checkpoint.
+            quick_gelu: The checkpoint uses quick GELU (SkyCLIP).
+            python: An interpreter with torch (default: the project's .venv, else this Python).
+
+        Returns:
+            The started :class:`~.model_import.ModelImportTask`, or None.
+        """
+        from .child_python import default_python
+        from .model_import import ModelImportTask
+        from .processing.model_algorithms import import_arguments, imported_model_folder
+
+        if self.task is not None and self._task_alive():
+            self._message("An RS-VLM job is running; wait for it or cancel it before importing a model.", Qgis.Warning)
+            return None
+        if checkpoint is None:
+            checkpoint, _ = QFileDialog.getOpenFileName(
+                self._main_window(), "RS-VLM: import an open_clip checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP)", "",
+                "PyTorch checkpoints (*.pt *.pth *.bin *.ckpt);;All files (*)")
+            if not checkpoint:
+                return None
+        checkpoint = Path(checkpoint)
+        name = name.strip() or checkpoint.stem
+        try:
+            folder = imported_model_folder(name)
+        except RsVlmError as exc:
+            self._refuse(str(exc))
+            return None
+        task = ModelImportTask(python or default_python(), import_arguments(checkpoint, folder, name, arch, quick_gelu),
+                               folder)
+        task.progressChanged.connect(self._on_progress)
+        task.importFinished.connect(self._on_imported)
+        task.importFailed.connect(self._on_failed)
+        self.task = task
+        self._started = time.perf_counter()
+        if self.dock is not None:
+            self.dock.set_running(True)
+            self.dock.set_status(f"Importing {checkpoint.name} as the model {folder.name}...")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _on_imported(self, folder) -> None:
+        self.task = None
+        settings = PluginSettings.load()
+        settings.model = Path(folder).name
+        settings.save()
+        text = f"The model {Path(folder).name} is imported ({folder}) and chosen in the RS-VLM panel."
+        if self.dock is not None:
+            self.dock.set_running(False)
+            self.dock.set_progress(100)
+            self.dock.set_models(available_models(settings), settings.model_name)
+            self.dock.set_status(text)
+        self._message(text, Qgis.Success)
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops between batches)."""

@@ -94,6 +94,9 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
         "rsvlm:batch_caption": ["LAYERS", "FOLDER", "PATTERN", "MAX_TILES", "MODEL", "OUTPUT_MODE", "OUTPUT",
                                 "OUTPUT_FOLDER"],
         "rsvlm:export_model": ["PYTHON", "WEIGHTS", "OUTPUT_FOLDER"],
+        "rsvlm:import_model": ["CHECKPOINT", "ARCH", "QUICK_GELU", "NAME", "LICENSE", "PYTHON", "OUTPUT_FOLDER"],
+        "rsvlm:build_index": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:search_index": ["INDEX", "QUERY", "MAX_HITS", "MODEL", "OUTPUT"],
     }
     for alg_id, params in expected.items():
         alg = registry.algorithmById(alg_id)
@@ -183,7 +186,7 @@ def test_streaming_maps_progress_lines_and_kills_on_cancel(plugin, tmp_path):
     """The exporter's protocol with a stand-in child: PROGRESS lines, other lines, cancel."""
     import time
 
-    from rs_vlm_plugin.qgis_shell.processing.algorithms import run_streaming
+    from rs_vlm_plugin.qgis_shell.processing.model_algorithms import run_streaming
 
     script = "import time\nprint('PROGRESS 10', flush=True)\nprint('hello', flush=True)\nprint('PROGRESS 55')\n"
     feedback = RecordingFeedback.make()
@@ -374,7 +377,7 @@ def test_caption_and_search_the_demo_scene(processing, tmp_path, bundle_dir):
 
 
 def _torch_python() -> str | None:
-    from rs_vlm_plugin.qgis_shell.processing.algorithms import default_python
+    from rs_vlm_plugin.qgis_shell.child_python import default_python
 
     python = default_python()
     probe = __import__("subprocess").run([python, "-c", "import torch"], capture_output=True)

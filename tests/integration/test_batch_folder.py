@@ -31,7 +31,7 @@ def folder(rasters, tmp_path):
 
 
 def test_folder_rasters_match_patterns_without_case(folder):
-    from rs_vlm_plugin.qgis_shell.processing.algorithms import BATCH_PATTERN, folder_rasters
+    from rs_vlm_plugin.qgis_shell.processing.batch_algorithm import BATCH_PATTERN, folder_rasters
 
     assert [p.name for p in folder_rasters(folder)] == ["corrupt.TIF", "gradient.tif", "scene.tif"]
     assert [p.name for p in folder_rasters(folder, "*.txt")] == ["notes.txt"]

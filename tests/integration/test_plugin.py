@@ -16,7 +16,7 @@ from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeRe
 from rs_vlm_plugin.core.records import CaptionRecord, SearchHit
 
 ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model",
-              "build_index", "search_index"}
+              "build_index", "search_index", "import_model"}
 
 
 def test_package_imports_without_qgis():

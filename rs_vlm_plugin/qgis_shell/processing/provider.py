@@ -32,7 +32,9 @@ class RsVlmProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: D102, N802
         from .algorithms import all_algorithms
+        from .batch_algorithm import batch_algorithms
         from .index_algorithms import index_algorithms
+        from .model_algorithms import model_algorithms
 
-        for algorithm in all_algorithms() + index_algorithms():
+        for algorithm in all_algorithms() + batch_algorithms() + index_algorithms() + model_algorithms():
             self.addAlgorithm(algorithm)

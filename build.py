@@ -9,8 +9,11 @@
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
     python3 build.py bench-index     build a 12k-tile embedding index, time 200+ text queries against it
+    python3 build.py bench-import    import a full-size random ViT-B-32 CLIP: export time, ONNX vs torch speed
     python3 build.py train --data ../shared/data [--ablations]   train the model (resumable), then `export`
     python3 build.py export          re-export the ONNX bundle from the committed weights
+    python3 build.py fit-decoder --model BUNDLE_DIR --data ../shared/data [--epochs N] [--max-sentences N]
+                                     fit a caption decoder to any bundle's text space from caption text alone
     python3 build.py styles          rebuild the layer styles (rs_vlm_plugin/resources/styles/*.qml)
     python3 build.py eval --data ../shared/data   captioning, retrieval, scenes, objects, ablations (JSON + Markdown)
     python3 build.py eval --captions DIR --split NAME | --scenes DIR | --objects DIR   any folder laid out alike
@@ -44,6 +47,10 @@ SAMPLE_PACKAGE = "deepforest==2.1.0"
 DEMO_SOURCE = "deepforest/data/2019_YELL_2_541000_4977000_image_crop.png"
 DEMO_LARGE_SOURCE = "deepforest/data/2019_YELL_2_528000_4978000_image_crop2.png"
 GEOTIFF_SOURCE = "deepforest/data/OSBS_029.tif"
+# open_clip's BPE vocabulary, for the tokenizer of imported CLIP checkpoints (modeling/clip/tokenizer.py).
+OPEN_CLIP_PACKAGE = "open_clip_torch==3.3.0"
+CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_BPE = CACHE / "open_clip" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def log(message: str) -> None:
@@ -134,12 +141,30 @@ def ensure_samples() -> dict:
     return {"demo": demo, "large": large, "osbs": osbs}
 
 
+def ensure_clip_vocab() -> Path:
+    """open_clip's BPE vocabulary in the ignored cache, extracted from the open_clip_torch wheel (no install)."""
+    if not CLIP_BPE.exists():
+        wheels = CACHE / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        found = sorted(wheels.glob("open_clip_torch-3.3.0-*.whl"))
+        if not found:
+            log(f"fetching the CLIP tokenizer vocabulary: pip download --no-deps {OPEN_CLIP_PACKAGE}")
+            run([VENV_PY, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+                 OPEN_CLIP_PACKAGE, "-d", wheels])
+            found = sorted(wheels.glob("open_clip_torch-3.3.0-*.whl"))
+        CLIP_BPE.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(found[-1]) as wheel:
+            CLIP_BPE.write_bytes(wheel.read(CLIP_BPE_MEMBER))
+    return CLIP_BPE
+
+
 def setup() -> None:
     """Everything the demo and the tests need."""
     ensure_apt()
     ensure_venv()
     ensure_bundle()
     ensure_samples()
+    ensure_clip_vocab()
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -321,11 +346,28 @@ def cmd_bench_index(args) -> int:
                cwd=ROOT).returncode
 
 
+def cmd_bench_import(args) -> int:
+    """CLIP import benchmark: export time of a full-size ViT-B-32, ONNX vs torch tower speed (prints figures)."""
+    ensure_apt()
+    ensure_venv()
+    ensure_clip_vocab()
+    return run([VENV_PY, ROOT / "scripts" / "bench_clip_import.py", "--arch", args.arch, "--work",
+                CACHE / "bench_import", "--out", ROOT / "out" / "bench_import.json"], env=headless_env(),
+               check=False, cwd=ROOT).returncode
+
+
 def cmd_train(args) -> int:
     """Train the model on a data folder laid out like ../shared/data (stages resume from checkpoints)."""
     ensure_apt()
     ensure_venv()
     return run([VENV_PY, "-m", "rs_vlm_train.train", *args.train_args], check=False, cwd=ROOT).returncode
+
+
+def cmd_fit_decoder(args) -> int:
+    """Fit a caption decoder to a bundle's text space from caption text (rs_vlm_train/fit_decoder.py)."""
+    ensure_apt()
+    ensure_venv()
+    return run([VENV_PY, "-m", "rs_vlm_train.fit_decoder", *args.fit_args], check=False, cwd=ROOT).returncode
 
 
 def cmd_eval(args) -> int:
@@ -377,9 +419,15 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=216, help="timed text queries (at least 200)")
     p.add_argument("--reuse", action="store_true", help="reuse the index of an earlier run")
     p.set_defaults(func=cmd_bench_index)
+    p = sub.add_parser("bench-import", help="CLIP import: export time of a full-size random model, ONNX vs torch speed")
+    p.add_argument("--arch", default="ViT-B-32", help="architecture of the random checkpoint")
+    p.set_defaults(func=cmd_bench_import)
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)
+    p = sub.add_parser("fit-decoder", help="fit a caption decoder to a bundle's text space: --model DIR --data DIR "
+                       "[--epochs N] [--max-sentences N] (see rs_vlm_train/fit_decoder.py)")
+    p.set_defaults(func=cmd_fit_decoder)
     sub.add_parser("styles", help="rebuild the .qml layer styles").set_defaults(func=cmd_styles)
     p = sub.add_parser("eval", help="evaluate: --data DIR, or --captions DIR --split NAME, --scenes DIR, --objects DIR")
     p.set_defaults(func=cmd_eval)
@@ -388,6 +436,8 @@ def main(argv=None) -> int:
         args.eval_args = extra  # passed on to rs_vlm_train.evaluate, which checks them
     elif args.command == "train":
         args.train_args = extra  # passed on to rs_vlm_train.train
+    elif args.command == "fit-decoder":
+        args.fit_args = extra  # passed on to rs_vlm_train.fit_decoder, which checks them
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)

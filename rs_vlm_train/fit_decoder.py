@@ -52,13 +52,13 @@ from torch import nn
 
 from rs_vlm_plugin.core.bundle import ModelBundle
 from rs_vlm_plugin.core.errors import RsVlmError
-from rs_vlm_plugin.modeling.export import (BUNDLE_FORMAT, PARITY_BATCHES, _set_metadata, decoder_entry, decoder_parity,
-                                           export_decoder, move_into_place)
+from rs_vlm_plugin.modeling.export import (PARITY_BATCHES, _set_metadata, decoder_entry, decoder_parity, export_decoder,
+                                           move_into_place)
 from rs_vlm_plugin.modeling.rsvlm import CaptionDecoder, ModelConfig, pool_objects
 
 from .data import read_captions
 from .features import normalise_caption
-from .train import build_vocab, pretrain_decoder, read_corpus_parts, seed_everything
+from .train import build_vocab, pretrain_decoder, read_corpus_parts
 
 PARITY_LIMIT = 1e-3
 EMBED_CHUNK = 8192  # sentences per cached embedding file: an interrupted embedding run resumes by chunk
@@ -316,8 +316,6 @@ def fit_decoder(bundle_dir: Path, data: Path, settings: FitSettings | None = Non
     settings = settings or FitSettings()
     start = time.time()
     bundle = ModelBundle.load(bundle_dir)
-    if bundle.manifest.get("format") != BUNDLE_FORMAT:
-        raise RsVlmError(f"{bundle_dir} is not an RS-VLM bundle; export or import the model first.")
     parts = read_fit_corpus(data, settings.ucm)
     corpus = [s for part in parts.values() for s in part]
     distinct = sorted(set(corpus))
@@ -340,7 +338,9 @@ def fit_decoder(bundle_dir: Path, data: Path, settings: FitSettings | None = Non
     config = ModelConfig(embed_dim=bundle.embed_dim, vocab_size=len(vocab), dec_dim=settings.dec_dim,
                          dec_layers=settings.dec_layers, dec_heads=settings.dec_heads, dec_ff=settings.dec_ff,
                          max_caption_tokens=settings.max_caption_tokens)
-    run_key = hashlib.sha256(json.dumps([asdict(settings), vocab, _texts_key(distinct)]).encode()).hexdigest()[:16]
+    # What shapes the training (the run-time projection does not: changing it reuses the fitted weights).
+    training = {k: v for k, v in asdict(settings).items() if not k.startswith("projection")}
+    run_key = hashlib.sha256(json.dumps([training, vocab, _texts_key(distinct)]).encode()).hexdigest()[:16]
     log(f"fitting the decoder: {settings.epochs} epochs over {len(distinct)} sentences "
         f"(checkpoints {cache / f'decoder_{run_key}.ckpt'})")
     decoder = pretrain_decoder(config, distinct, torch.from_numpy(emb), vocab, cache, settings.epochs, settings.seed,
@@ -383,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = FitSettings(epochs=args.epochs, max_sentences=args.max_sentences, seed=args.seed, ucm=not args.no_ucm,
                            projection_bank=args.projection_bank)
     torch.set_num_threads(os.cpu_count() or 1)
-    seed_everything(args.seed)
     try:
         entry = fit_decoder(args.model, args.data, settings, args.cache)
     except RsVlmError as exc:

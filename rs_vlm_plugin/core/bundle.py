@@ -236,7 +236,7 @@ class ModelBundle:
                 parts[name].append(value)
             progress.set_fraction(min(1.0, (start + len(batch)) / max(1, n)))
         if n == 0:
-            g = self.image_size // 16
+            g = int(self.manifest["image_encoder"].get("grid", self.image_size // 16))
             return {"embedding": np.zeros((0, self.embed_dim), np.float32),
                     "regions": np.zeros((0, 13, self.embed_dim), np.float32),
                     "objects": np.zeros((0, g * g, self.embed_dim), np.float32),

@@ -101,7 +101,7 @@ def embed_knowledge_base(text_tower, tokenizer, kb: dict) -> np.ndarray:
 def _set_metadata(path: Path, settings: dict) -> None:
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # > 2 GB models keep their weights beside
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key = "rs_vlm"

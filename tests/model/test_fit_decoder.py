@@ -159,7 +159,7 @@ class Interrupt(Exception):
 def test_an_interrupted_fit_resumes_from_its_checkpoint(fitted, bundle_dir, tmp_path, capsys):
     from rs_vlm_train.fit_decoder import fit_decoder
 
-    settings = tiny_settings(epochs=6)
+    settings = tiny_settings(epochs=4)
     model = copy_without_decoder(bundle_dir, tmp_path / "models" / "m")
     cache = tmp_path / "cache"
 
@@ -174,8 +174,8 @@ def test_an_interrupted_fit_resumes_from_its_checkpoint(fitted, bundle_dir, tmp_
     capsys.readouterr()
     seen: list[int] = []
     fit_decoder(model, fitted["data"], settings, cache, on_epoch=seen.append)
-    assert seen == [3, 4, 5, 6]
-    assert "resuming after epoch 2/6" in capsys.readouterr().out
+    assert seen == [3, 4]
+    assert "resuming after epoch 2/4" in capsys.readouterr().out
     assert not list(cache.glob("*/decoder_*.ckpt"))
 
     # The same weights as an uninterrupted fit with the same seed.

@@ -41,15 +41,25 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        data = load_file(str(path), device="cpu")
+        try:
+            data = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file ({exc}); check that the "
+                                  "download is complete.") from exc
     else:
         try:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            # torch reports both a forbidden object and plain garbage as an UnpicklingError; quote only
+            # the line naming the object, not torch's advice to retry without weights_only.
+            detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+            if detail is None:
+                raise CheckpointError(f"{path.name} is not a readable torch checkpoint; check that the download is "
+                                      "complete and that it is an open_clip .pt/.pth/.bin file.") from exc
             raise CheckpointError(
-                f"{path.name} needs Python code to be run to load it (it is not a plain tensor checkpoint), "
-                "so it was refused for safety. Re-save it as a plain state dict (torch.save(model.state_dict()) "
-                f"in the environment that made it) or as .safetensors, and import that file. Detail: {exc}"
+                f"{path.name} needs Python code to be run to load it ({detail}), so it was refused for safety. "
+                "Re-save it as a plain state dict (torch.save(model.state_dict())) or as .safetensors in the "
+                "environment that made it, and import that file."
             ) from exc
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({exc}); check that the "

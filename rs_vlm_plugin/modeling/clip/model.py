@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs import ClipConfig, TextConfig, VisionConfig
+from .configs import ClipConfig, VisionConfig
 
 
 class QuickGELU(nn.Module):
@@ -260,4 +260,5 @@ class CLIP(nn.Module):
         x = self.token_embedding(ids) + self.positional_embedding[:length]
         x = self.ln_final(self.transformer(x, self.attn_mask[:length, :length]))
         eot = ids.argmax(-1)  # the end-of-text token has the highest id
-        return x[torch.arange(x.shape[0]), eot] @ self.text_projection
+        pooled = x.gather(1, eot[:, None, None].expand(-1, 1, x.shape[-1])).squeeze(1)
+        return pooled @ self.text_projection

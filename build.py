@@ -296,6 +296,8 @@ def cmd_package(args) -> int:
             if path.is_dir() or PACKAGE_EXCLUDE & set(rel.parts) or path.suffix == ".pyc" or path.name.startswith(".inputs"):
                 continue
             zf.write(path, rel.as_posix())
+        # open_clip's BPE vocabulary (MIT), so an installed plugin can import CLIP checkpoints; fetched, never committed
+        zf.write(CLIP_BPE, (PLUGIN / "resources" / "open_clip" / CLIP_BPE.name).relative_to(ROOT).as_posix())
     os.replace(tmp, target)
     log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -351,8 +353,9 @@ def cmd_bench_import(args) -> int:
     ensure_apt()
     ensure_venv()
     ensure_clip_vocab()
+    scenes = ["--scenes", Path(args.data) / "resisc12" / "train"] if args.data else []
     return run([VENV_PY, ROOT / "scripts" / "bench_clip_import.py", "--arch", args.arch, "--work",
-                CACHE / "bench_import", "--out", ROOT / "out" / "bench_import.json"], env=headless_env(),
+                CACHE / "bench_import", "--out", ROOT / "out" / "bench_import.json", *scenes], env=headless_env(),
                check=False, cwd=ROOT).returncode
 
 
@@ -421,6 +424,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_bench_index)
     p = sub.add_parser("bench-import", help="CLIP import: export time of a full-size random model, ONNX vs torch speed")
     p.add_argument("--arch", default="ViT-B-32", help="architecture of the random checkpoint")
+    p.add_argument("--data", default=None, help="../shared/data: also compare zero-shot torch vs ONNX on RESISC12")
     p.set_defaults(func=cmd_bench_import)
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)

@@ -1,6 +1,12 @@
 """Benchmark of the CLIP import: export time of a full-size random checkpoint, ONNX vs torch speed.
 
     python scripts/bench_clip_import.py [--arch ViT-B-32] [--work .cache/bench_import] [--out out/bench_import.json]
+        [--scenes ../shared/data/resisc12/train --per-class 20]
+
+With --scenes (a folder of <class>/<image> files) it also classifies a few images per class
+zero-shot through the torch model and through the ONNX bundle (the runtime's own preprocessing,
+tokenizer and prompt ensemble) and reports both accuracies, their difference and how often the
+two paths pick the same class.
 
 Prints figures and writes them as JSON; it asserts nothing about speed. The checkpoint has random
 weights (the speed and the export do not depend on the values); nothing is downloaded.
@@ -52,6 +58,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of torch and onnxruntime")
+    parser.add_argument("--scenes", type=Path, default=None, help="a labelled folder <class>/<image> (zero-shot check)")
+    parser.add_argument("--per-class", type=int, default=20, help="images per class for the zero-shot check")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     threads = args.threads
@@ -109,10 +117,48 @@ def main() -> int:
             "onnx": round(1000 * best_of(onnx_text, args.repeats) / len(QUERIES), 2),
             "torch": round(1000 * best_of(torch_text, args.repeats) / len(QUERIES), 2)},
     }
+    if args.scenes is not None:
+        figures["zero_shot"] = zero_shot_paths(bundle, image_tower, text_tower, args.scenes, args.per_class, args.batch)
     print(json.dumps(figures, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0
+
+
+def zero_shot_paths(bundle: ModelBundle, image_tower, text_tower, folder: Path, per_class: int, batch: int) -> dict:
+    """Zero-shot accuracy through torch and through the ONNX bundle on the same images and prompts."""
+    from PIL import Image
+
+    from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS, class_embeddings
+
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    names = [c.replace("_", " ") for c in classes]
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        chosen = sorted((folder / name).iterdir())[-per_class:]  # the last files of each class
+        files += chosen
+        labels += [k] * len(chosen)
+    size = bundle.image_size
+    tiles = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files])
+    labels = np.asarray(labels)
+    onnx_text = class_embeddings(bundle, names)  # the runtime's prompt ensemble through the ONNX text tower
+    onnx_image = np.concatenate([bundle.encode_images(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
+    prompts = [p.format(c) for c in names for p in CLASS_PROMPTS]
+    enc = bundle.tokenizer.encode_batch(prompts)
+    with torch.inference_mode():
+        emb = text_tower(torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])).numpy()
+        torch_image = np.concatenate([image_tower(torch.from_numpy(bundle.preprocess(tiles[i:i + batch])))[0].numpy()
+                                      for i in range(0, len(tiles), batch)])
+    torch_text = emb.reshape(len(names), len(CLASS_PROMPTS), -1).mean(1)
+    torch_text /= np.linalg.norm(torch_text, axis=1, keepdims=True)
+    pred_onnx = (onnx_image @ onnx_text.T).argmax(1)
+    pred_torch = (torch_image @ torch_text.T).argmax(1)
+    acc_onnx, acc_torch = float((pred_onnx == labels).mean()), float((pred_torch == labels).mean())
+    return {"images": len(files), "classes": len(classes), "accuracy_torch": round(100 * acc_torch, 2),
+            "accuracy_onnx": round(100 * acc_onnx, 2), "difference_points": round(100 * (acc_onnx - acc_torch), 2),
+            "same_prediction": round(100 * float((pred_onnx == pred_torch).mean()), 2),
+            "max_abs_diff_image_embedding": float(np.abs(onnx_image - torch_image).max()),
+            "note": "random weights: accuracy is chance level; the figure that matters is the torch/ONNX difference"}
 
 
 if __name__ == "__main__":

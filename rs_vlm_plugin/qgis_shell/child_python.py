@@ -79,24 +79,29 @@ def stream_command(command: list[str], cwd: Path, on_progress: Callable[[float],
             pending.put(line.rstrip("\r\n"))
         pending.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        if is_canceled():
-            child.kill()
-            child.wait()
-            return None, lines
-        try:
-            line = pending.get(timeout=poll_s)
-        except queue.Empty:
-            continue
-        if line is None:
-            return child.wait(), lines
-        lines.append(line)
-        progress = progress_value(line)
-        if progress is not None:
-            on_progress(progress)
-        elif line.strip():
-            on_line(line)
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        while True:
+            if is_canceled():
+                child.kill()
+                child.wait()
+                return None, lines
+            try:
+                line = pending.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+            if line is None:
+                return child.wait(), lines
+            lines.append(line)
+            progress = progress_value(line)
+            if progress is not None:
+                on_progress(progress)
+            elif line.strip():
+                on_line(line)
+    finally:
+        reader.join(timeout=5)
+        child.stdout.close()
 
 
 def child_error(what: str, python: str, code: int, lines: list[str]) -> str:

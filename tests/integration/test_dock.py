@@ -272,3 +272,40 @@ def test_the_panel_finds_an_index_built_by_processing(gui, bundle_dir, stored_se
                                                  "OUTPUT": str(folder / "from-processing.rsvlm-index.gpkg")})
     task = run(gui, "search", "a road")
     assert task.request.index_path == Path(built["OUTPUT"])
+
+
+def test_import_a_clip_checkpoint_from_the_panel_and_describe_with_it(gui, stored_settings, tmp_path, bundle_dir):
+    """Import… runs the real importer in a Python with torch; the bundle appears, chosen, in the picker
+    and describes the raster (captions composed from the knowledge base: no decoder)."""
+    import torch
+
+    from rs_vlm_plugin.modeling.clip.configs import get_config
+    from rs_vlm_plugin.modeling.clip.model import CLIP
+    from rs_vlm_plugin.qgis_shell.settings import PluginSettings
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "RemoteCLIP-tiny.pt"
+    torch.save({"state_dict": CLIP(get_config("tiny-ViT-B-32")).state_dict()}, checkpoint)
+    stored_settings.models_folder = str(tmp_path / "models")
+    stored_settings.save()
+    progress = []
+    task = gui.import_model(checkpoint, arch="tiny-ViT-B-32")
+    assert task is not None and gui.dock.cancel_button.isEnabled()
+    task.progressChanged.connect(progress.append)
+    wait_for(lambda: gui.task is None, timeout_s=300)
+    assert task.error is None, task.error + "\n" + "\n".join(task.lines[-10:])
+    folder = tmp_path / "models" / "RemoteCLIP-tiny"
+    assert (folder / "manifest.json").exists() and progress and max(progress) == 100
+    assert gui.dock.model_combo.currentText() == "RemoteCLIP-tiny" and PluginSettings.load().model == "RemoteCLIP-tiny"
+    assert "is imported" in gui.dock.status_label.text()
+
+    described = run(gui, "describe")
+    assert described.request.model_dir == folder
+    assert described.outcome.result.global_caption  # composed from the knowledge base
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    failed = gui.import_model(broken)
+    wait_for(lambda: gui.task is None, timeout_s=300)
+    assert failed.error and "broken.pt" in failed.error, failed.error
+    assert not (tmp_path / "models" / "broken").exists()

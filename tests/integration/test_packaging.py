@@ -23,6 +23,8 @@ def test_package_and_install_into_a_profile(tmp_path, bundle_dir):
     assert "rs_vlm_plugin/models/rs-vlm-lite0/image_encoder.onnx" in names
     assert "rs_vlm_plugin/resources/knowledge_base.json" in names
     assert "rs_vlm_plugin/modeling/export.py" in names  # the plugin's "Export model to ONNX" runs it
+    assert "rs_vlm_plugin/resources/open_clip/bpe_simple_vocab_16e6.txt.gz" in names  # for "Import model"
+    assert "rs_vlm_plugin/modeling/import_clip.py" in names
     assert all(n.startswith("rs_vlm_plugin/") for n in names)
     assert not [n for n in names if "/tests/" in n or "rs_vlm_train" in n or "__pycache__" in n]
     installed = profile / "python" / "plugins" / "rs_vlm_plugin"

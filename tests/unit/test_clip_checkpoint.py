@@ -190,3 +190,35 @@ def test_tokenizer_matches_simple_tokenizer(tmp_path):
         assert ids == port(text), text
     assert len(encoded[-1].ids) == 77 and encoded[-1].ids[-1] == 49407
     assert all(i == 0 for e in encoded for i, m in zip(e.ids, e.attention_mask) if not m)  # pad id 0
+
+
+def test_a_graph_exported_in_pieces_is_gathered_into_one_data_file(tmp_path):
+    """Graphs over 2 GB (ViT-H-14's image tower) come out of torch as many weight files; the
+    exporter gathers them into <name>.onnx + <name>.onnx.data, which onnxruntime runs."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from rs_vlm_plugin.modeling.clip.export_clip import export_graph, gather_external_data
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 32)).eval()
+    x = torch.randn(3, 64)
+    whole = tmp_path / "whole.onnx"
+    export_graph(module, (x,), whole, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.onnx"]  # small: one file, no staging left
+
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    onnx.save_model(onnx.load(str(whole)), str(pieces / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)  # as torch writes a big graph
+    assert len(list(pieces.iterdir())) > 2
+    out = tmp_path / "bundle"
+    out.mkdir()
+    gather_external_data(pieces / "model.onnx", out / "image_encoder.onnx")
+    assert sorted(p.name for p in out.iterdir()) == ["image_encoder.onnx", "image_encoder.onnx.data"]
+    got = ort.InferenceSession(str(out / "image_encoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["y"], {"x": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x).numpy(), atol=1e-5)

@@ -103,6 +103,37 @@ def _move_into_place(work: Path, out_dir: Path) -> None:
         os.replace(work, out_dir)
 
 
+def export_graph(module: nn.Module, args: tuple, dest: Path, **kwargs) -> None:
+    """``torch.onnx.export`` of ``module`` into ``dest`` (opset 17, the TorchScript exporter).
+
+    torch writes a graph over 2 GB as the ``.onnx`` plus one file per weight in its folder; each
+    graph is therefore exported into its own staging folder and, when it came out in pieces,
+    gathered into ``dest`` plus a single ``<dest>.data`` beside it, which onnxruntime reads from
+    the model's folder. Graphs under the limit stay one self-contained file.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.stem}-", dir=dest.parent))
+    try:
+        target = staging / dest.name
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(target), opset_version=17, dynamo=False, **kwargs)
+        if [f for f in staging.iterdir() if f != target]:
+            gather_external_data(target, dest)
+        else:
+            os.replace(target, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def gather_external_data(source: Path, dest: Path) -> None:
+    """Save the ONNX model ``source`` (whose weights lie in files beside it) as ``dest`` with all
+    its weights in one ``<dest name>.data`` file in ``dest``'s folder."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=True)
+    onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{dest.name}.data", size_threshold=1024)
+
+
 def export_clip_bundle(checkpoint: str | Path, out_dir: str | Path, arch: str | None = None,
                        quick_gelu: bool | None = None, name: str | None = None, license_text: str | None = None,
                        source: str | None = None, bpe: str | Path = DEFAULT_BPE,
@@ -161,23 +192,18 @@ def export_clip_bundle(checkpoint: str | Path, out_dir: str | Path, arch: str | 
         size = config.vision.image_size
         progress(25, "Exporting the image tower (global, region and object tokens)")
         image_path = work / "image_encoder.onnx"
-        with torch.no_grad():
-            torch.onnx.export(image_tower, (torch.zeros(2, 3, size, size),), str(image_path),
-                              input_names=["images"], output_names=IMAGE_OUTPUTS,
-                              dynamic_axes={"images": {0: "batch"}} | {k: {0: "batch"} for k in IMAGE_OUTPUTS},
-                              opset_version=17, dynamo=False)
+        export_graph(image_tower, (torch.zeros(2, 3, size, size),), image_path,
+                     input_names=["images"], output_names=IMAGE_OUTPUTS,
+                     dynamic_axes={"images": {0: "batch"}} | {k: {0: "batch"} for k in IMAGE_OUTPUTS})
         progress(50, "Exporting the text tower")
         text_path = work / "text_encoder.onnx"
         enc = tokenizer.encode_batch(["an aerial image of a forest", "a road"])
         ids = torch.tensor([e.ids for e in enc], dtype=torch.int64)
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.int64)
-        with torch.no_grad():
-            torch.onnx.export(text_tower, (ids, mask), str(text_path),
-                              input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                              dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                                            "attention_mask": {0: "batch", 1: "tokens"},
-                                            "embedding": {0: "batch"}},
-                              opset_version=17, dynamo=False)
+        export_graph(text_tower, (ids, mask), text_path,
+                     input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                     dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                                   "embedding": {0: "batch"}})
 
         progress(65, "Checking ONNX against torch (batch sizes 1, 3, 5)")
         parity = {"image_encoder": validate_image(image_tower, image_path, size),

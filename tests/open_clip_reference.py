@@ -33,35 +33,49 @@ def require(path: Path | None, what: str) -> Path:
     return path
 
 
+_LOADED: types.SimpleNamespace | None = None
+
+
 def load_open_clip(work: Path) -> types.SimpleNamespace:
-    """open_clip's ``model`` and ``tokenizer`` modules, loaded from the cached wheel's sources."""
+    """open_clip's ``model`` and ``tokenizer`` modules, loaded from the cached wheel's sources.
+
+    The torchvision and ftfy stand-ins are in ``sys.modules`` only while open_clip imports: left
+    there, they would make other libraries (transformers) believe torchvision is installed.
+    """
+    global _LOADED
+    if _LOADED is not None:
+        return _LOADED
     wheels = sorted(WHEELS.glob("open_clip_torch-3.3.0-*.whl"))
     wheel = require(wheels[-1] if wheels else None, "The open_clip_torch 3.3.0 wheel")
-    if "open_clip" not in sys.modules:
-        import torch.nn as nn
+    import torch.nn as nn
 
-        with zipfile.ZipFile(wheel) as archive:
-            for member in archive.namelist():
-                if member.startswith("open_clip/") and member.endswith((".py", ".gz")):
-                    archive.extract(member, work)
-        misc = types.ModuleType("torchvision.ops.misc")
-        misc.FrozenBatchNorm2d = nn.BatchNorm2d
-        ops = types.ModuleType("torchvision.ops")
-        ops.misc = misc
-        vision = types.ModuleType("torchvision")
-        vision.ops = ops
-        hf = types.ModuleType("open_clip.hf_model")
-        hf.HFTextEncoder = None
-        ftfy = types.ModuleType("ftfy")
-        ftfy.fix_text = lambda text: text
-        package = types.ModuleType("open_clip")
-        package.__path__ = [str(work / "open_clip")]
-        for name, module in {"torchvision": vision, "torchvision.ops": ops, "torchvision.ops.misc": misc,
-                             "open_clip": package, "open_clip.hf_model": hf}.items():
-            sys.modules.setdefault(name, module)
-        sys.modules.setdefault("ftfy", ftfy)
-    return types.SimpleNamespace(model=importlib.import_module("open_clip.model"),
-                                 tokenizer=importlib.import_module("open_clip.tokenizer"))
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            if member.startswith("open_clip/") and member.endswith((".py", ".gz")):
+                archive.extract(member, work)
+    misc = types.ModuleType("torchvision.ops.misc")
+    misc.FrozenBatchNorm2d = nn.BatchNorm2d
+    ops = types.ModuleType("torchvision.ops")
+    ops.misc = misc
+    vision = types.ModuleType("torchvision")
+    vision.ops = ops
+    hf = types.ModuleType("open_clip.hf_model")
+    hf.HFTextEncoder = None
+    ftfy = types.ModuleType("ftfy")
+    ftfy.fix_text = lambda text: text
+    package = types.ModuleType("open_clip")
+    package.__path__ = [str(work / "open_clip")]
+    stand_ins = {"torchvision": vision, "torchvision.ops": ops, "torchvision.ops.misc": misc, "ftfy": ftfy}
+    for name, module in {**stand_ins, "open_clip": package, "open_clip.hf_model": hf}.items():
+        sys.modules.setdefault(name, module)
+    try:
+        _LOADED = types.SimpleNamespace(model=importlib.import_module("open_clip.model"),
+                                        tokenizer=importlib.import_module("open_clip.tokenizer"))
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return _LOADED
 
 
 def open_clip_kwargs(config) -> dict:

@@ -158,10 +158,13 @@ def imported_model_folder(name: str) -> Path:
 def run_model_command(python: str, arguments: list[str], folder: Path, what: str,
                       feedback: QgsProcessingFeedback) -> dict:
     """Run ``python -m <arguments>`` that writes a bundle into ``folder``, with progress; its outputs."""
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     command = [python, "-m", *arguments]
     feedback.pushCommandInfo(" ".join(command))
     code, lines = run_streaming(command, feedback, cwd=PLUGIN_ROOT.parent)
+    if code != 0 and created and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # a failed or cancelled run leaves no empty folder behind
     if code is None:
         feedback.pushInfo(f"Cancelled; the {what} was stopped.")
         return {}

@@ -231,6 +231,8 @@ class RsVlmPlugin:
                 return None
         checkpoint = Path(checkpoint)
         name = name.strip() or checkpoint.stem
+        # quick GELU cannot be seen in the weights; SkyCLIP's checkpoints use it (Processing's QUICK_GELU overrides)
+        quick_gelu = quick_gelu or "skyclip" in checkpoint.name.lower()
         try:
             folder = imported_model_folder(name)
         except RsVlmError as exc:
@@ -245,7 +247,8 @@ class RsVlmPlugin:
         self._started = time.perf_counter()
         if self.dock is not None:
             self.dock.set_running(True)
-            self.dock.set_status(f"Importing {checkpoint.name} as the model {folder.name}...")
+            gelu = " (quick GELU, as SkyCLIP)" if quick_gelu else ""
+            self.dock.set_status(f"Importing {checkpoint.name} as the model {folder.name}{gelu}...")
         QgsApplication.taskManager().addTask(task)
         return task
 

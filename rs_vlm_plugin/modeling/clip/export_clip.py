@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..export import (BUNDLE_FORMAT, BUNDLE_VERSION, IMAGE_OUTPUTS, KNOWLEDGE_BASE, _set_metadata,
-                      embed_knowledge_base, validate_image, validate_text)
+                      embed_knowledge_base, move_into_place, validate_image, validate_text)
 from ..rsvlm import REGION_GRIDS, region_pooling_matrix
 from .checkpoint import build_model, detect_architecture, load_checkpoint
 from .configs import ClipConfig
@@ -91,16 +91,6 @@ def _print_progress(value: float, message: str = "") -> None:
     print(f"PROGRESS {int(round(value))}", flush=True)
     if message:
         print(message, flush=True)
-
-
-def _move_into_place(work: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(work, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out_dir)
 
 
 def export_graph(module: nn.Module, args: tuple, dest: Path, **kwargs) -> None:
@@ -250,7 +240,7 @@ def export_clip_bundle(checkpoint: str | Path, out_dir: str | Path, arch: str | 
         _set_metadata(text_path, header | {"text_encoder": manifest["text_encoder"]})
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         progress(95, "Moving the bundle into place")
-        _move_into_place(work, out_dir)
+        move_into_place(work, out_dir)
         progress(100, f"Bundle written to {out_dir}")
         return manifest
     finally:

@@ -161,6 +161,14 @@ class RsVlmAlgorithm(QgsProcessingAlgorithm):
             "MODEL", self.tr("Model bundle folder (default: the plugin's model)"),
             behavior=QgsProcessingParameterFile.Folder, optional=True))
 
+    def add_raster_job_parameters(self, output_description: str) -> None:
+        """INPUT (a raster), EXTENT, MAX_TILES, MODEL and the GeoPackage OUTPUT."""
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
+        self.add_extent_parameter()
+        self.add_budget_parameter()
+        self.add_model_parameter()
+        self.add_gpkg_output(output_description)
+
     def add_gpkg_output(self, description: str) -> None:
         """OUTPUT: the GeoPackage to write."""
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", self.tr(description), GPKG_FILTER))
@@ -234,11 +242,7 @@ class CaptionRasterAlgorithm(RsVlmAlgorithm):
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
-        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
-        self.add_extent_parameter()
-        self.add_budget_parameter()
-        self.add_model_parameter()
-        self.add_gpkg_output("Captions")
+        self.add_raster_job_parameters("Captions")
         self.addOutput(QgsProcessingOutputString("GLOBAL_CAPTION", self.tr("Global caption")))
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of DRIS tiles")))
 

@@ -14,7 +14,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
 
@@ -49,11 +48,7 @@ class BuildIndexAlgorithm(CaptionRasterAlgorithm):
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
-        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
-        self.add_extent_parameter()
-        self.add_budget_parameter()
-        self.add_model_parameter()
-        self.add_gpkg_output("Embedding index")
+        self.add_raster_job_parameters("Embedding index")
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of indexed tiles")))
 
     def gather(self, parameters, context, feedback) -> None:  # noqa: D102

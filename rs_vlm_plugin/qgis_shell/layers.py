@@ -20,6 +20,7 @@ from qgis.core import (
     QgsMapLayer,
     QgsProject,
     QgsRendererCategory,
+    QgsRuleBasedRenderer,
     QgsVectorLayer,
     NULL,
 )
@@ -27,6 +28,7 @@ from qgis.core import (
 from ..core.errors import RsVlmError
 from ..core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
 from ..core.plan_layer import PLAN_LAYER
+from ..core.records import LEVELS
 
 CAPTION_STYLES = {
     # level: (outline colour, outline width in mm, label size in points, display name)
@@ -164,7 +166,22 @@ def style_layer(layer: QgsVectorLayer, layer_name: str) -> None:
         _class_categories(layer, renderer)
     elif isinstance(renderer, QgsGraduatedSymbolRenderer):
         _score_classes(layer, renderer)
+    elif isinstance(renderer, QgsRuleBasedRenderer):
+        _drop_absent_levels(layer, renderer)
     layer.triggerRepaint()
+
+
+def _drop_absent_levels(layer: QgsVectorLayer, renderer: QgsRuleBasedRenderer) -> None:
+    """Keep only the rules of the levels the layer holds, so each caption layer's legend shows its own."""
+    index = layer.fields().indexOf("level")
+    if index < 0 or layer.featureCount() == 0:
+        return
+    present = {str(v) for v in layer.uniqueValues(index)}
+    root = renderer.rootRule()
+    for rule in list(root.children()):
+        level = next((name for name in LEVELS if f"'{name}'" in rule.filterExpression()), None)
+        if level is not None and level not in present:
+            root.removeChild(rule)
 
 
 def _class_categories(layer: QgsVectorLayer, renderer: QgsCategorizedSymbolRenderer) -> None:

@@ -167,6 +167,7 @@ def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_pa
         assert layer.crs().authid() == "EPSG:26914"
         renderer = layer.renderer().clone()  # rule-based: one rule per level (resources/styles/captions.qml)
         assert isinstance(renderer, QgsRuleBasedRenderer)
+        assert len(renderer.rootRule().children()) == 1  # the legend shows the layer's own level only
         context = QgsRenderContext()
         context.expressionContext().appendScopes(QgsExpressionContextUtils.globalProjectLayerScopes(layer))
         renderer.startRender(context, layer.fields())

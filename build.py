@@ -118,6 +118,18 @@ def ensure_bundle(force: bool = False) -> None:
     stamp.write_text(digest)
 
 
+def fetched_wheel(spec: str, pattern: str, what: str) -> Path:
+    """A registry package's wheel in the ignored cache, downloaded once (``pip download --no-deps``)."""
+    wheels = CACHE / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(pattern))
+    if not found:
+        log(f"fetching {what}: pip download --no-deps {spec}")
+        run([VENV_PY, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check", spec, "-d", wheels])
+        found = sorted(wheels.glob(pattern))
+    return found[-1]
+
+
 def ensure_samples() -> dict:
     """Fetch the registry package with real imagery into the ignored cache; write the GeoTIFFs."""
     SAMPLES.mkdir(parents=True, exist_ok=True)
@@ -125,15 +137,7 @@ def ensure_samples() -> dict:
     large = SAMPLES / "demo_scene_large.tif"
     osbs = SAMPLES / "OSBS_029.tif"
     if not (demo.exists() and large.exists() and osbs.exists()):
-        wheels = CACHE / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        found = sorted(wheels.glob("deepforest-*.whl"))
-        if not found:
-            log(f"fetching sample imagery: pip download --no-deps {SAMPLE_PACKAGE}")
-            run([VENV_PY, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                 SAMPLE_PACKAGE, "-d", wheels])
-            found = sorted(wheels.glob("deepforest-*.whl"))
-        with zipfile.ZipFile(found[-1]) as wheel:
+        with zipfile.ZipFile(fetched_wheel(SAMPLE_PACKAGE, "deepforest-*.whl", "sample imagery")) as wheel:
             for member in (DEMO_SOURCE, DEMO_LARGE_SOURCE, GEOTIFF_SOURCE):
                 target = SAMPLES / Path(member).name
                 target.write_bytes(wheel.read(member))
@@ -144,16 +148,9 @@ def ensure_samples() -> dict:
 def ensure_clip_vocab() -> Path:
     """open_clip's BPE vocabulary in the ignored cache, extracted from the open_clip_torch wheel (no install)."""
     if not CLIP_BPE.exists():
-        wheels = CACHE / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        found = sorted(wheels.glob("open_clip_torch-3.3.0-*.whl"))
-        if not found:
-            log(f"fetching the CLIP tokenizer vocabulary: pip download --no-deps {OPEN_CLIP_PACKAGE}")
-            run([VENV_PY, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                 OPEN_CLIP_PACKAGE, "-d", wheels])
-            found = sorted(wheels.glob("open_clip_torch-3.3.0-*.whl"))
         CLIP_BPE.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(found[-1]) as wheel:
+        wheel_path = fetched_wheel(OPEN_CLIP_PACKAGE, "open_clip_torch-3.3.0-*.whl", "the CLIP tokenizer vocabulary")
+        with zipfile.ZipFile(wheel_path) as wheel:
             CLIP_BPE.write_bytes(wheel.read(CLIP_BPE_MEMBER))
     return CLIP_BPE
 

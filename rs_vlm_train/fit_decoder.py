@@ -52,8 +52,8 @@ from torch import nn
 
 from rs_vlm_plugin.core.bundle import ModelBundle
 from rs_vlm_plugin.core.errors import RsVlmError
-from rs_vlm_plugin.modeling.export import (PARITY_BATCHES, _set_metadata, decoder_entry, decoder_parity, export_decoder,
-                                           move_into_place)
+from rs_vlm_plugin.modeling.export import (PARITY_BATCHES, decoder_entry, decoder_parity, export_decoder,
+                                           finish_bundle)
 from rs_vlm_plugin.modeling.rsvlm import CaptionDecoder, ModelConfig, pool_objects
 
 from .data import read_captions
@@ -92,11 +92,11 @@ class FitSettings:
     min_count: int = 3
     projection_bank: int = 2048
     projection_temperature: float = 0.01
-    dec_dim: int = 256
-    dec_layers: int = 2
-    dec_heads: int = 4
-    dec_ff: int = 768
-    max_caption_tokens: int = 32
+    dec_dim: int = ModelConfig.dec_dim  # the decoder's shape defaults to the default model's
+    dec_layers: int = ModelConfig.dec_layers
+    dec_heads: int = ModelConfig.dec_heads
+    dec_ff: int = ModelConfig.dec_ff
+    max_caption_tokens: int = ModelConfig.max_caption_tokens
     ucm: bool = True
 
 
@@ -282,10 +282,7 @@ def install_decoder(bundle: ModelBundle, step: TextSpaceStep, vocab: list[str], 
         manifest = json.loads(json.dumps(bundle.manifest))
         manifest["decoder"] = decoder_entry(config) | {"fitted": fitted}
         manifest["parity_max_abs_diff"] = {**manifest.get("parity_max_abs_diff", {}), "decoder": diff}
-        _set_metadata(decoder_path, {k: manifest.get(k) for k in ("format", "format_version", "name", "embed_dim")}
-                      | {"decoder": manifest["decoder"]})
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        move_into_place(work, folder)
+        finish_bundle(work, folder, manifest, {"decoder": decoder_path})
         return manifest
     finally:
         if work.exists():

@@ -117,25 +117,18 @@ def run(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a user error, 130 cancelled)."""
     args = _parser().parse_args(argv)
-    if args.command in index_cli.COMMANDS:
-        try:
-            summary = index_cli.run(args)
-        except CancelledError as exc:
-            print(str(exc), file=sys.stderr)
-            return 130
-        except RsVlmError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            return 1
-        index_cli.report(summary, args.json)
-        return 0
+    on_index = args.command in index_cli.COMMANDS
     try:
-        result = run(args)
+        result = index_cli.run(args) if on_index else run(args)
     except CancelledError as exc:
         print(str(exc), file=sys.stderr)
         return 130
     except RsVlmError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    if on_index:
+        index_cli.report(result, args.json)
+        return 0
     for warning in result.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
     if args.json:

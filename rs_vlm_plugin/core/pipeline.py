@@ -252,6 +252,9 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
         keep: Names of the tiers to keep (for example ``("embedding", "regions")`` for an index,
             which does not need the 196 object tokens of every tile); None keeps all.
     """
+    def kept(tiers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return tiers if keep is None else {k: v for k, v in tiers.items() if k in keep}
+
     timings = {}
     start = time.perf_counter()
     extent = source.georef.clip(extent or source.georef.extent)
@@ -272,17 +275,13 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
         t0 = time.perf_counter()
         pixels = np.stack([source.read(t.extent, size, size) for t in batch])
         t1 = time.perf_counter()
-        tiers = bundle.encode_tiers(pixels, batch_size=len(batch))
-        parts.append({k: v for k, v in tiers.items() if keep is None or k in keep})
+        parts.append(kept(bundle.encode_tiers(pixels, batch_size=len(batch))))
         t2 = time.perf_counter()
         read_s += t1 - t0
         encode_s += t2 - t1
         sub.set_fraction((first + len(batch)) / len(tiles))
     timings.update(read_s=read_s, encode_s=encode_s, tiles=len(tiles))
-    if parts:
-        tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    else:
-        tiers = {k: v for k, v in bundle.encode_tiers([]).items() if keep is None or k in keep}
+    tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else kept(bundle.encode_tiers([]))
     return Encoding(plan, tiles, tiers["embedding"], timings, tiers)
 
 

@@ -342,21 +342,30 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
         }
         if decoder_step is not None:
             manifest["decoder"] = decoder_entry(config)
-        _set_metadata(image_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
-                      | {"image_encoder": manifest["image_encoder"]})
-        _set_metadata(text_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
-                      | {"text_encoder": manifest["text_encoder"]})
+        graphs = {"image_encoder": image_path, "text_encoder": text_path}
         if decoder_step is not None:
-            _set_metadata(decoder_path, {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
-                          | {"decoder": manifest["decoder"]})
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            graphs["decoder"] = decoder_path
         _progress(95, "Moving the bundle into place")
-        move_into_place(work, out_dir)
+        finish_bundle(work, out_dir, manifest, graphs)
         _progress(100, f"Bundle written to {out_dir}")
         return manifest
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def finish_bundle(work: Path, out_dir: Path, manifest: dict, graphs: dict[str, Path]) -> None:
+    """Stamp each graph's ONNX metadata with the manifest's header and its own entry, write
+    ``manifest.json`` into the finished folder ``work`` and move it into place as ``out_dir``.
+
+    Args:
+        graphs: The ONNX file of each manifest entry ("image_encoder", "text_encoder", "decoder").
+    """
+    header = {k: manifest.get(k) for k in ("format", "format_version", "name", "embed_dim")}
+    for key, path in graphs.items():
+        _set_metadata(path, header | {key: manifest[key]})
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    move_into_place(work, out_dir)
 
 
 def move_into_place(work: Path, out_dir: Path) -> None:

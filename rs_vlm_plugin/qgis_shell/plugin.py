@@ -30,7 +30,7 @@ from ..core.errors import RsVlmError
 from ..core.pipeline import JobConfig
 from .outputs import ensure_writable_folder, run_output_path
 from .processing.provider import ICON_PATH, RsVlmProvider
-from .settings import PluginSettings, available_models
+from .settings import PluginSettings, available_models, chosen_model_dir
 
 MENU = "&RS-VLM"
 INDEX_FOLDER = "indexes"
@@ -286,7 +286,7 @@ class RsVlmPlugin:
                 (the whole layer without a canvas).
             max_tiles: DRIS budget; default the panel's value.
             output: GeoPackage path; default a new file in the runs folder (see :mod:`.outputs`).
-            model_dir: Model bundle folder; default the plugin's model.
+            model_dir: Model bundle folder; default the model chosen in the panel (or the settings).
             device: "auto", "cpu" or "cuda".
             show_plan: Also write the DRIS quadtree as a layer.
             mask_wkb: Selected polygons in the layer's CRS (WKB): tiles that miss them are skipped.
@@ -382,28 +382,26 @@ class RsVlmPlugin:
             extent = source.georef.clip(extent)  # a sentence now rather than from the task
         if max_tiles is None:
             max_tiles = self.dock.max_tiles() if self.dock is not None else PlanConfig().max_tiles
+        if model_dir is None:  # the toolbar uses the model the panel (or the settings) chose
+            model_dir = self.dock.model_dir() if self.dock is not None else chosen_model_dir(settings)
         config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=settings.max_hits, mask_wkb=mask_wkb)
         options = RuntimeOptions(device=device, threads=settings.threads)
         source_id = layer_source_id(layer)
         index_path = None
-        if kind in ("index", "search") and output is None:
-            folder = self._runs_folder(settings)
+        if output is None:
+            folder = self._runs_folder(settings)  # asks for a folder once when the project is not saved
             if folder is None:
                 return None
-            from ..core.index import default_index_path, find_index
+            if kind in ("index", "search"):
+                from ..core.index import default_index_path, find_index
 
-            bundle = load_bundle(model_dir, options)
-            index_folder = ensure_writable_folder(folder / INDEX_FOLDER)
-            if kind == "index":
-                index_path = default_index_path(index_folder, layer.name(), source_id, bundle)
-            elif mask_wkb is None:
-                index_path = find_index(index_folder, source_id, bundle)
-        if output is None and kind != "index":
-            output = run_output_path(kind, QgsProject.instance(), settings)
-            if output is None:
-                folder = self._runs_folder(settings)
-                if folder is None:
-                    return None
+                bundle = load_bundle(model_dir, options)
+                index_folder = ensure_writable_folder(folder / INDEX_FOLDER)
+                if kind == "index":
+                    index_path = default_index_path(index_folder, layer.name(), source_id, bundle)
+                elif mask_wkb is None:
+                    index_path = find_index(index_folder, source_id, bundle)
+            if kind != "index":
                 output = run_output_path(kind, QgsProject.instance(), settings)
         return JobRequest(kind=kind, source=source, extent=extent, config=config, query=query,
                           model_dir=Path(model_dir) if model_dir else None,

@@ -177,3 +177,17 @@ def iface(qgis_app):
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: runs the full model export (tens of seconds)")
+
+
+def caption_records(source: str = "scene") -> list:
+    """Caption records of a made-up 256 m scene in EPSG:26914: the whole view, 4 regions, 16 tiles."""
+    from rs_vlm_plugin.core.geometry import Extent
+    from rs_vlm_plugin.core.records import CaptionRecord
+
+    whole = Extent(500000.0, 4099744.0, 500256.0, 4100000.0)
+    records = [CaptionRecord("global", 0, whole, 1.14, "A town beside fields.", [("town", 0.6)], 0.6, 0.5, source)]
+    for i, quadrant in enumerate(whole.quadrants()):
+        records.append(CaptionRecord("region", 1, quadrant, 0.57, f"Region {i}.", [("field", 0.4)], 0.4, 0.3, source))
+        for j, tile in enumerate(quadrant.quadrants()):
+            records.append(CaptionRecord("object", 2, tile, 0.29, f"Tile {i}.{j}.", [("house", 0.3)], 0.3, 0.2, source))
+    return records

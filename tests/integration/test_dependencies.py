@@ -22,23 +22,7 @@ from rs_vlm_plugin import deps
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
-SITECUSTOMIZE = textwrap.dedent("""
-    import os
-    import sys
-
-    class Blocker:
-        def __init__(self, names):
-            self.names = set(names)
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in self.names:
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-            return None
-
-    blocked = [n for n in os.environ.get("RSVLM_TEST_BLOCK", "").split(",") if n]
-    if blocked:
-        sys.meta_path.insert(0, Blocker(blocked))
-""")
+BLOCKER_SITE = REPO / "tests" / "data" / "import_blocker"  # its sitecustomize blocks RSVLM_TEST_BLOCK
 
 # MinimalIface and wait_for are taken from conftest.py's source: QGIS's own Python has no pytest.
 START_QGIS = textwrap.dedent("""
@@ -58,13 +42,10 @@ START_QGIS = textwrap.dedent("""
 def run_qgis(tmp_path: Path, body: str, python: str = sys.executable, blocked: str = "",
              timeout: int = 600) -> dict:
     """Run ``body`` in a fresh headless QGIS; it prints one JSON line as its last output."""
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     (tmp_path / "xdg").mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]), HOME=str(home),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BLOCKER_SITE), str(REPO)]), HOME=str(home),
                QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path / "xdg"), RSVLM_TEST_BLOCK=blocked)
     env.pop("XDG_DATA_HOME", None)
     env.pop("XDG_CONFIG_HOME", None)

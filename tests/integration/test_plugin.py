@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, MinimalIface, raster_layer, wait_for
+from conftest import REPO, MinimalIface, caption_records, raster_layer, wait_for
 
-from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
 from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeResult
-from rs_vlm_plugin.core.records import CaptionRecord, SearchHit
+from rs_vlm_plugin.core.records import SearchHit
 
 ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model",
               "build_index", "search_index", "import_model"}
@@ -124,18 +123,8 @@ def test_describe_without_a_raster_says_what_to_do(plugin, iface, project):
         gui.unload()
 
 
-def _records(source: str = "scene") -> list[CaptionRecord]:
-    whole = Extent(500000.0, 4099744.0, 500256.0, 4100000.0)
-    records = [CaptionRecord("global", 0, whole, 1.14, "A town beside fields.", [("town", 0.6)], 0.6, 0.5, source)]
-    for i, quadrant in enumerate(whole.quadrants()):
-        records.append(CaptionRecord("region", 1, quadrant, 0.57, f"Region {i}.", [("field", 0.4)], 0.4, 0.3, source))
-        for j, tile in enumerate(quadrant.quadrants()):
-            records.append(CaptionRecord("object", 2, tile, 0.29, f"Tile {i}.{j}.", [("house", 0.3)], 0.3, 0.2, source))
-    return records
-
-
 def _hits(query: str = "houses") -> list[SearchHit]:
-    tiles = [r for r in _records() if r.level == "object"][:5]
+    tiles = [r for r in caption_records() if r.level == "object"][:5]
     return [SearchHit(query, rank, 0.5 - 0.05 * rank, "object", 2, r.extent, 0.29, r.caption, "scene")
             for rank, r in enumerate(tiles, start=1)]
 
@@ -153,7 +142,7 @@ def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_pa
     from rs_vlm_plugin.qgis_shell.layers import add_result_layers, open_layer, run_group_name, style_layer
 
     wkt = raster_layer_crs_wkt()
-    result = DescribeResult(_records(), None, wkt, [])
+    result = DescribeResult(caption_records(), None, wkt, [])
     gpkg = write_geopackage(tmp_path / "describe.gpkg", result_layers(result), wkt)
     name = run_group_name("describe")
     assert name.startswith("RS-VLM describe 20")
@@ -194,7 +183,7 @@ def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_pa
     settings = hit_layer.labeling().settings()
     assert settings.isExpression and "rank" in settings.fieldName
 
-    merged = write_geopackage(tmp_path / "batch.gpkg", {"captions": _records()}, wkt)
+    merged = write_geopackage(tmp_path / "batch.gpkg", {"captions": caption_records()}, wkt)
     layer = open_layer(merged, "captions")
     style_layer(layer, "captions")
     assert isinstance(layer.renderer(), QgsRuleBasedRenderer)

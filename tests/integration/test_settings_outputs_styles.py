@@ -7,12 +7,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import caption_records
 
-from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
 from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
 from rs_vlm_plugin.core.plan_layer import PLAN_LAYER, plan_records
-from rs_vlm_plugin.core.records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
+from rs_vlm_plugin.core.records import ClassRecord, EvidenceRecord, SearchHit
 
 UTM = "EPSG:26914"
 WHEN = datetime(2026, 11, 23, 14, 3, 9)
@@ -166,26 +166,16 @@ def test_run_output_path_folder_that_cannot_be_made(project, tmp_path):
 # Styles ---------------------------------------------------------------------------------------
 
 
-def _captions(source: str = "scene") -> list[CaptionRecord]:
-    whole = Extent(500000.0, 4099744.0, 500256.0, 4100000.0)
-    records = [CaptionRecord("global", 0, whole, 1.14, "A town beside fields.", [("town", 0.6)], 0.6, 0.5, source)]
-    for i, quadrant in enumerate(whole.quadrants()):
-        records.append(CaptionRecord("region", 1, quadrant, 0.57, f"Region {i}.", [("field", 0.4)], 0.4, 0.3, source))
-        for j, tile in enumerate(quadrant.quadrants()):
-            records.append(CaptionRecord("object", 2, tile, 0.29, f"Tile {i}.{j}.", [("house", 0.3)], 0.3, 0.2, source))
-    return records
-
-
 def _result_layers() -> dict[str, list]:
-    objects = [r for r in _captions() if r.level == "object"]
+    objects = [r for r in caption_records() if r.level == "object"]
     hits = [SearchHit("houses", k, 0.5 - 0.05 * k, "object", 2, r.extent, 0.29, r.caption, "scene")
             for k, r in enumerate(objects[:5], start=1)]
     evidence = [EvidenceRecord("Is there a house?", "Yes", k, 0.4 - 0.03 * k, "object", 2, r.extent, r.caption, "scene")
                 for k, r in enumerate(objects[:4], start=1)]
     classes = [ClassRecord(("forest", "water", "farmland")[k % 3], 0.5, "town", "object", 2, r.extent, 0.29, "scene")
                for k, r in enumerate(objects)]
-    layers = {name: [r for r in _captions() if r.level == level] for level, name in CAPTION_LAYERS.items()}
-    layers.update({"captions": _captions(), SEARCH_LAYER: hits, EVIDENCE_LAYER: evidence, CLASS_LAYER: classes})
+    layers = {name: [r for r in caption_records() if r.level == level] for level, name in CAPTION_LAYERS.items()}
+    layers.update({"captions": caption_records(), SEARCH_LAYER: hits, EVIDENCE_LAYER: evidence, CLASS_LAYER: classes})
     return layers
 
 
@@ -303,7 +293,7 @@ def test_styles_load_onto_real_result_layers(project, tmp_path):
 def test_batch_layer_style_tells_levels_and_source(project, tmp_path):
     from rs_vlm_plugin.qgis_shell.layers import CAPTION_STYLES, display_name, open_layer, style_layer
 
-    gpkg = write_geopackage(tmp_path / "batch.gpkg", {"captions": _captions("north") + _captions("south")},
+    gpkg = write_geopackage(tmp_path / "batch.gpkg", {"captions": caption_records("north") + caption_records("south")},
                             _crs_wkt())
     layer = open_layer(gpkg, "captions", display_name("captions"))
     style_layer(layer, "captions")

@@ -24,26 +24,13 @@ from rs_vlm_plugin import deps
 REPO = Path(__file__).resolve().parents[2]
 PIP_OUTPUT = Path(__file__).parent / "data" / "pip_output"
 
-BLOCKER = textwrap.dedent("""
-    import sys
-
-    class Blocker:
-        def __init__(self, names):
-            self.names = set(names)
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in self.names:
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-            return None
-
-    sys.meta_path.insert(0, Blocker(sys.argv[1].split(",")))
-""")
+BLOCKER_SITE = REPO / "tests" / "data" / "import_blocker"  # its sitecustomize blocks RSVLM_TEST_BLOCK
 
 
 def run_blocked(blocked: str, code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python where the modules in ``blocked`` cannot be imported."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code), blocked], cwd=REPO, env=env,
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BLOCKER_SITE), str(REPO)]), RSVLM_TEST_BLOCK=blocked)
+    return subprocess.run([sys.executable, "-c", "import sys\n" + textwrap.dedent(code)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..export import (BUNDLE_FORMAT, BUNDLE_VERSION, IMAGE_OUTPUTS, KNOWLEDGE_BASE, _set_metadata,
-                      embed_knowledge_base, move_into_place, validate_image, validate_text)
+from ..export import (BUNDLE_FORMAT, BUNDLE_VERSION, IMAGE_OUTPUTS, KNOWLEDGE_BASE, embed_knowledge_base,
+                      finish_bundle, validate_image, validate_text)
 from ..rsvlm import REGION_GRIDS, region_pooling_matrix
 from .checkpoint import build_model, detect_architecture, load_checkpoint
 from .configs import ClipConfig
@@ -235,12 +235,8 @@ def export_clip_bundle(checkpoint: str | Path, out_dir: str | Path, arch: str | 
                         "tokenizer": "open_clip SimpleTokenizer BPE (bpe_simple_vocab_16e6, MIT)"},
             "export_seconds": round(time.time() - start, 1),
         }
-        header = {k: manifest[k] for k in ("format", "format_version", "name", "embed_dim")}
-        _set_metadata(image_path, header | {"image_encoder": manifest["image_encoder"]})
-        _set_metadata(text_path, header | {"text_encoder": manifest["text_encoder"]})
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         progress(95, "Moving the bundle into place")
-        move_into_place(work, out_dir)
+        finish_bundle(work, out_dir, manifest, {"image_encoder": image_path, "text_encoder": text_path})
         progress(100, f"Bundle written to {out_dir}")
         return manifest
     finally:

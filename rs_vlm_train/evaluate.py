@@ -32,8 +32,11 @@ import numpy as np
 from PIL import Image
 
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir
+from rs_vlm_plugin.core.expansion import expand_queries
 from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS as SCENE_PROMPTS
 from rs_vlm_plugin.core.pipeline import class_embeddings
+
+from .classes import readable, truthfulness
 
 from .data import OBJECT_PROMPTS, held_out, load_image, read_captions, read_object_boxes, read_scene_folders
 from .metrics import caption_scores, object_retrieval, retrieval_recalls
@@ -91,17 +94,27 @@ def eval_captions(bundle: ModelBundle, folder: Path, split: str, meteor: bool = 
     return out
 
 
-def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None) -> dict:
-    """Zero-shot scene classification with a prompt ensemble per class (optionally on some files only)."""
+def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None, truthful: bool = False) -> dict:
+    """Zero-shot scene classification with a prompt ensemble per class (optionally on some files only),
+    without and with query-time knowledge (the bundle's calibrated combination); with ``truthful``, also
+    the share of decoded captions that name the image's class (:mod:`classes`)."""
     pairs = [(p, c) for p, c in read_scene_folders(folder) if only is None or p.name in only]
     classes = sorted({c for _, c in pairs})
-    class_emb = class_embeddings(bundle, [c.replace("_", " ") for c in classes], SCENE_PROMPTS)
-    img = encode_files(bundle, [p for p, _ in pairs])["embedding"]
-    pred = np.argmax(img @ class_emb.T, axis=1)
+    names = [readable(c) for c in classes]
+    tiers = encode_files(bundle, [p for p, _ in pairs])
+    img = tiers["embedding"]
     truth = np.asarray([classes.index(c) for _, c in pairs])
-    per_class = {c: float(np.mean(pred[truth == k] == k)) for k, c in enumerate(classes)}
-    return {"images": len(pairs), "classes": len(classes), "accuracy": float(np.mean(pred == truth)),
-            "per_class": per_class}
+    out = {"images": len(pairs), "classes": len(classes)}
+    for key, knowledge in (("", False), ("_knowledge", True)):
+        pred = np.argmax(expand_queries(bundle, names, SCENE_PROMPTS, knowledge=knowledge).scores(img), axis=1)
+        out[f"accuracy{key}"] = float(np.mean(pred == truth))
+        out[f"per_class{key}"] = {c: float(np.mean(pred[truth == k] == k)) for k, c in enumerate(classes)}
+    if truthful and bundle.has_decoder:
+        captions = bundle.caption(tiers)
+        out["truthfulness"] = truthfulness(captions, [c for _, c in pairs], "resisc")
+        out["truthfulness"]["examples"] = [{"image": pairs[k][0].name, "caption": captions[k]}
+                                           for k in range(0, len(pairs), max(1, len(pairs) // 12))]
+    return out
 
 
 def box_weights(box: tuple[float, float, float, float], grid: int) -> np.ndarray:
@@ -159,6 +172,35 @@ def _row(values) -> str:
     return "| " + " | ".join(values) + " |"
 
 
+LCO_COLUMNS = ("unseen acc.", "seen acc.", "H", "unseen acc. + knowledge", "H + knowledge", "truthful RESISC12",
+               "truthful unseen", "UCM mR", "RESISC12 acc.", "VHR-10 P@10", "BLEU-4", "CIDEr")
+
+
+def lco_cells(m: dict) -> list[str]:
+    """A training-time result's cells under :data:`LCO_COLUMNS` (GZSL: mean of UCM val and RESISC12 held-back)."""
+    gz, gk, t = m["gzsl"]["mean"], m["gzsl_knowledge"]["mean"], m["truthfulness"]
+    return [f"{gz['unseen']:.1f}", f"{gz['seen']:.1f}", f"{gz['H']:.1f}", f"{gk['unseen']:.1f}", f"{gk['H']:.1f}",
+            f"{t['resisc_held_back']['truthful']:.1f}", f"{t['unseen']['truthful']:.1f}",
+            f"{m['retrieval']['mR']:.1f}", f"{m['scene_accuracy']:.1f}", f"{m['objects']['p@10']:.1f}",
+            f"{100 * m['captioning']['BLEU-4']:.2f}", f"{100 * m['captioning']['CIDEr']:.1f}"]
+
+
+def open_vocabulary_markdown(ov: dict) -> list[str]:
+    """The leave-classes-out table (training-time evaluation, ``out/train/open_vocabulary.json``)."""
+    choice = ov["leave_out"]
+    lines = [f"## Leave-classes-out (generalised zero-shot; {ov['steps']} alignment steps, seed {choice['seed']})", "",
+             f"Left out of every training signal: UCM {', '.join(choice['ucm'])}; RESISC12 {', '.join(choice['resisc'])} "
+             f"(groups {', '.join(choice['groups'])}). Accuracy is the mean per-class accuracy among *all* classes of "
+             "the split, averaged over UCM val (21 classes) and RESISC12 held-back (12 classes); H is the harmonic "
+             "mean of seen and unseen.", "", _row(["recipe", *LCO_COLUMNS]), _row(["---"] * (len(LCO_COLUMNS) + 1))]
+    lines += [_row([name, *lco_cells(m)]) for name, m in ov["rows"].items()]
+    for name, m in ov["rows"].items():
+        per = {**m["gzsl"]["ucm_val"]["per_class"], **m["gzsl"]["resisc_held_back"]["per_class"]}
+        unseen = m["gzsl"]["ucm_val"]["unseen_classes"] + m["gzsl"]["resisc_held_back"]["unseen_classes"]
+        lines.append(f"- {name}, unseen classes: " + ", ".join(f"{c} {per[c]:.0f} %" for c in unseen))
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown tables, with the published anchors beside ours."""
     lines = [f"# Evaluation of {report['model']}", ""]
@@ -184,9 +226,21 @@ def markdown(report: dict) -> str:
     if "scenes" in report:
         r = report["scenes"]
         lines += [f"## Zero-shot scenes: {r['folder']} ({r['images']} images, {r['classes']} classes)", "",
-                  f"Accuracy: {100 * r['accuracy']:.2f} %", "", "| class | accuracy |", "|---|---|"]
-        lines += [f"| {c} | {100 * a:.1f} |" for c, a in r["per_class"].items()]
+                  f"Accuracy: {100 * r['accuracy']:.2f} % with the class prompts; "
+                  f"{100 * r['accuracy_knowledge']:.2f} % with query-time knowledge.", "",
+                  "| class | accuracy | with knowledge |" + (" caption truthful |" if "truthfulness" in r else ""),
+                  "|---|---|---|" + ("---|" if "truthfulness" in r else "")]
+        for c, a in r["per_class"].items():
+            t = f" {r['truthfulness']['per_class'][c]:.1f} |" if "truthfulness" in r else ""
+            lines.append(f"| {c} | {100 * a:.1f} | {100 * r['per_class_knowledge'][c]:.1f} |{t}")
         lines.append("")
+        if "truthfulness" in r:
+            lines += [f"Caption truthfulness (the decoded caption names the class or a knowledge-base synonym): "
+                      f"**{r['truthfulness']['truthful']:.1f} %** of {r['truthfulness']['images']} images.", ""]
+            lines += [f"- `{ex['image']}`: \"{ex['caption']}\"" for ex in r["truthfulness"]["examples"][:12]]
+            lines.append("")
+    if "open_vocabulary" in report:
+        lines += open_vocabulary_markdown(report["open_vocabulary"])
     if "objects" in report:
         r = report["objects"]
         lines += [f"## Text-to-box retrieval: {r['folder']} ({r['boxes']} boxes in {r['images']} images, "
@@ -196,12 +250,9 @@ def markdown(report: dict) -> str:
         a = report["ablations"]
         lines += [f"## Ablations (training-time evaluation on the val splits; {a['steps']} alignment steps, "
                   f"{a['decoder_epochs']} decoder epochs on {a['decoder_views']} views each, seed 0)", "",
-                  _row(["variant", "UCM mR", "RESISC12 held-back acc.", "VHR-10 P@10", "VHR-10 mAP", "BLEU-4", "CIDEr"]),
-                  _row(["---"] * 7)]
+                  _row(["variant", *LCO_COLUMNS]), _row(["---"] * (len(LCO_COLUMNS) + 1))]
         for name, m in a["rows"].items():
-            lines.append(_row([name, f"{m['retrieval']['mR']:.1f}", f"{m['scene_accuracy']:.1f}",
-                               f"{m['objects']['p@10']:.1f}", f"{m['objects']['mAP']:.1f}",
-                               f"{100 * m['captioning']['BLEU-4']:.2f}", f"{100 * m['captioning']['CIDEr']:.1f}"]))
+            lines.append(_row([name, *lco_cells(m)]))
         lines.append("")
     if "routing" in report:
         lines += ["## Expert routing (mean router weight of each expert, per tier, UCM val images)", "",
@@ -224,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
     parser.add_argument("--ablations", type=Path, default=Path("out/train/ablations.json"),
                         help="ablation results written by `build.py train --ablations`")
+    parser.add_argument("--open-vocabulary", type=Path, default=Path("out/train/open_vocabulary.json"),
+                        help="leave-classes-out results written by `build.py train --leave-out`")
     parser.add_argument("--out", type=Path, default=Path("out/eval"))
     args = parser.parse_args(argv)
     if not (args.data or args.captions or args.scenes or args.objects):
@@ -249,12 +302,14 @@ def main(argv: list[str] | None = None) -> int:
                              for k, tier in enumerate(("global token", "region tokens", "object tokens"))}
     if scenes:
         report["scenes"] = {"folder": str(scenes) + (" (held-back 20 %)" if scene_only else ""),
-                            **eval_scenes(bundle, scenes, scene_only)}
+                            **eval_scenes(bundle, scenes, scene_only, truthful=bool(args.data))}
     if objects:
         report["objects"] = {"folder": str(objects) + (" (held-back 20 %)" if object_only else ""),
                              **eval_objects(bundle, objects, object_only)}
     if args.data and args.ablations.exists():
         report["ablations"] = json.loads(args.ablations.read_text())
+    if args.data and args.open_vocabulary.exists():
+        report["open_vocabulary"] = json.loads(args.open_vocabulary.read_text())
     report["seconds"] = round(time.perf_counter() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "eval.json").write_text(json.dumps(report, indent=2))

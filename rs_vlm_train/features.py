@@ -30,29 +30,13 @@ from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS
 from rs_vlm_plugin.modeling.efficientnet_lite import LITE_MEAN, LITE_STD
 from rs_vlm_plugin.modeling.rsvlm import ModelConfig, build_backbone
 
+from .classes import UCM_NAMES, article, readable  # noqa: F401 (re-exported)
 from .data import (OBJECT_PROMPTS, _dihedral, held_out, load_image, read_captions, read_object_boxes,
                    read_scene_folders, views)
 
 HELD_OUT_FRACTION = 0.2
 CACHED_FINE_BLOCKS = 2  # the cache holds the features entering the backbone's last two blocks
-UCM_NAMES = {"agricultural": "farmland", "baseballdiamond": "baseball diamond", "denseresidential": "dense residential area",
-             "golfcourse": "golf course", "mediumresidential": "medium residential area",
-             "mobilehomepark": "mobile home park", "parkinglot": "parking lot",
-             "sparseresidential": "sparse residential area", "storagetanks": "storage tanks",
-             "tenniscourt": "tennis court", "buildings": "buildings", "chaparral": "chaparral",
-             "freeway": "freeway", "harbor": "harbor", "intersection": "intersection", "overpass": "overpass",
-             "river": "river", "runway": "runway", "airplane": "airplanes", "beach": "beach", "forest": "forest"}
 SCENE_PROMPTS = CLASS_PROMPTS  # the runtime's class prompts: training and use see the same ensemble
-
-
-def readable(name: str) -> str:
-    """A class folder name as words ("commercial_area" -> "commercial area")."""
-    return UCM_NAMES.get(name, name.replace("_", " "))
-
-
-def article(phrase: str) -> str:
-    """``phrase`` with "a"/"an" in front."""
-    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
 def normalise_caption(text: str) -> str:
@@ -211,6 +195,119 @@ def vhr_crops(boxes, held: set[str], size: int, rng: np.random.Generator, train:
     return crops
 
 
+def make_mosaics(pool: list[tuple[str, int]], sources: dict, n: int, rng: np.random.Generator) -> list[dict]:
+    """Specs of ``n`` mosaics, alternately 2x2 and 3x3, of different images of different classes.
+
+    Args:
+        pool: (source kind, index) candidates; ``sources[kind][index]`` is (path, class).
+    """
+    labels = {sources[kind][j][1] for kind, j in pool}
+    mosaics = []
+    for m in range(n):
+        grid = 2 if m % 2 == 0 else 3
+        picks = []
+        # Classes may repeat only when there are fewer classes than windows (tiny test folders).
+        distinct = len(labels) >= grid * grid
+        while len(picks) < grid * grid:
+            kind, j = pool[int(rng.integers(len(pool)))]
+            label = sources[kind][j][1]
+            if all((k, i) != (kind, j) and (not distinct or lab != label) for k, i, lab in picks):
+                picks.append((kind, j, label))
+        mosaics.append({"grid": grid, "sources": picks, "views": [int(v) for v in rng.integers(0, 8, grid * grid)]})
+    return mosaics
+
+
+def mosaic_view(spec: dict, sources: dict, size: int) -> np.ndarray:
+    """The mosaic of a spec from :func:`make_mosaics`, each window a dihedral view of its source."""
+    g = spec["grid"]
+    canvas = np.zeros((size, size, 3), np.uint8)
+    edges = [round(k * size / g) for k in range(g + 1)]
+    for k, ((kind, j, _), v) in enumerate(zip(spec["sources"], spec["views"])):
+        r, c = divmod(k, g)
+        h, w = edges[r + 1] - edges[r], edges[c + 1] - edges[c]
+        side = max(h, w)
+        tile = _dihedral(np.asarray(load_image(sources[kind][j][0]).resize((side, side), Image.BILINEAR)), v)[:h, :w]
+        canvas[edges[r]:edges[r + 1], edges[c]:edges[c + 1]] = tile
+    return canvas
+
+
+def coarser_views(image: Image.Image, size: int, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Views at coarser ground sample distances than the image's own.
+
+    Even views: blurred to a 2-4x coarser GSD (downsampled, then back to the input size).
+    Odd views: zoomed out 2x, a 2x2 tiling of four dihedral views of the image at half size,
+    as a DRIS root tile sees a large homogeneous scene.
+    """
+    out = []
+    for k in range(n):
+        if k % 2 == 0:
+            factor = float(rng.uniform(2.0, 4.0))
+            small = image.resize((max(8, int(size / factor)),) * 2, Image.BILINEAR, reducing_gap=2.0)
+            out.append(_dihedral(np.asarray(small.resize((size, size), Image.BILINEAR)), int(rng.integers(0, 8))))
+        else:
+            half = np.asarray(image.resize((size // 2, size // 2), Image.BILINEAR, reducing_gap=2.0))
+            picks = rng.permutation(8)[:4]
+            top = np.concatenate([_dihedral(half, int(picks[0])), _dihedral(half, int(picks[1]))], 1)
+            bottom = np.concatenate([_dihedral(half, int(picks[2])), _dihedral(half, int(picks[3]))], 1)
+            out.append(np.concatenate([top, bottom], 0))
+    return out
+
+
+def build_open_vocabulary_sets(data: Path, cache: Path, runner: "TrunkRunner", size: int, ucm_train, scenes, held,
+                               boxes, vhr_held: set[str], n_mosaics: int, seed: int) -> dict[str, FeatureSet]:
+    """The sets of issue 10 (open vocabulary), each with its own seeded generator.
+
+    - ``ucm_gsd`` (2 views), ``resisc_gsd`` (1 view): coarser-GSD views (:func:`coarser_views`);
+    - ``extra`` (2 dihedral views): RESISC45's airplane and airport classes, 20 % held back by name hash;
+    - ``vhr_scene`` (1 view): whole VHR-10 images with their boxes (in image fractions), for the
+      box-to-caption scene and region sentences; held-back images are flagged;
+    - ``mosaic_lco``: mosaics without any class of the leave-classes-out choice (sources: UCM train,
+      RESISC and extra images that are not held back).
+    """
+    from .classes import group, leave_out_choice
+
+    sets = {}
+    rng = np.random.default_rng(seed + 10)
+    sets["ucm_gsd"] = _compute(cache, "ucm_gsd", runner, len(ucm_train), 2,
+                               lambda i: coarser_views(load_image(ucm_train[i].path), size, rng, 2),
+                               {"files": [str(i.path.relative_to(data)) for i in ucm_train]})
+    sets["resisc_gsd"] = _compute(cache, "resisc_gsd", runner, len(scenes), 1,
+                                  lambda i: coarser_views(load_image(scenes[i][0]), size, rng, 2)[i % 2:i % 2 + 1],
+                                  {"files": [str(p.relative_to(data)) for p, _ in scenes]})
+    extra_dir = data / "resisc45_extra"
+    extra = read_scene_folders(extra_dir) if extra_dir.exists() else []
+    extra_held = held_out([p.name for p, _ in extra], HELD_OUT_FRACTION, seed)
+    if extra:
+        sets["extra"] = _compute(cache, "extra", runner, len(extra), 2,
+                                 lambda i: views(load_image(extra[i][0]), 2, size, rng),
+                                 {"files": [str(p.relative_to(data)) for p, _ in extra],
+                                  "classes": [c for _, c in extra], "held_out": [p.name in extra_held for p, _ in extra]})
+    by_image: dict[Path, list] = {}
+    for b in boxes:
+        by_image.setdefault(b.image, []).append(b)
+    images = sorted(by_image)
+    scene_index = []
+    for image in images:
+        with Image.open(image) as im:
+            width, height = im.size
+        scene_index.append({"file": str(image.relative_to(data)), "held_out": image.name in vhr_held,
+                            "objects": [(b.label, [b.x1 / width, b.y1 / height, b.x2 / width, b.y2 / height])
+                                        for b in by_image[image]]})
+    sets["vhr_scene"] = _compute(cache, "vhr_scene", runner, len(images), 1,
+                                 lambda i: [_resize(load_image(images[i]), size)], {"images": scene_index})
+    choice = leave_out_choice([i.label for i in ucm_train], [c for _, c in scenes], seed=seed)
+    unseen = set(choice["groups"])
+    sources = {"ucm": [(i.path, i.label) for i in ucm_train], "resisc": scenes, "extra": extra}
+    pool = [("ucm", i) for i, item in enumerate(ucm_train) if group("ucm", item.label) not in unseen]
+    pool += [("resisc", i) for i, (p, c) in enumerate(scenes) if p.name not in held and group("resisc", c) not in unseen]
+    pool += [("extra", i) for i, (p, c) in enumerate(extra) if p.name not in extra_held and group("extra", c) not in unseen]
+    mosaics = make_mosaics(pool, sources, n_mosaics, rng)
+    sets["mosaic_lco"] = _compute(cache, "mosaic_lco", runner, len(mosaics), 1,
+                                  lambda i: [mosaic_view(mosaics[i], sources, size)],
+                                  {"mosaics": mosaics, "leave_out": choice})
+    return sets
+
+
 def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 4000, seed: int = 0) -> dict[str, FeatureSet]:
     """Compute (or open) every cached set."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -239,36 +336,10 @@ def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 400
     # Mosaics: sources are UCM train images and RESISC images that are not held back.
     pool = [("ucm", i) for i in range(len(ucm_train))] + \
            [("resisc", i) for i, (p, _) in enumerate(scenes) if p.name not in held]
-    labels = {ucm_train[j].label if kind == "ucm" else scenes[j][1] for kind, j in pool}
-    mosaics = []
-    for m in range(n_mosaics):
-        grid = 2 if m % 2 == 0 else 3
-        picks = []
-        # Different images of different classes (classes may repeat only when there are fewer
-        # classes than windows, as in tiny test folders).
-        distinct = len(labels) >= grid * grid
-        while len(picks) < grid * grid:
-            cand = pool[int(rng.integers(len(pool)))]
-            label = ucm_train[cand[1]].label if cand[0] == "ucm" else scenes[cand[1]][1]
-            if all((k, j) != cand[:2] and (not distinct or lab != label) for k, j, lab in picks):
-                picks.append((cand[0], cand[1], label))
-        mosaics.append({"grid": grid, "sources": picks, "views": [int(v) for v in rng.integers(0, 8, grid * grid)]})
-
-    def mosaic_view(i):
-        spec = mosaics[i]
-        g = spec["grid"]
-        canvas = np.zeros((size, size, 3), np.uint8)
-        edges = [round(k * size / g) for k in range(g + 1)]
-        for k, ((kind, j, _), v) in enumerate(zip(spec["sources"], spec["views"])):
-            r, c = divmod(k, g)
-            h, w = edges[r + 1] - edges[r], edges[c + 1] - edges[c]
-            path = ucm_train[j].path if kind == "ucm" else scenes[j][0]
-            side = max(h, w)
-            tile = _dihedral(np.asarray(load_image(path).resize((side, side), Image.BILINEAR)), v)[:h, :w]
-            canvas[edges[r]:edges[r + 1], edges[c]:edges[c + 1]] = tile
-        return [canvas]
-
-    sets["mosaic"] = _compute(cache, "mosaic", runner, len(mosaics), 1, mosaic_view, {"mosaics": mosaics})
+    sources = {"ucm": [(i.path, i.label) for i in ucm_train], "resisc": scenes}
+    mosaics = make_mosaics(pool, sources, n_mosaics, rng)
+    sets["mosaic"] = _compute(cache, "mosaic", runner, len(mosaics), 1,
+                              lambda i: [mosaic_view(mosaics[i], sources, size)], {"mosaics": mosaics})
 
     boxes = read_object_boxes(data / "vhr10")
     vhr_held = held_out(sorted({b.image.name for b in boxes}), HELD_OUT_FRACTION, seed)
@@ -278,6 +349,8 @@ def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 400
                              lambda i, crops=crops: [_resize(load_image(crops[i][0]), size, crops[i][1])],
                              {"crops": [{"file": str(c[0].relative_to(data)), "box": c[1], "objects": c[2]}
                                         for c in crops]})
+    sets.update(build_open_vocabulary_sets(data, cache, runner, size, ucm_train, scenes, held, boxes, vhr_held,
+                                           n_mosaics // 2, seed))
     if config.fine_blocks != CACHED_FINE_BLOCKS:
         sets = {tag: _run_blocks(cache, config, tag, fs, CACHED_FINE_BLOCKS) for tag, fs in sets.items()}
     return sets

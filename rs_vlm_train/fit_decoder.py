@@ -58,7 +58,7 @@ from rs_vlm_plugin.modeling.rsvlm import CaptionDecoder, ModelConfig, pool_objec
 
 from .data import read_captions
 from .features import normalise_caption
-from .train import build_vocab, pretrain_decoder, read_corpus_parts
+from .decoder import build_vocab, pretrain_decoder, read_corpus_parts
 
 PARITY_LIMIT = 1e-3
 EMBED_CHUNK = 8192  # sentences per cached embedding file: an interrupted embedding run resumes by chunk

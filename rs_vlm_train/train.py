@@ -22,25 +22,31 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
-import random
 import time
-from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rs_vlm_plugin.core.decoding import BOS, EOS, PAD, UNK, beam_search, detokenize
+from rs_vlm_plugin.core.expansion import ExpandedQueries, QueryKnowledge, expand_text
+from rs_vlm_plugin.core.knowledge import KnowledgeBase
 from rs_vlm_plugin.core.qa import calibrate_threshold, presence_scores, subject_prompts
-from rs_vlm_plugin.modeling.rsvlm import (SPECIAL_TOKENS, CaptionDecoder, ImageModel, ModelConfig, box_cell_weights,
+from rs_vlm_plugin.modeling.rsvlm import (CaptionDecoder, ImageModel, ModelConfig, box_cell_weights,
                                           build_backbone, pool_objects)
 
 from . import features as feat
+from .box_captions import box_sentence, region_windows, window_labels
+from .classes import generalised_zero_shot, group, truthful_hits, truthfulness, weak_captions
 from .data import VHR10_CLASSES
+from .decoder import (PairedSource, build_vocab, finetune_decoder, generate, pretrain_decoder, read_corpus,
+                      read_corpus_by_class)
+from .seeding import seed_everything
 from .metrics import caption_scores, object_retrieval, retrieval_recalls, scene_accuracy
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "rs_vlm_plugin"
@@ -56,14 +62,48 @@ ABLATIONS = {
     "no global tier": {"tier": "global"},
     "no augmentation": {"augment": False},
     "no experts": {"experts": False},
+    "no geometry loss": {"recipe": {"geometry": 0.0}},
+    "no coarser-GSD views": {"recipe": {"gsd_share": 0.0}},
 }
 
 
-def seed_everything(seed: int) -> np.random.Generator:
-    """Seed python, numpy and torch; return a numpy generator."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+@dataclass
+class Recipe:
+    """What the alignment and the decoder are trained on (issue 3's recipe is ``RECIPES["v2"]``).
+
+    Attributes:
+        leave_out: Train without the leave-classes-out choice (:mod:`classes`).
+        extra: RESISC45's airplane and airport images with class prompts.
+        box_captions: VHR-10 whole images with box-to-caption scene and region sentences.
+        gsd_share: Share of UCM and RESISC samples drawn from their coarser-GSD views.
+        geometry: Weight of the geometry loss: the global tokens' batch similarity structure
+            kept close to that of the frozen ImageNet features (relational distillation).
+        decay_to_init: Decoupled decay of the backbone's fine-tuned head towards its ImageNet
+            weights (instead of towards zero).
+        weak_captions: Decoder fine-tuning also on RESISC (and extra) images paired with corpus
+            sentences of their class and on VHR-10 images with their box sentences.
+        text_share: Share of each decoder fine-tuning step given to text-only reconstruction of
+            the caption corpora.
+    """
+
+    leave_out: bool = False
+    extra: bool = True
+    box_captions: bool = True
+    gsd_share: float = 0.25
+    geometry: float = 1.0
+    decay_to_init: float = 1.0
+    weak_captions: bool = True
+    text_share: float = 0.2
+
+    def to_dict(self) -> dict:  # noqa: D102
+        return asdict(self)
+
+
+RECIPES = {
+    "v2": Recipe(extra=False, box_captions=False, gsd_share=0.0, geometry=0.0, decay_to_init=0.0,
+                 weak_captions=False, text_share=0.0),
+    "open": Recipe(),
+}
 
 
 def multi_positive_loss(a: torch.Tensor, b: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -73,6 +113,16 @@ def multi_positive_loss(a: torch.Tensor, b: torch.Tensor, keys: torch.Tensor, sc
     target = target / target.sum(1, keepdim=True)
     return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
                   + torch.sum(-target * logits.t().log_softmax(1), 1).mean())
+
+
+def geometry_loss(tokens: torch.Tensor, reference: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Relational distillation: KL between each row's softmax over batch similarities of the
+    reference features (centred, frozen ImageNet) and of the tokens (diagonal left out)."""
+    ref = F.normalize(reference - reference.mean(0, keepdim=True), dim=-1)
+    eye = torch.eye(len(tokens), dtype=torch.bool)
+    target = (ref @ ref.t() / temperature).masked_fill(eye, -1e9).softmax(-1)
+    logp = (tokens @ tokens.t() / temperature).masked_fill(eye, -1e9).log_softmax(-1)
+    return F.kl_div(logp, target, reduction="batchmean")
 
 
 # --------------------------------------------------------------------------- texts
@@ -88,23 +138,44 @@ class Texts:
         self.ucm_train = [[self.add(s) for s in sents] for sents in idx["sentences"]]
         self.ucm_val = [[self.add(s) for s in sents] for sents in sets["ucm_val"].index["sentences"]]
         self.resisc_classes = sorted(set(sets["resisc"].index["classes"]))
+        self.extra_classes = sorted(set(sets["extra"].index["classes"])) if "extra" in sets else []
+        self.scene_classes = sorted(set(self.resisc_classes) | set(self.extra_classes))
         self.scene_prompts = {c: [self.add(p.format(feat.readable(c))) for p in feat.SCENE_PROMPTS]
-                              for c in self.resisc_classes}
+                              for c in self.scene_classes}
         self.ucm_classes = sorted(set(idx["classes"]))
         self.ucm_prompts = {c: [self.add(p.format(feat.readable(c))) for p in feat.SCENE_PROMPTS] for c in self.ucm_classes}
         self.presence_prompts = {c: [self.add(p) for p in subject_prompts(feat.readable(c))] for c in self.ucm_classes}
         self.object_classes = list(VHR10_CLASSES)
         self.object_prompts = {c: [self.add(p.format(c)) for p in feat.OBJECT_PROMPTS] for c in self.object_classes}
-        self.mosaic = []
-        for m in sets["mosaic"].index["mosaics"]:
-            names = [feat.readable(lab) for _, _, lab in m["sources"]]
-            self.mosaic.append(self.add("an aerial image of " + ", ".join(names[:-1]) + " and " + names[-1] + "."))
+        self.mosaic = {tag: [self.add(self.mosaic_caption(m)) for m in sets[tag].index["mosaics"]]
+                       for tag in ("mosaic", "mosaic_lco") if tag in sets}
+        # Box-to-caption sentences of whole VHR-10 images and of their region windows (None: no box).
+        self.vhr_scene, self.vhr_regions = [], []
+        windows = region_windows()
+        for im in sets["vhr_scene"].index["images"] if "vhr_scene" in sets else []:
+            labels = [label for label, _ in im["objects"]]
+            sentence = box_sentence(labels)
+            self.vhr_scene.append(self.add(sentence) if sentence else None)
+            self.vhr_regions.append([self.add(s) if (s := box_sentence(w)) else None
+                                     for w in window_labels([(lab, tuple(b)) for lab, b in im["objects"]], windows)])
+        # Query-time knowledge: each class name's parts (the name, its knowledge-base synonyms,
+        # description, children; core/expansion.py), each through the class prompt ensemble.
+        concepts = KnowledgeBase.read_concepts(KNOWLEDGE_BASE)
+        self.class_parts = {c: [[self.add(t.format(part)) for t in feat.SCENE_PROMPTS]
+                                for part in expand_text(concepts, feat.readable(c))]
+                            for c in sorted(set(self.ucm_classes) | set(self.resisc_classes))}
         from rs_vlm_plugin.modeling.export import concept_texts
 
         self.kb_rows = []
         for concept in kb["concepts"]:
             self.kb_rows.append([self.add(t) for t in concept_texts(concept)])
         self.emb = torch.from_numpy(feat.text_embeddings(self.items, cache, "align"))
+
+    @staticmethod
+    def mosaic_caption(spec: dict) -> str:
+        """The composed caption of a mosaic ("an aerial image of farmland, a river and a forest.")."""
+        names = [feat.readable(lab) for _, _, lab in spec["sources"]]
+        return "an aerial image of " + ", ".join(names[:-1]) + " and " + names[-1] + "."
 
     def add(self, text: str) -> int:  # noqa: D102
         if text not in self.index:
@@ -118,6 +189,17 @@ class Texts:
 
     def kb_embeddings(self) -> torch.Tensor:  # noqa: D102
         return torch.stack([self.mean(rows) for rows in self.kb_rows])
+
+    def expanded(self, classes: list[str], knowledge: QueryKnowledge) -> ExpandedQueries:
+        """The classes' expanded queries (query-time knowledge) with the given combination settings."""
+        parts, owners, emb = [], [], []
+        for k, c in enumerate(classes):
+            for rows in self.class_parts[c]:
+                parts.append(self.items[rows[0]])
+                owners.append(k)
+                emb.append(self.mean(rows))
+        return ExpandedQueries.from_embeddings(parts, owners, torch.stack(emb).numpy(), knowledge.beta,
+                                               knowledge.base_weight)
 
 
 # --------------------------------------------------------------------------- alignment
@@ -146,15 +228,65 @@ def semantic_routing_loss(seen: list[tuple[torch.Tensor, torch.Tensor]]) -> torc
     return sum(losses) / max(1, len(losses))
 
 
+class TrainingRows:
+    """The rows of each feature set that a recipe trains on (leave-classes-out applied)."""
+
+    def __init__(self, sets: dict, texts: Texts, recipe: Recipe) -> None:
+        self.unseen = set(sets["mosaic_lco"].index["leave_out"]["groups"]) if recipe.leave_out and "mosaic_lco" in sets \
+            else set()
+        seen = lambda source, label: group(source, label) not in self.unseen  # noqa: E731
+        self.ucm = np.asarray([i for i, c in enumerate(sets["ucm_train"].index["classes"]) if seen("ucm", c)])
+        resisc = sets["resisc"].index
+        self.resisc = np.asarray([i for i, (h, c) in enumerate(zip(resisc["held_out"], resisc["classes"]))
+                                  if not h and seen("resisc", c)])
+        self.extra = np.zeros(0, int)
+        if recipe.extra and "extra" in sets:
+            ex = sets["extra"].index
+            self.extra = np.asarray([i for i, (h, c) in enumerate(zip(ex["held_out"], ex["classes"]))
+                                     if not h and seen("extra", c)], int)
+        self.mosaic_tag = "mosaic_lco" if recipe.leave_out else "mosaic"
+        self.vhr_scene = np.zeros(0, int)
+        if recipe.box_captions and "vhr_scene" in sets:
+            images = sets["vhr_scene"].index["images"]
+            self.vhr_scene = np.asarray([i for i, im in enumerate(images) if not im["held_out"]
+                                         and texts.vhr_scene[i] is not None
+                                         and all(seen("vhr", lab) for lab, _ in im["objects"])], int)
+        crops = sets["vhr_train"].index["crops"]
+        self.crops = np.asarray([i for i, c in enumerate(crops) if c["objects"]
+                                 and all(seen("vhr", lab) for lab, _ in c["objects"])])
+        self.gsd = recipe.gsd_share > 0 and "ucm_gsd" in sets and "resisc_gsd" in sets
+
+
+def _sample_scene_rows(rng, sets, fs_native: str, fs_coarse: str, rows: np.ndarray, n: int, native_views: int,
+                       gsd_share: float, use_gsd: bool):
+    """(row indices, fine, mid) of ``n`` images, a share of them from their coarser-GSD views."""
+    picks = rng.choice(rows, n, replace=False)
+    n_coarse = int(round(n * gsd_share)) if use_gsd else 0
+    fa, ma = sets[fs_native].take(picks[n_coarse:], rng.integers(0, native_views, n - n_coarse))
+    if not n_coarse:
+        return picks, fa, ma
+    coarse = sets[fs_coarse]
+    fb, mb = coarse.take(picks[:n_coarse], rng.integers(0, coarse.fine.shape[1], n_coarse))
+    return picks, torch.cat([fb, fa]), torch.cat([mb, ma])
+
+
 def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, tag: str, steps: int, seed: int,
-          drop_tier: str | None = None, log_every: int = 100) -> ImageModel:
+          drop_tier: str | None = None, log_every: int = 100, recipe: Recipe | None = None) -> ImageModel:
     """MS-VLAM alignment; resumes from ``cache/align_{tag}.ckpt``."""
+    recipe = recipe or RECIPES["v2"]
     rng = seed_everything(seed)
     _, model = build_image_model(config, texts, kb)
     params = _trainable(model)
     top_ids = {id(p) for p in model.top.parameters()}
-    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) not in top_ids], "lr": 5e-4},
-                             {"params": [p for p in params if id(p) in top_ids], "lr": 1e-4}], weight_decay=0.05)
+    top_params = [p for p in params if id(p) in top_ids]
+    top_init = [p.detach().clone() for p in top_params]
+    teacher = copy.deepcopy(model.top).eval() if recipe.geometry > 0 else None
+    if teacher is not None:
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    top_decay = 0.0 if recipe.decay_to_init > 0 else 0.05
+    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) not in top_ids], "lr": 5e-4, "weight_decay": 0.05},
+                             {"params": top_params, "lr": 1e-4, "weight_decay": top_decay}])
     base_lrs = [g["lr"] for g in opt.param_groups]
     ckpt_path = cache / f"align_{tag}.ckpt"
     final_path = cache / f"align_{tag}.pt"
@@ -171,16 +303,19 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         torch.set_rng_state(state["torch_rng"])
         print(f"[{tag}] resuming at step {step}", flush=True)
 
-    ucm, resisc, mosaic, vhr = sets["ucm_train"], sets["resisc"], sets["mosaic"], sets["vhr_train"]
-    resisc_train = np.flatnonzero(~np.asarray(resisc.index["held_out"]))
+    rows = TrainingRows(sets, texts, recipe)
+    resisc, vhr = sets["resisc"], sets["vhr_train"]
     resisc_classes = resisc.index["classes"]
+    extra_classes = sets["extra"].index["classes"] if len(rows.extra) else []
     crops = vhr.index["crops"]
-    crops_with_objects = np.asarray([i for i, c in enumerate(crops) if c["objects"]])
-    mosaics = mosaic.index["mosaics"]
+    mosaic_set = sets[rows.mosaic_tag]
+    mosaics = mosaic_set.index["mosaics"]
+    mosaic_texts = texts.mosaic[rows.mosaic_tag]
     weights = {k: (0.0 if k == drop_tier else v) for k, v in TIER_WEIGHTS.items()}
-    # Batch: 64 UCM + 32 RESISC + 16 mosaics + 24 VHR crops (fewer when a set is smaller).
-    n_ucm, n_res = min(64, len(ucm.index["files"])), min(32, len(resisc_train))
-    n_mos, n_obj = min(16, len(mosaics)), min(24, len(crops_with_objects))
+    # Batch: 64 UCM + 32 RESISC + 16 extra + 16 mosaics + 16 VHR scenes + 24 VHR crops (fewer when a set is smaller).
+    n_ucm, n_res = min(64, len(rows.ucm)), min(32, len(rows.resisc))
+    n_ext, n_vsc = min(16, len(rows.extra)), min(16, len(rows.vhr_scene))
+    n_mos, n_obj = min(16, len(mosaics)), min(24, len(rows.crops))
     start = time.time()
     running: dict[str, float] = {}
     since = 0
@@ -189,50 +324,73 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         lr_scale = min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * lr_scale
-        # ---- sample a batch
-        u = rng.choice(len(ucm.index["files"]), n_ucm, replace=False)
-        r = rng.choice(resisc_train, n_res, replace=False)
+        # ---- sample a batch: [ucm, resisc, extra, vhr scenes, mosaics | vhr crops]
+        u, fu, mu = _sample_scene_rows(rng, sets, "ucm_train", "ucm_gsd", rows.ucm, n_ucm, 8, recipe.gsd_share, rows.gsd)
+        r, fr, mr = _sample_scene_rows(rng, sets, "resisc", "resisc_gsd", rows.resisc, n_res, 2, recipe.gsd_share,
+                                       rows.gsd)
+        parts_f, parts_m = [fu, fr], [mu, mr]
+        e = rng.choice(rows.extra, n_ext, replace=False) if n_ext else np.zeros(0, int)
+        if n_ext:
+            fe, me = sets["extra"].take(e, rng.integers(0, 2, n_ext))
+            parts_f.append(fe)
+            parts_m.append(me)
+        vs = rng.choice(rows.vhr_scene, n_vsc, replace=False) if n_vsc else np.zeros(0, int)
+        if n_vsc:
+            fv, mv = sets["vhr_scene"].take(vs, np.zeros(n_vsc, int))
+            parts_f.append(fv)
+            parts_m.append(mv)
         m = rng.choice(len(mosaics), n_mos, replace=False)
-        o = rng.choice(crops_with_objects, n_obj, replace=False)
-        fu, mu = ucm.take(u, rng.integers(0, 8, n_ucm))
-        fr, mr = resisc.take(r, rng.integers(0, 2, n_res))
-        fm, mm = mosaic.take(m, np.zeros(n_mos, int))
+        o = rng.choice(rows.crops, n_obj, replace=False)
+        fm, mm = mosaic_set.take(m, np.zeros(n_mos, int))
         fo, mo = vhr.take(o, np.zeros(n_obj, int))
-        fine = torch.cat([fu, fr, fm, fo])
-        mid = torch.cat([mu, mr, mm, mo])
+        fine = torch.cat([*parts_f, fm, fo])
+        mid = torch.cat([*parts_m, mm, mo])
         feats = model.features(fine, mid)
         scale = model.logit_scale.exp().clamp(max=100.0)
         losses = {}
         model.fusion.seen.clear()
-        # ---- global tier: UCM captions, RESISC prompts, mosaic composed captions
-        n_glob = n_ucm + n_res + n_mos
+        # ---- global tier: UCM captions, RESISC / extra prompts, VHR box sentences, mosaic composed captions
+        n_glob = n_ucm + n_res + n_ext + n_vsc + n_mos
         g_tok, g_gates = model.global_tokens((feats[0][:n_glob], feats[1][:n_glob]))
         tids = [int(rng.choice(texts.ucm_train[i])) for i in u]
         keys = list(tids)
-        for i in r:
-            c = resisc_classes[i]
+        for c in [resisc_classes[i] for i in r] + [extra_classes[i] for i in e]:
             tids.append(int(rng.choice(texts.scene_prompts[c])))
-            keys.append(-1 - texts.resisc_classes.index(c))  # all prompts of a class are one positive
+            keys.append(-1 - texts.scene_classes.index(c))  # all prompts of a class are one positive
+        for i in vs:
+            tids.append(texts.vhr_scene[i])
+            keys.append(texts.vhr_scene[i])
         for i in m:
-            tids.append(texts.mosaic[i])
-            keys.append(texts.mosaic[i])
+            tids.append(mosaic_texts[i])
+            keys.append(mosaic_texts[i])
         if weights["global"] > 0:
             losses["global"] = multi_positive_loss(g_tok, texts.emb[tids], torch.tensor(keys), scale)
-        # ---- region tier: each mosaic window with its own source's text
-        r_tok, r_gates = model.region_tokens((feats[0][n_ucm + n_res:n_glob], feats[1][n_ucm + n_res:n_glob]))
+        if teacher is not None:
+            with torch.no_grad():
+                reference = teacher(mid[:n_glob]).mean((2, 3))
+            losses["geometry"] = geometry_loss(g_tok, reference)
+        # ---- region tier: each mosaic window with its own source's text; VHR windows with their box sentences
+        first_vsc = n_ucm + n_res + n_ext
+        r_tok, r_gates = model.region_tokens((feats[0][first_vsc:n_glob], feats[1][first_vsc:n_glob]))
         reg_tokens, reg_tids, reg_keys = [], [], []
+        for k, i in enumerate(vs):
+            for w, t in enumerate(texts.vhr_regions[i]):
+                if t is not None:
+                    reg_tokens.append(r_tok[k, w])
+                    reg_tids.append(t)
+                    reg_keys.append(t)
         for k, i in enumerate(m):
             spec = mosaics[i]
             offset = 0 if spec["grid"] == 2 else 4
             for w, (kind, j, label) in enumerate(spec["sources"]):
-                reg_tokens.append(r_tok[k, offset + w])
+                reg_tokens.append(r_tok[n_vsc + k, offset + w])
                 if kind == "ucm":
                     t = int(rng.choice(texts.ucm_train[j]))
                     reg_tids.append(t)
                     reg_keys.append(t)
                 else:
                     reg_tids.append(int(rng.choice(texts.scene_prompts[label])))
-                    reg_keys.append(-1 - texts.resisc_classes.index(label))
+                    reg_keys.append(-1 - texts.scene_classes.index(label))
         if weights["region"] > 0:
             losses["region"] = multi_positive_loss(torch.stack(reg_tokens), texts.emb[reg_tids],
                                                    torch.tensor(reg_keys), scale)
@@ -267,7 +425,9 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         pooled = F.normalize(weight @ tok, dim=-1)
         if weights["object"] > 0:
             losses["object"] = multi_positive_loss(pooled, texts.emb[obj_tids], torch.tensor(obj_keys), scale)
-        total = sum(weights[k] * v for k, v in losses.items())
+        total = sum(weights[k] * v for k, v in losses.items() if k in weights)
+        if "geometry" in losses:
+            total = total + recipe.geometry * losses["geometry"]
         if config.experts and config.augment:
             losses["routing"] = semantic_routing_loss(model.fusion.seen)
             total = total + ROUTING_WEIGHT * losses["routing"]
@@ -276,6 +436,11 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
+        if recipe.decay_to_init > 0:  # decoupled decay towards the ImageNet weights
+            with torch.no_grad():
+                shrink = opt.param_groups[1]["lr"] * recipe.decay_to_init
+                for p, p0 in zip(top_params, top_init):
+                    p.sub_(shrink * (p - p0))
         step += 1
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
@@ -346,228 +511,132 @@ def box_tokens(model: ImageModel, fs) -> tuple[np.ndarray, list[str]]:
     return torch.stack(embs).numpy(), labels
 
 
-def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts) -> dict:
-    """UCM val retrieval, RESISC12 held-back scene accuracy, VHR-10 held-back object retrieval."""
+def _prompt_matrix(texts: Texts, prompts: dict, classes: list[str]) -> np.ndarray:
+    return torch.stack([texts.mean(prompts[c]) for c in classes]).numpy()
+
+
+KNOWLEDGE_BETAS = (5.0, 10.0, 20.0, 40.0)
+KNOWLEDGE_BASE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
+
+
+def _mean_gzsl(parts: dict) -> dict:
+    return {k: float(np.mean([parts[d][k] for d in ("ucm_val", "resisc_held_back")])) for k in ("seen", "unseen", "H")}
+
+
+def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[str]) -> dict:
+    """UCM val retrieval, RESISC12 held-back scene accuracy, VHR-10 held-back object retrieval, and the
+    generalised zero-shot split (seen / unseen / harmonic mean) of UCM val and RESISC12 held-back."""
     val = encode_set(model, sets["ucm_val"], [0])
     img = val["global"][:, 0].numpy()
     txt = texts.emb[[t for rows in texts.ucm_val for t in rows]].numpy()
     out = {"retrieval": retrieval_recalls(img, txt, 5), "routing": val["routing"].tolist()}
+    ucm_classes = texts.ucm_classes
+    ucm_pred = np.argmax(img @ _prompt_matrix(texts, texts.ucm_prompts, ucm_classes).T, axis=1)
+    ucm_truth = np.asarray([ucm_classes.index(c) for c in sets["ucm_val"].index["classes"]])
     resisc = sets["resisc"]
     held = np.flatnonzero(np.asarray(resisc.index["held_out"]))
     enc = encode_set(model, resisc, [0], held, global_only=True)
     classes = texts.resisc_classes
-    class_emb = torch.stack([texts.mean(texts.scene_prompts[c]) for c in classes]).numpy()
     labels = np.asarray([classes.index(resisc.index["classes"][i]) for i in held])
-    out["scene_accuracy"] = scene_accuracy(enc["global"][:, 0].numpy(), class_emb, labels)
+    res_img = enc["global"][:, 0].numpy()
+    out["scene_accuracy"] = scene_accuracy(res_img, _prompt_matrix(texts, texts.scene_prompts, classes), labels)
     out["scene_images"] = int(len(held))
+    res_pred = np.argmax(res_img @ _prompt_matrix(texts, texts.scene_prompts, classes).T, axis=1)
+    out["gzsl"] = {
+        "ucm_val": generalised_zero_shot(ucm_pred, ucm_truth, ucm_classes,
+                                         {c for c in ucm_classes if group("ucm", c) in unseen}),
+        "resisc_held_back": generalised_zero_shot(res_pred, labels, classes,
+                                                  {c for c in classes if group("resisc", c) in unseen})}
+    out["gzsl"]["mean"] = _mean_gzsl(out["gzsl"])
+    # Query-time knowledge: the combination calibrated on the seen classes of UCM val, then
+    # measured on both splits like the plain prompts.
+    ucm_seen = np.asarray([group("ucm", ucm_classes[t]) not in unseen for t in ucm_truth])
+    best = None
+    for beta in KNOWLEDGE_BETAS:
+        for base_weight in KNOWLEDGE_BASE_WEIGHTS:
+            setting = QueryKnowledge(beta, base_weight)
+            pred = np.argmax(texts.expanded(ucm_classes, setting).scores(img), axis=1)
+            acc = float(np.mean(pred[ucm_seen] == ucm_truth[ucm_seen]))
+            if best is None or acc > best[0] + 1e-9:
+                best = (acc, setting)
+    setting = best[1]
+    ucm_k = np.argmax(texts.expanded(ucm_classes, setting).scores(img), axis=1)
+    res_k = np.argmax(texts.expanded(classes, setting).scores(res_img), axis=1)
+    out["query_knowledge"] = {"beta": setting.beta, "base_weight": setting.base_weight, "enabled": True,
+                              "calibrated_on": "UCM val, seen classes: accuracy over a grid of beta and base weight"}
+    out["gzsl_knowledge"] = {
+        "ucm_val": generalised_zero_shot(ucm_k, ucm_truth, ucm_classes,
+                                         {c for c in ucm_classes if group("ucm", c) in unseen}),
+        "resisc_held_back": generalised_zero_shot(res_k, labels, classes,
+                                                  {c for c in classes if group("resisc", c) in unseen})}
+    out["gzsl_knowledge"]["mean"] = _mean_gzsl(out["gzsl_knowledge"])
+    out["scene_accuracy_knowledge"] = float(100 * np.mean(res_k == labels))
     boxes, box_labels = box_tokens(model, sets["vhr_val"])
     queries = texts.object_classes
-    q_emb = torch.stack([texts.mean(texts.object_prompts[c]) for c in queries]).numpy()
+    q_emb = _prompt_matrix(texts, texts.object_prompts, queries)
     out["objects"] = object_retrieval(boxes, box_labels, q_emb, queries, 10)
-    return out
-
-
-# --------------------------------------------------------------------------- decoder
-
-
-def read_corpus(data: Path) -> list[str]:
-    """Caption text for decoder pre-training: RSICD, RSITMD, Sydney (train+val), normalised."""
-    return [s for part in read_corpus_parts(data).values() for s in part]
-
-
-def read_corpus_parts(data: Path) -> dict[str, list[str]]:
-    """The caption text of :func:`read_corpus` by source ("RSICD", "RSITMD", "Sydney"), present ones only."""
-    folder = Path(data) / "captions_text"
-    parts: dict[str, list[str]] = {}
-    for source, name in (("RSICD", "rsicd_train_caps.txt"), ("RSITMD", "rsitmd_train_caps.txt")):
-        path = folder / name
-        if path.exists():
-            parts[source] = [feat.normalise_caption(line) for line in path.read_text(encoding="utf-8").splitlines()
-                             if line.strip()]
-    path = folder / "sydney_train_val.json"
-    if path.exists():
-        parts["Sydney"] = [feat.normalise_caption(s["raw"])
-                           for im in json.loads(path.read_text(encoding="utf-8"))["images"] for s in im["sentences"]]
-    return {k: [s for s in v if s] for k, v in parts.items()}
-
-
-def build_vocab(sentences: list[str], min_count: int = 3) -> list[str]:
-    """Special tokens, then words seen at least ``min_count`` times (most frequent first)."""
-    counts = Counter(w for s in sentences for w in s.split())
-    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-    return list(SPECIAL_TOKENS) + words
-
-
-def encode_words(sentences: list[str], vocab: list[str], max_len: int) -> torch.Tensor:
-    """(N, max_len + 2) token ids: BOS words EOS, padded."""
-    index = {w: i for i, w in enumerate(vocab)}
-    out = torch.full((len(sentences), max_len + 2), PAD, dtype=torch.long)
-    for k, s in enumerate(sentences):
-        ids = [BOS] + [index.get(w, UNK) for w in s.split()[:max_len]] + [EOS]
-        out[k, :len(ids)] = torch.tensor(ids)
-    return out
-
-
-def _decoder_update(decoder: CaptionDecoder, opt, memory: torch.Tensor, tokens: torch.Tensor) -> float:
-    """One teacher-forced optimisation step on a padded token batch; returns the loss."""
-    tokens = tokens[:, : int((tokens != PAD).sum(1).max())]
-    logits = decoder(memory, tokens[:, :-1])
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD,
-                           label_smoothing=0.1)
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-    opt.step()
-    return float(loss.detach())
-
-
-def noised_global_memory(noise: float = 0.08):
-    """Memory builder of text-only pre-training: each text embedding, noised (per-sentence level drawn
-    uniformly up to 1.5 x ``noise`` per dimension) and renormalised, as the only (global) token."""
-
-    def memory(decoder: CaptionDecoder, emb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        sigma = noise * torch.rand(len(emb), 1, generator=gen) * 1.5
-        noised = F.normalize(emb + sigma * torch.randn(len(emb), emb.shape[1], generator=gen), dim=-1)
-        return decoder.memory(noised, None, None)
-
-    return memory
-
-
-def pretrain_decoder(config: ModelConfig, corpus: list[str], corpus_emb: torch.Tensor, vocab: list[str], cache: Path,
-                     epochs: int, seed: int, noise: float = 0.08, memory=None, tag: str = "decoder_pretrain",
-                     batch_size: int = 128, lr: float = 5e-4, warmup: int = 200, on_epoch=None) -> CaptionDecoder:
-    """Text-only training: decode captions from decoder memory built from their own text embeddings.
-
-    Checkpointed after every epoch (``cache/{tag}.ckpt``) and resumed from there; the final
-    weights are ``cache/{tag}.pt`` (returned as they are when present).
-
-    Args:
-        memory: ``(decoder, embeddings (B, D), generator) -> memory``; default
-            :func:`noised_global_memory` (``noise``).
-        on_epoch: Called with the number of finished epochs after each checkpoint.
-    """
-    final, ckpt = cache / f"{tag}.pt", cache / f"{tag}.ckpt"
-    label = tag.replace("_", "-")  # as logs have always read: "[decoder-pretrain] ..."
-    memory = memory or noised_global_memory(noise)
-    seed_everything(seed)
-    decoder = CaptionDecoder(config)
-    if final.exists():
-        decoder.load_state_dict(torch.load(final, weights_only=True))
-        return decoder
-    tokens = encode_words(corpus, vocab, config.max_caption_tokens)
-    opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=0.01)
-    n = len(corpus)
-    batch = min(batch_size, n)
-    total_steps = max(1, epochs * (n // batch))
-    step = 0
-    first_epoch = 0
-    start = time.time()
-    gen = torch.Generator().manual_seed(seed)
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        if state["epochs"] == epochs and state["sentences"] == n:
-            decoder.load_state_dict(state["decoder"])
-            opt.load_state_dict(state["opt"])
-            first_epoch, step = state["epoch"], state["step"]
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])
-            print(f"[{label}] resuming after epoch {first_epoch}/{epochs}", flush=True)
-    for epoch in range(first_epoch, epochs):
-        decoder.train()
-        perm = torch.randperm(n, generator=gen)
-        run = 0.0
-        for k in range(0, n - batch + 1, batch):
-            rows = perm[k:k + batch]
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            loss = _decoder_update(decoder, opt, memory(decoder, corpus_emb[rows], gen), tokens[rows])
-            step += 1
-            run += loss
-            if step % 50 == 0:
-                print(f"[{label}] step {step}/{total_steps} loss {loss:.3f} ({time.time() - start:.0f} s)", flush=True)
-        print(f"[{label}] epoch {epoch + 1}/{epochs} loss {run / max(1, n // batch):.3f} "
-              f"({time.time() - start:.0f} s)", flush=True)
-        torch.save({"decoder": decoder.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "step": step,
-                    "epochs": epochs, "sentences": n, "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
-                   ckpt)
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
-    torch.save(decoder.state_dict(), final)
-    ckpt.unlink(missing_ok=True)
-    return decoder
-
-
-def finetune_decoder(decoder: CaptionDecoder, tokens_cache: dict, sentences: list[list[str]], vocab: list[str],
-                     config: ModelConfig, epochs: int, seed: int, drop_tier: str | None = None) -> CaptionDecoder:
-    """Fine-tune on UCM train: every (image, caption) pair once per epoch, a random view each."""
-    seed_everything(seed)
-    decoder = copy.deepcopy(decoder)
-    pairs = [(i, s) for i, sents in enumerate(sentences) for s in sents]
-    tokens = encode_words([feat.normalise_caption(s) for _, s in pairs], vocab, config.max_caption_tokens)
-    owners = torch.tensor([i for i, _ in pairs])
-    n_views = tokens_cache["global"].shape[1]
-    opt = torch.optim.AdamW(decoder.parameters(), lr=3e-4, weight_decay=0.01)
-    batch = min(64, len(pairs))
-    total = max(1, epochs * (len(pairs) // batch))
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    start = time.time()
-    for epoch in range(epochs):
-        decoder.train()
-        perm = torch.randperm(len(pairs), generator=gen)
-        run = 0.0
-        for k in range(0, len(pairs) - batch + 1, batch):
-            rows = perm[k:k + batch]
-            for g in opt.param_groups:
-                g["lr"] = 3e-4 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
-            img = owners[rows]
-            v = torch.randint(0, n_views, (len(rows),), generator=gen)
-            memory = memory_of(decoder, tokens_cache, img, v, drop_tier)
-            run += _decoder_update(decoder, opt, memory, tokens[rows])
-            step += 1
-        if epoch % 5 == 4 or epoch == epochs - 1:
-            print(f"[decoder] epoch {epoch + 1}/{epochs} loss {run / max(1, len(pairs) // batch):.3f} "
-                  f"({time.time() - start:.0f} s)", flush=True)
-    return decoder.eval()
-
-
-def memory_of(decoder: CaptionDecoder, cache: dict, img: torch.Tensor, view: torch.Tensor,
-              drop_tier: str | None = None) -> torch.Tensor:
-    """Decoder memory of cached tokens, without the tier an ablation switches off."""
-    g = cache["global"][img, view].float()
-    r = None if drop_tier == "region" else cache["regions"][img, view].float()
-    o = None if drop_tier == "object" else cache["objects"][img, view].float()
-    if drop_tier == "global":
-        g = torch.zeros_like(g)
-    return decoder.memory(g, r, o)
-
-
-@torch.no_grad()
-def generate(decoder: CaptionDecoder, cache: dict, vocab: list[str], beam: int = 3, drop_tier: str | None = None,
-             max_len: int = 24) -> list[str]:
-    """Beam-search captions of every image of a token cache (view 0)."""
-    decoder.eval()
-    n = cache["global"].shape[0]
-    out = []
-    for k in range(0, n, 32):
-        img = torch.arange(k, min(n, k + 32))
-        memory = memory_of(decoder, cache, img, torch.zeros(len(img), dtype=torch.long), drop_tier)
-
-        def step(rows, prefix, memory=memory):
-            return decoder(memory[torch.from_numpy(rows)], torch.from_numpy(prefix))[:, -1].numpy()
-
-        out += [detokenize(seq, vocab) for seq in beam_search(step, len(img), beam=beam, max_len=max_len)]
     return out
 
 
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class DecoderData:
+    """What decoder fine-tuning reads besides image tokens."""
+
+    pretrained: CaptionDecoder
+    vocab: list[str]
+    corpus: list[str]  # text-only sentences (distinct), for the text-only share of each step
+    corpus_emb: torch.Tensor
+    weak: dict[str, list[str]]  # scene class -> weakly paired corpus sentences (RESISC, extra)
+
+
+def decoder_sources(model: ImageModel, sets: dict, texts: Texts, rows: TrainingRows, recipe: Recipe,
+                    data: DecoderData, n_views: int) -> list[PairedSource]:
+    """The paired sets decoder fine-tuning reads: UCM captions; with ``weak_captions``, RESISC and
+    extra images with corpus sentences of their class and VHR-10 images with their box sentences."""
+    ucm = sets["ucm_train"]
+    sources = [PairedSource("ucm", encode_set(model, ucm, list(range(n_views)), rows.ucm),
+                            [ucm.index["sentences"][i] for i in rows.ucm])]
+    if not recipe.weak_captions:
+        return sources
+    for tag, picked, per_epoch in (("resisc", rows.resisc, 1600), ("extra", rows.extra, 400)):
+        if len(picked):
+            classes = sets[tag].index["classes"]
+            sources.append(PairedSource(tag, encode_set(model, sets[tag], [0], picked),
+                                        [data.weak[classes[i]] for i in picked], per_epoch))
+    if len(rows.vhr_scene):
+        sources.append(PairedSource("vhr_scene", encode_set(model, sets["vhr_scene"], [0], rows.vhr_scene),
+                                    [[texts.items[texts.vhr_scene[i]]] for i in rows.vhr_scene]))
+    return sources
+
+
+def evaluate_captions(model: ImageModel, decoder: CaptionDecoder, sets: dict, texts: Texts, vocab: list[str],
+                      val_cache: dict, val_hyps: list[str], unseen: set[str], drop: str | None) -> dict:
+    """Caption truthfulness: RESISC12 held-back, UCM val, and the images of the unseen classes of both."""
+    resisc = sets["resisc"]
+    held = np.flatnonzero(np.asarray(resisc.index["held_out"]))
+    res_hyps = generate(decoder, encode_set(model, resisc, [0], held), vocab, drop_tier=drop)
+    res_labels = [resisc.index["classes"][i] for i in held]
+    ucm_labels = sets["ucm_val"].index["classes"]
+    out = {"resisc_held_back": truthfulness(res_hyps, res_labels, "resisc"),
+           "ucm_val": truthfulness(val_hyps, ucm_labels, "ucm")}
+    hits = [truthful_hits([h], [lab], "ucm")[0] for h, lab in zip(val_hyps, ucm_labels) if group("ucm", lab) in unseen]
+    hits += [truthful_hits([h], [lab], "resisc")[0] for h, lab in zip(res_hyps, res_labels)
+             if group("resisc", lab) in unseen]
+    out["unseen"] = {"images": len(hits), "truthful": float(100 * np.mean(hits)) if hits else 0.0}
+    out["examples"] = [{"file": resisc.index["files"][held[k]], "caption": res_hyps[k]}
+                       for k in range(0, len(held), max(1, len(held) // 12))]
+    return out
+
+
 def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts, kb: dict, base: ModelConfig,
-                cache: Path, steps: int, dec_pre: CaptionDecoder, vocab: list[str], dec_epochs: int, seed: int,
-                n_views: int, meteor: bool) -> dict:
+                cache: Path, steps: int, dec: DecoderData, dec_epochs: int, seed: int, n_views: int, meteor: bool,
+                recipe: Recipe) -> dict:
     """Train one variant (alignment + decoder fine-tuning) and evaluate it on the val splits."""
     config = copy.deepcopy(base)
+    recipe = Recipe(**{**recipe.to_dict(), **switches.get("recipe", {})})
     drop = switches.get("tier")
     config.augment = switches.get("augment", True)
     config.experts = switches.get("experts", True)
@@ -575,34 +644,45 @@ def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts,
         config.tiers = {**config.tiers, drop: False}
     tag = name.replace(" ", "_") + f"_{steps}"
     t0 = time.time()
-    model = align(sets, texts, kb, config, cache, tag, steps, seed, drop_tier=drop)
+    model = align(sets, texts, kb, config, cache, tag, steps, seed, drop_tier=drop, recipe=recipe)
     align_s = time.time() - t0
-    metrics = evaluate_alignment(model, sets, texts)
+    rows = TrainingRows(sets, texts, recipe)
+    unseen = rows.unseen  # the leave-classes-out groups, or none
+    metrics = evaluate_alignment(model, sets, texts, unseen)
     dec_path = cache / f"decoder_{tag}_{dec_epochs}x{n_views}.pt"
     if dec_path.exists():
-        decoder = CaptionDecoder(dec_pre.config)
+        decoder = CaptionDecoder(dec.pretrained.config)
         decoder.load_state_dict(torch.load(dec_path, weights_only=True))
         decoder.eval()
     else:
-        train_cache = encode_set(model, sets["ucm_train"], list(range(n_views)))
-        decoder = finetune_decoder(dec_pre, train_cache, sets["ucm_train"].index["sentences"], vocab, config,
-                                   dec_epochs, seed, drop)
-        del train_cache
+        sources = decoder_sources(model, sets, texts, rows, recipe, dec, n_views)
+        decoder = finetune_decoder(dec.pretrained, sources, dec.vocab, config, dec_epochs, seed, drop,
+                                   text=(dec.corpus_emb, dec.corpus), text_share=recipe.text_share)
+        del sources
         torch.save(decoder.state_dict(), dec_path)
     val_cache = encode_set(model, sets["ucm_val"], [0])
-    hyps = generate(decoder, val_cache, vocab, drop_tier=drop)
+    hyps = generate(decoder, val_cache, dec.vocab, drop_tier=drop)
     refs = sets["ucm_val"].index["sentences"]
     metrics["captioning"] = caption_scores({str(i): r for i, r in enumerate(refs)},
                                            {str(i): h for i, h in enumerate(hyps)}, meteor=meteor)
     metrics["examples"] = [{"file": sets["ucm_val"].index["files"][i], "caption": hyps[i], "reference": refs[i][0]}
                            for i in range(0, len(hyps), 30)]
+    metrics["truthfulness"] = evaluate_captions(model, decoder, sets, texts, dec.vocab, val_cache, hyps,
+                                                unseen, drop)
     metrics["qa"] = calibrate_presence(val_cache, sets["ucm_val"].index["classes"], texts,
                                        float(model.logit_scale.exp()))
+    metrics["recipe"] = recipe.to_dict()
     metrics["seconds"] = round(time.time() - t0, 1)
     metrics["align_seconds"] = round(align_s, 1)
+    gz = metrics["gzsl"]["mean"]
     print(f"[{name}] mR {metrics['retrieval']['mR']:.1f} scene {metrics['scene_accuracy']:.1f} "
+          f"GZSL seen {gz['seen']:.1f} unseen {gz['unseen']:.1f} H {gz['H']:.1f} "
+          f"(with knowledge: unseen {metrics['gzsl_knowledge']['mean']['unseen']:.1f} "
+          f"H {metrics['gzsl_knowledge']['mean']['H']:.1f}) "
           f"obj P@10 {metrics['objects']['p@10']:.1f} BLEU-4 {metrics['captioning']['BLEU-4']:.3f} "
-          f"CIDEr {metrics['captioning']['CIDEr']:.3f}", flush=True)
+          f"CIDEr {metrics['captioning']['CIDEr']:.3f} truthful RESISC "
+          f"{metrics['truthfulness']['resisc_held_back']['truthful']:.1f} unseen "
+          f"{metrics['truthfulness']['unseen']['truthful']:.1f}", flush=True)
     return {"config": config.to_dict(), "metrics": metrics, "model": model, "decoder": decoder}
 
 
@@ -651,7 +731,12 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=1)
     parser.add_argument("--decoder-epochs", type=int, default=10)
     parser.add_argument("--decoder-views", type=int, default=4)
-    parser.add_argument("--ablations", action="store_true", help="also train and evaluate the ablation variants")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="open", help="the final model's recipe")
+    parser.add_argument("--leave-out", action="store_true",
+                        help="also train issue 3's recipe and the chosen recipe without the leave-classes-out "
+                             "choice and report seen / unseen / harmonic mean (out/train/open_vocabulary.json)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also train and evaluate the ablation variants (on the leave-classes-out split)")
     parser.add_argument("--ablation-steps", type=int, default=150)
     parser.add_argument("--ablation-decoder-epochs", type=int, default=3)
     parser.add_argument("--mosaics", type=int, default=4000, help="2x2 and 3x3 mosaics built for the region tier")
@@ -668,45 +753,75 @@ def main(argv=None) -> int:
     print(f"{len(texts.items)} alignment texts", flush=True)
 
     print("stage decoder-pretrain", flush=True)
-    ucm_sents = [feat.normalise_caption(s) for sents in sets["ucm_train"].index["sentences"] for s in sents]
-    corpus = read_corpus(args.data) + ucm_sents
-    vocab = build_vocab(corpus)
+    ucm_index = sets["ucm_train"].index
+    text_corpus = read_corpus(args.data)
+    weak = weak_captions(texts.scene_classes, "resisc", read_corpus_by_class(args.data))
+    box_sents = [feat.normalise_caption(texts.items[t]) for t in texts.vhr_scene if t is not None]
+    ucm_sents = [feat.normalise_caption(s) for sents in ucm_index["sentences"] for s in sents]
+    vocab = build_vocab(text_corpus + ucm_sents + box_sents + [w for ws in weak.values() for w in ws])
     base.vocab_size = len(vocab)
-    unique = sorted(set(corpus))
-    corpus_emb = torch.from_numpy(feat.text_embeddings(unique, args.cache, "corpus"))
-    print(f"decoder corpus {len(corpus)} sentences ({len(unique)} distinct), vocabulary {len(vocab)}", flush=True)
-    dec_pre = pretrain_decoder(base, unique, corpus_emb, vocab, args.cache, args.pretrain_epochs, args.seed)
-
     args.report.mkdir(parents=True, exist_ok=True)
     report = {"seed": args.seed}
+
+    def decoder_data(leave_out: bool) -> DecoderData:
+        """Text-only pre-training on the corpora plus UCM train captions (of seen classes only when leaving out)."""
+        unseen = set(sets["mosaic_lco"].index["leave_out"]["groups"]) if leave_out else set()
+        ucm = [feat.normalise_caption(s) for sents, c in zip(ucm_index["sentences"], ucm_index["classes"])
+               if group("ucm", c) not in unseen for s in sents]
+        unique = sorted(set(text_corpus + ucm))
+        emb = torch.from_numpy(feat.text_embeddings(unique, args.cache, "corpus_lco" if leave_out else "corpus"))
+        print(f"decoder corpus {len(unique)} distinct sentences, vocabulary {len(vocab)}", flush=True)
+        tag = "decoder_pretrain_lco" if leave_out else "decoder_pretrain"
+        pre = pretrain_decoder(base, unique, emb, vocab, args.cache, args.pretrain_epochs, args.seed, tag=tag)
+        return DecoderData(pre, vocab, unique, emb, weak)
+
+    if args.leave_out or args.ablations:
+        lco = decoder_data(True)
+        choice = sets["mosaic_lco"].index["leave_out"]
+        rows = {}
+        for name, recipe in (("lco v2", RECIPES["v2"]), (f"lco {args.recipe}", RECIPES[args.recipe])):
+            print(f"stage leave-classes-out: {name}", flush=True)
+            res = run_variant(name, {}, args.data, sets, texts, kb, base, args.cache, args.steps, lco,
+                              args.decoder_epochs, args.seed, args.decoder_views, meteor=False,
+                              recipe=dataclasses.replace(recipe, leave_out=True))
+            rows[name] = {k: v for k, v in res["metrics"].items()}
+        report["open_vocabulary"] = {"leave_out": choice, "steps": args.steps, "rows": rows}
+        (args.report / "open_vocabulary.json").write_text(json.dumps(report["open_vocabulary"], indent=2, default=float))
+        if args.ablations:
+            ab_rows = {}
+            for name, switches in ABLATIONS.items():
+                print(f"stage ablation (leave-classes-out): {name}", flush=True)
+                res = run_variant(f"lco {name}", switches, args.data, sets, texts, kb, base, args.cache,
+                                  args.ablation_steps, lco, args.ablation_decoder_epochs, args.seed, 2, meteor=False,
+                                  recipe=dataclasses.replace(RECIPES[args.recipe], leave_out=True))
+                ab_rows[name] = res["metrics"]
+            report["ablations"] = {"steps": args.ablation_steps, "decoder_epochs": args.ablation_decoder_epochs,
+                                   "decoder_views": 2, "split": "leave-classes-out", "leave_out": choice,
+                                   "rows": ab_rows}
+            (args.report / "ablations.json").write_text(json.dumps(report["ablations"], indent=2, default=float))
+
     print("stage align + decoder (final model)", flush=True)
-    res = run_variant("final", {}, args.data, sets, texts, kb, base, args.cache, args.steps, dec_pre, vocab,
-                      args.decoder_epochs, args.seed, args.decoder_views, meteor=True)
+    full = decoder_data(False)
+    recipe = RECIPES[args.recipe]
+    res = run_variant("final", {}, args.data, sets, texts, kb, base, args.cache, args.steps, full,
+                      args.decoder_epochs, args.seed, args.decoder_views, meteor=True, recipe=recipe)
     with torch.no_grad():  # a concept's mean similarity to training images becomes its ranking bias
         image_mean = encode_set(res["model"], sets["ucm_train"], [0], global_only=True)["global"][:, 0].mean(0)
     meta = {"config": res["config"], "seed": args.seed, "qa": res["metrics"]["qa"], "align_steps": args.steps,
             "pretrain_epochs": args.pretrain_epochs, "decoder_epochs": args.decoder_epochs,
             "decoder_views": args.decoder_views, "tier_weights": TIER_WEIGHTS, "routing_weight": ROUTING_WEIGHT,
+            "recipe": {"name": args.recipe, **recipe.to_dict()},
+            "query_knowledge": res["metrics"]["query_knowledge"],
             "logit_scale": float(res["model"].logit_scale.exp()),
             "val": {k: v for k, v in res["metrics"].items() if k != "examples"},
             "data": ["UCM train (captions)", "RESISC12 train minus 20% held back (class prompts)",
-                     "mosaics of both", "VHR-10 minus 20% held back (boxes)",
-                     "RSICD/RSITMD/Sydney caption text (decoder pre-training)"],
+                     "RESISC45 airplane and airport minus 20% held back (class prompts)",
+                     "mosaics of UCM and RESISC12", "VHR-10 minus 20% held back (boxes; box-to-caption sentences)",
+                     "RSICD/RSITMD/Sydney caption text (decoder pre-training, weak pairs, text-only share)"],
             "train_seconds": round(time.time() - t_start, 1)}
     save_weights(args.out, res["model"], res["decoder"], vocab, meta, image_mean.numpy())
     report["final"] = res["metrics"]
     (args.report / "train.json").write_text(json.dumps(report, indent=2, default=float))
-    if args.ablations:
-        rows = {}
-        for name, switches in ABLATIONS.items():
-            print(f"stage ablation: {name}", flush=True)
-            res = run_variant(name, switches, args.data, sets, texts, kb, base, args.cache, args.ablation_steps, dec_pre,
-                              vocab, args.ablation_decoder_epochs, args.seed, 2, meteor=False)
-            rows[name] = res["metrics"]
-        report["ablations"] = {"steps": args.ablation_steps, "decoder_epochs": args.ablation_decoder_epochs,
-                               "decoder_views": 2, "rows": rows}
-        (args.report / "ablations.json").write_text(json.dumps(report["ablations"], indent=2, default=float))
-
     print(json.dumps({k: v for k, v in report["final"].items() if k != "examples"}, indent=1, default=float))
     return 0
 

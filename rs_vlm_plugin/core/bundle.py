@@ -269,17 +269,25 @@ class ModelBundle:
         return out
 
     def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Embed texts; float32 (N, D), L2-normalised."""
+        """Embed texts; float32 (N, D), L2-normalised.
+
+        Texts are batched by length, so that short class names do not pay for the padding of
+        long descriptions (query-time knowledge mixes both).
+        """
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32)
         spec = self.manifest["text_encoder"]
-        out = []
+        enc = self.tokenizer.encode_batch(list(texts))  # right-padded to the longest text
+        lengths = np.asarray([sum(e.attention_mask) for e in enc])
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(texts), self.embed_dim), np.float32)
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer.encode_batch(list(texts[start:start + batch_size]))
-            ids = np.asarray([e.ids for e in enc], np.int64)
-            mask = np.asarray([e.attention_mask for e in enc], np.int64)
-            out.append(self.text_session.run([spec["output"]], {"input_ids": ids, "attention_mask": mask})[0])
-        return np.concatenate(out).astype(np.float32)
+            rows = order[start:start + batch_size]
+            width = int(lengths[rows].max())
+            ids = np.asarray([enc[r].ids[:width] for r in rows], np.int64)
+            mask = np.asarray([enc[r].attention_mask[:width] for r in rows], np.int64)
+            out[rows] = self.text_session.run([spec["output"]], {"input_ids": ids, "attention_mask": mask})[0]
+        return out
 
     @property
     def knowledge_base(self):

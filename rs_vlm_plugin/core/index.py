@@ -27,10 +27,12 @@ import numpy as np
 from .bundle import ModelBundle
 from .dris import PlanConfig, Tile, TilePlan
 from .errors import RsVlmError
+from .expansion import expand_queries
 from .geometry import Extent
 from .gpkg import write_geopackage
 from .pipeline import (JobConfig, SearchResult, _tile_level, check_query, composed_captions, encode_extent)
 from .progress import NullProgress, ProgressBackend, check_canceled
+from .qa import QueryScorer, as_scorer
 from .raster import RasterSource
 from .records import IndexTile, SearchHit
 
@@ -272,12 +274,14 @@ class EmbeddingIndex:
                 "build the index again with this model, or search it with the model it was built with.")
         self._checked = bundle
 
-    def scores(self, query: np.ndarray) -> np.ndarray:
-        """Each tile's score for a normalised query embedding: its best token's cosine similarity.
+    def scores(self, query: np.ndarray | QueryScorer) -> np.ndarray:
+        """Each tile's score for a normalised query embedding (its best token's cosine similarity)
+        or for a query scorer (its best token's score, see :meth:`expansion.ExpandedQueries.scorer`).
 
-        The same as :func:`pipeline.tile_scores` without a bundle, as one matrix product.
+        The same as :func:`pipeline.tile_scores` without a bundle, over the (tiles x 14, D) tokens at once.
         """
-        return (self.tokens @ query.astype(np.float32)).reshape(len(self), self.tokens_per_tile).max(1)
+        score = as_scorer(query if callable(query) else np.asarray(query, np.float32))
+        return score(self.tokens).reshape(len(self), self.tokens_per_tile).max(1)
 
     def within(self, extent: Extent) -> np.ndarray:
         """Rows of the tiles that overlap ``extent`` (in the index's CRS)."""
@@ -299,11 +303,13 @@ class EmbeddingIndex:
         return rows[order][:max(0, max_hits)]
 
     def search(self, bundle: ModelBundle, query: str, max_hits: int = 10, min_score: float | None = None,
-               top_concepts: int = 3, extent: Extent | None = None) -> SearchResult:
+               top_concepts: int = 3, extent: Extent | None = None, knowledge: bool = True) -> SearchResult:
         """Rank the indexed tiles by similarity to a text (no raster access).
 
         Args:
             extent: Only tiles overlapping this area (the index's CRS) compete; None for all.
+            knowledge: Score the text with its knowledge-base parts, as :func:`pipeline.search`
+                does with ``JobConfig.knowledge``.
 
         Raises:
             RsVlmError: The query is empty, or the index was built with another model.
@@ -311,9 +317,9 @@ class EmbeddingIndex:
         text = check_query(query)
         self.check_model(bundle)
         t0 = time.perf_counter()
-        query_emb = bundle.encode_texts([text])[0]
+        scorer = expand_queries(bundle, [text], knowledge=knowledge).scorer(0)
         t1 = time.perf_counter()
-        scores = self.scores(query_emb)
+        scores = self.scores(scorer)
         rows = self.top(scores, max_hits, min_score, None if extent is None else self.within(extent))
         t2 = time.perf_counter()
         levels = [LEVEL_CODES[self.levels[i]] for i in rows]

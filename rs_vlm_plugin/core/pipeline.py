@@ -17,11 +17,12 @@ from .bundle import ModelBundle
 from .captions import compose_caption
 from .dris import PlanConfig, TilePlan, plan_tiles
 from .errors import RsVlmError
+from .expansion import describe_expansions, expand_queries, prompt_ensemble
 from .geometry import Extent
 from .knowledge import LEVEL_OF_CAPTION
 from .progress import NullProgress, ProgressBackend, SubProgress, check_canceled
 from .raster import RasterSource
-from .qa import Question, parse_question, presence_scores, subject_prompts
+from .qa import SUBJECT_PROMPTS, Question, QueryScorer, parse_question, presence_scores
 from .records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
 
 CAPTION_LAYERS = {"global": "captions_global", "region": "captions_region", "object": "captions_object"}
@@ -45,6 +46,9 @@ class JobConfig:
         mask_wkb: Optional area of interest (WKB polygon(s) in the raster's CRS, for example the
             selected polygons of a vector layer): region and fine tiles that miss it are neither
             encoded nor reported; the extent should be the mask's bounding box.
+        knowledge: Score search queries, class names and question subjects together with what
+            the knowledge base knows of the concepts they name (see :mod:`expansion`); False
+            scores the texts alone.
     """
 
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -53,6 +57,7 @@ class JobConfig:
     max_hits: int = 10
     min_score: float | None = None
     mask_wkb: bytes | None = None
+    knowledge: bool = True
 
 
 @dataclass
@@ -376,16 +381,19 @@ def composed_captions(bundle: ModelBundle, embeddings: np.ndarray, top_k: int = 
 
 
 def query_embedding(bundle: ModelBundle, subject: str) -> np.ndarray:
-    """Normalised mean embedding of a subject's prompt ensemble."""
-    emb = bundle.encode_texts(subject_prompts(subject)).mean(0)
-    return emb / max(1e-12, float(np.linalg.norm(emb)))
+    """Normalised mean embedding of a subject's prompt ensemble (the subject alone, no knowledge)."""
+    return prompt_ensemble(bundle, [subject], SUBJECT_PROMPTS)[0]
 
 
-def tile_scores(encoding: Encoding, query: np.ndarray, bundle: ModelBundle | None = None) -> np.ndarray:
+def tile_scores(encoding: Encoding, query: np.ndarray | QueryScorer, bundle: ModelBundle | None = None) -> np.ndarray:
     """Score of every tile for a query: the best of its global token and 13 region tokens.
 
     With ``bundle`` the score is the contrastive presence probability against the knowledge
     base (questions); without, the cosine similarity (search ranking).
+
+    Args:
+        query: A (D,) normalised embedding, or a scorer such as
+            :meth:`expansion.ExpandedQueries.scorer` (the query with its knowledge-base parts).
     """
     t = encoding.tiers
     if bundle is None:
@@ -404,15 +412,20 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     Hits come from the regions and the DRIS leaves (the global view is the whole extent and
     would always contain the answer).  A tile's score is the cosine similarity of the query
     with the best of its tokens (global and 13 region windows), so that something filling a
-    part of a tile is found as well as a tile that is all of it.
+    part of a tile is found as well as a tile that is all of it.  With ``config.knowledge`` the
+    query is scored together with its knowledge-base parts (synonyms of the concepts it names,
+    see :mod:`expansion`).
     """
     text = check_query(query)
     config = config or JobConfig()
     progress = progress or NullProgress()
-    query_emb = bundle.encode_texts([text])[0]
+    queries = expand_queries(bundle, [text], knowledge=config.knowledge)
+    note = describe_expansions(queries, 0, "searched")
+    if note:
+        progress.info(note)
     encoding = encode_extent(source, bundle, extent, config, progress)
     progress.set_stage("Scoring tiles")
-    scores = tile_scores(encoding, query_emb)
+    scores = tile_scores(encoding, queries.scorer(0))
     candidates = []
     for i, tile in enumerate(encoding.tiles):
         level = _tile_level(tile)
@@ -444,10 +457,8 @@ def scene_class_list(bundle: ModelBundle) -> list[str]:
 
 
 def class_embeddings(bundle: ModelBundle, classes: list[str], prompts: tuple[str, ...] = CLASS_PROMPTS) -> np.ndarray:
-    """(C, D) normalised prompt-ensemble embeddings of class names."""
-    emb = bundle.encode_texts([p.format(c) for c in classes for p in prompts])
-    emb = emb.reshape(len(classes), len(prompts), -1).mean(1)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    """(C, D) normalised prompt-ensemble embeddings of class names (the names alone, no knowledge)."""
+    return prompt_ensemble(bundle, classes, prompts)
 
 
 def check_classes(classes: list[str] | None, bundle: ModelBundle) -> list[str]:
@@ -467,16 +478,23 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
              config: JobConfig | None = None, progress: ProgressBackend | None = None) -> ClassifyResult:
     """Classify the fine tiles of an extent (DRIS leaves) into a class list with prompt ensembles.
 
+    With ``config.knowledge`` each class is scored together with its knowledge-base parts
+    (synonyms, description and sub-concepts of the concept it names, see :mod:`expansion`).
+
     Args:
         classes: The user's class names; None or empty uses the knowledge base's scene concepts.
     """
     config = config or JobConfig()
     progress = progress or NullProgress()
     classes = check_classes(classes, bundle)
-    class_emb = class_embeddings(bundle, classes)
+    queries = expand_queries(bundle, classes, CLASS_PROMPTS, knowledge=config.knowledge)
+    expanded = sum(bool(queries.expansions(k)) for k in range(len(classes)))
+    if expanded:
+        progress.info(f"{expanded} of {len(classes)} classes are also scored by their names, descriptions "
+                      "and sub-concepts in the knowledge base.")
     encoding = encode_extent(source, bundle, extent, config, progress)
     progress.set_stage("Classifying tiles")
-    logits = bundle.logit_scale * encoding.embeddings @ class_emb.T
+    logits = bundle.logit_scale * queries.scores(encoding.embeddings)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
@@ -506,7 +524,13 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
     parsed = parse_question(question)
     config = config or JobConfig()
     progress = progress or NullProgress()
-    query = query_embedding(bundle, parsed.subject) if parsed.subject else None
+    query = None
+    if parsed.subject:
+        queries = expand_queries(bundle, [parsed.subject], SUBJECT_PROMPTS, knowledge=config.knowledge)
+        query = queries.scorer(0)
+        note = describe_expansions(queries, 0)
+        if note:
+            progress.info(note)
     encoding = encode_extent(source, bundle, extent, config, progress)
     progress.set_stage("Answering")
     threshold = bundle.presence_threshold

@@ -16,6 +16,7 @@ Four kinds of question are understood:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,9 +70,25 @@ def parse_question(text: str) -> Question:
         "or \"how much of the area is X?\".")
 
 
+# The prompt templates whose mean embedding stands for a question's subject.
+SUBJECT_PROMPTS = ("an aerial image of {}.", "there is {} in the image.", "{}")
+
+# Scores of embeddings (..., D) for one query -> (...): a plain query vector's cosine similarity,
+# or a combination over the query's parts (see expansion.ExpandedQueries.scorer).
+QueryScorer = Callable[[np.ndarray], np.ndarray]
+
+
 def subject_prompts(subject: str) -> list[str]:
     """The prompt ensemble that stands for a question's subject."""
-    return [f"an aerial image of {subject}.", f"there is {subject} in the image.", f"{subject}"]
+    return [p.format(subject) for p in SUBJECT_PROMPTS]
+
+
+def as_scorer(query: np.ndarray | QueryScorer) -> QueryScorer:
+    """A query as a scorer: a (D,) vector scores embeddings by their dot product with it."""
+    if callable(query):
+        return query
+    vector = np.asarray(query)
+    return lambda embeddings: embeddings @ vector
 
 
 # Knowledge-base concepts at least this close to the query stand with it ("forest" with "conifer
@@ -79,16 +96,16 @@ def subject_prompts(subject: str) -> list[str]:
 FAMILY_COSINE = 0.7
 
 
-def presence_scores(global_tok: np.ndarray, regions: np.ndarray, query: np.ndarray,
+def presence_scores(global_tok: np.ndarray, regions: np.ndarray, query: np.ndarray | QueryScorer,
                     alternatives: np.ndarray | None = None, logit_scale: float = 20.0) -> np.ndarray:
     """Per-tile presence score of a normalised query over the tile's global token and its 13
     region tokens; a tile's score is its best token's.
 
-    Without ``alternatives`` a token's score is its cosine similarity with the query.  With
-    them (the knowledge base's concept embeddings) it is a probability: a softmax over the query
-    and every concept, where the query's side is the query plus the concepts of its family
-    (cosine with the query at least ``FAMILY_COSINE``).  The query's family must explain the
-    token better than anything else the model knows.
+    Without ``alternatives`` a token's score is its cosine similarity with the query (or the
+    query scorer's score).  With them (the knowledge base's concept embeddings) it is a
+    probability: a softmax over the query and every concept, where the query's side is the query
+    plus the concepts of its family (score for the query at least ``FAMILY_COSINE``).  The
+    query's family must explain the token better than anything else the model knows.
 
     Object tokens are left out: they were aligned with the ten VHR-10 object classes only and,
     out of that domain, sit close to every object name (a forest's cells score 0.5 for
@@ -96,17 +113,20 @@ def presence_scores(global_tok: np.ndarray, regions: np.ndarray, query: np.ndarr
     caption decoder and the text-to-box evaluation.
 
     Args:
-        global_tok: (N, D); regions: (N, R, D); query: (D,) normalised text embedding.
+        global_tok: (N, D); regions: (N, R, D).
+        query: (D,) normalised text embedding, or a scorer of embeddings (..., D) -> (...) such
+            as :meth:`expansion.ExpandedQueries.scorer`, which scores the (N, 1 + R, D) tokens.
         alternatives: (K, D) normalised concept embeddings, or None for raw cosine scores.
         logit_scale: The model's temperature (cosine x scale = logit).
     """
     if len(global_tok) == 0:
         return np.zeros(0, np.float32)
+    score = as_scorer(query)
     tokens = np.concatenate([global_tok[:, None], regions], axis=1)  # (N, 1 + R, D)
-    sims = tokens @ query
+    sims = score(tokens)
     if alternatives is None:
         return sims.max(1).astype(np.float32)
-    family = alternatives @ query >= FAMILY_COSINE
+    family = score(alternatives) >= FAMILY_COSINE
     logits = logit_scale * np.concatenate([sims[..., None], tokens @ alternatives.T], axis=-1)
     logits -= logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits)

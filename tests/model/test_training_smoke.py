@@ -31,10 +31,20 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     weights, cache, report = tmp_path / "w.npz", tmp_path / "cache", tmp_path / "report"
     args = ["--data", str(data), "--out", str(weights), "--cache", str(cache), "--report", str(report),
             "--steps", "3", "--pretrain-epochs", "1", "--decoder-epochs", "1", "--decoder-views", "2",
-            "--mosaics", "6"]
+            "--mosaics", "6", "--leave-out"]
     assert main(args) == 0
     log = capsys.readouterr().out
     assert "[final_3] step 3/3" in log and "routing" in log and "[decoder-pretrain] epoch 1/1" in log
+    # The leave-classes-out runs: issue 3's recipe and the open-vocabulary one, without the drawn classes.
+    assert "[lco_v2_3] step 3/3" in log and "[lco_open_3] step 3/3" in log
+    lco = json.loads((report / "open_vocabulary.json").read_text())
+    assert set(lco["leave_out"]["ucm"]) == {"golfcourse", "harbor"} and set(lco["leave_out"]["resisc"]) == {"desert", "lake"}
+    for row in lco["rows"].values():
+        gz = row["gzsl"]["ucm_val"]
+        assert gz["unseen_classes"] == ["golfcourse", "harbor"] and set(gz["per_class"]) >= {"golfcourse", "forest"}
+        assert 0 <= row["truthfulness"]["resisc_held_back"]["truthful"] <= 100
+        assert row["truthfulness"]["unseen"]["images"] > 0
+    assert lco["rows"]["lco v2"]["recipe"]["geometry"] == 0 and lco["rows"]["lco open"]["recipe"]["geometry"] > 0
     arrays, meta, vocab = load_weights(weights)
     assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and "forest" in vocab
     assert {"image.object_head.fc1.weight", "image.fusion.router.weight", "decoder.embed.weight",
@@ -43,6 +53,7 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     val = meta["val"]
     assert set(val["captioning"]) >= {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
     assert 0.0 <= val["qa"]["threshold"] <= 1.0 and val["objects"]["boxes"] >= 1
+    assert meta["query_knowledge"]["beta"] > 0 and meta["recipe"]["name"] == "open"
     assert len(val["routing"]) == 3 and all(len(w) == 3 for w in val["routing"])
     train_report = json.loads((report / "train.json").read_text())
     assert train_report["final"]["retrieval"]["mR"] >= 0
@@ -54,6 +65,7 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     manifest = export_bundle(tmp_path / "bundle", weights)
     assert set(manifest["parity_max_abs_diff"]) == {"image_encoder", "text_encoder", "decoder"}
     assert manifest["qa"]["threshold"] == pytest.approx(val["qa"]["threshold"])
+    assert manifest["query_knowledge"] == meta["query_knowledge"]
     bundle = ModelBundle.load(tmp_path / "bundle")
     tiles = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     captions = bundle.caption(bundle.encode_tiers(tiles))

@@ -24,6 +24,11 @@ from rs_vlm_plugin.core.pipeline import (JobConfig, ask, classify, describe, res
 from rs_vlm_plugin.core.progress import TerminalProgress  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from demo_annotations import runs_through  # noqa: E402
+
+DEMO_QUERY = "a paved road through a forest"
+
 
 def _draw(scene: Path, gpkg: Path, layer_names: list[str], png: Path) -> Path:
     from qgis.core import QgsRasterLayer
@@ -61,7 +66,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scene", type=Path, default=ROOT / ".cache" / "samples" / "demo_scene.tif")
     parser.add_argument("--out", type=Path, default=ROOT / "out")
-    parser.add_argument("--query", default="a paved road through a forest")
+    parser.add_argument("--query", default=DEMO_QUERY)
     parser.add_argument("--hits", type=int, default=5, help="search hits to keep and draw")
     parser.add_argument("--question", default="How much of the area is forest?", help="a question to answer")
     args = parser.parse_args()
@@ -84,6 +89,12 @@ def main() -> int:
     print(format_table(described))
     print()
     print(format_table(found))
+    if args.query == DEMO_QUERY and found.hits and args.scene.name == "demo_scene.tif":
+        import rasterio
+
+        with rasterio.open(args.scene) as ds:
+            on_road = runs_through(found.hits[0].extent, ds.transform)
+        print(f"The first hit {'is' if on_road else 'is NOT'} on the road (scripts/demo_annotations.py).")
     print()
     print(format_table(classes))
     print()

@@ -334,12 +334,17 @@ def expand_queries(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequenc
     """
     settings = QueryKnowledge.from_manifest(bundle.manifest)
     use = knowledge and settings.enabled and "knowledge_base" in bundle.manifest
-    concepts = bundle.knowledge_base.concepts if use else []
-    split = [expand_text(concepts, text, max_parts) for text in texts]
-    parts = [p for text_parts in split for p in text_parts]
-    owners = [k for k, text_parts in enumerate(split) for _ in text_parts]
-    emb = prompt_ensemble(bundle, parts, prompts) if prompts else bundle.encode_texts(parts)
-    return ExpandedQueries(tuple(parts), np.asarray(owners, np.intp), emb, settings)
+
+    def make() -> ExpandedQueries:
+        concepts = bundle.knowledge_base.concepts if use else []
+        split = [expand_text(concepts, text, max_parts) for text in texts]
+        parts = [p for text_parts in split for p in text_parts]
+        owners = [k for k, text_parts in enumerate(split) for _ in text_parts]
+        emb = prompt_ensemble(bundle, parts, prompts) if prompts else bundle.encode_texts(parts)
+        return ExpandedQueries(tuple(parts), np.asarray(owners, np.intp), emb, settings)
+
+    # The same class list is scored again on every run of a session (the default list has 1,900 part texts).
+    return bundle.text_memo(("expand", tuple(texts), tuple(prompts or ()), use, max_parts), make)
 
 
 def describe_expansions(queries: ExpandedQueries, index: int, verb: str = "scored", limit: int = 4) -> str:

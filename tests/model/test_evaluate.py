@@ -64,3 +64,25 @@ def _objects(folder, rng):
         pixels[200:215, 250:330] = 20
         Image.fromarray(pixels).save(folder / "images" / f"{k:03d}.jpg")
         (folder / "boxes" / f"{k:03d}.txt").write_text("(60,50),(100,90),3\n(250,200),(330,215),2\n")
+
+
+def test_eval_on_a_data_folder_reports_knowledge_truthfulness_and_the_leave_out_table(tmp_path, bundle_dir):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "make_training_data", Path(__file__).resolve().parents[1] / "data" / "make_training_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = module.make(tmp_path / "data")
+    missing = tmp_path / "none.json"
+    out = tmp_path / "out"
+    assert main(["--model", str(bundle_dir), "--data", str(data), "--no-meteor", "--out", str(out),
+                 "--ablations", str(missing), "--open-vocabulary", str(missing)]) == 0
+    scenes = json.loads((out / "eval.json").read_text())["scenes"]
+    assert 0.0 <= scenes["accuracy_knowledge"] <= 1.0 and set(scenes["per_class_knowledge"]) == set(scenes["per_class"])
+    truth = scenes["truthfulness"]
+    assert truth["images"] == scenes["images"] and 0.0 <= truth["truthful"] <= 100.0
+    assert set(truth["per_class"]) <= set(scenes["per_class"]) and truth["examples"]
+    text = (out / "eval.md").read_text()
+    assert "with query-time knowledge" in text and "Caption truthfulness" in text

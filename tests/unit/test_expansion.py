@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from rs_vlm_plugin.core.bundle import ModelBundle
 from rs_vlm_plugin.core.errors import RsVlmError
 from rs_vlm_plugin.core.expansion import (MANIFEST_KEY, ExpandedQueries, QueryKnowledge, describe_expansions,
                                           expand_queries, expand_text, match_concepts)
@@ -202,6 +203,9 @@ class HashedTextTower:
         self.manifest = {"knowledge_base": {"file": "knowledge_base.json"}, **(manifest or {})}
         self.knowledge_base = SimpleNamespace(concepts=CONCEPTS)
         self.calls: list[list[str]] = []
+        self._text_memo: dict = {}
+
+    text_memo = ModelBundle.text_memo  # the bundle's own memo of text-side results
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         self.calls.append(list(texts))
@@ -217,6 +221,9 @@ def test_all_parts_of_all_texts_are_embedded_in_one_call_through_the_prompts():
     parts = [expand_text(CONCEPTS, c) for c in CLASSES]
     assert list(queries.parts) == [p for ps in parts for p in ps] and queries.texts == CLASSES
     assert tower.calls == [[p.format(part) for part in queries.parts for p in CLASS_PROMPTS]]
+    again = expand_queries(tower, CLASSES, CLASS_PROMPTS)  # a second run of the same class list encodes nothing
+    assert again is queries and len(tower.calls) == 1
+    assert expand_queries(tower, CLASSES, CLASS_PROMPTS, knowledge=False) is not queries and len(tower.calls) == 2
     np.testing.assert_allclose(np.linalg.norm(queries.embeddings, axis=1), 1.0, rtol=1e-6)
     assert queries.expansions(2) == []
     assert describe_expansions(queries, 2) == ""

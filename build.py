@@ -356,6 +356,13 @@ def cmd_bench_import(args) -> int:
                check=False, cwd=ROOT).returncode
 
 
+def cmd_bench_soak(args) -> int:
+    """Soak benchmark: 200 jobs in one process, resident memory after every 20 (prints figures)."""
+    setup()
+    return run([VENV_PY, ROOT / "scripts" / "bench_soak.py", "--work", CACHE / "bench_soak",
+                "--out", ROOT / "out" / "bench_soak.json"], env=headless_env(), check=False, cwd=ROOT).returncode
+
+
 def cmd_train(args) -> int:
     """Train the model on a data folder laid out like ../shared/data (stages resume from checkpoints)."""
     ensure_apt()
@@ -423,6 +430,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="ViT-B-32", help="architecture of the random checkpoint")
     p.add_argument("--data", default=None, help="../shared/data: also compare zero-shot torch vs ONNX on RESISC12")
     p.set_defaults(func=cmd_bench_import)
+    sub.add_parser("bench-soak", help="200 jobs in one process, memory after each 20").set_defaults(func=cmd_bench_soak)
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)

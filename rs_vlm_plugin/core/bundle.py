@@ -85,6 +85,7 @@ class ModelBundle:
         self._kb = None
         self._decoder_session = None
         self._vocab = None
+        self._text_memo: dict = {}  # results derived from texts alone (expanded class lists), by key
 
     @classmethod
     def load(cls, folder: str | os.PathLike, options: RuntimeOptions | None = None) -> "ModelBundle":
@@ -112,6 +113,15 @@ class ModelBundle:
                 raise RsVlmError(f"The model file {file} is missing; export the model again.")
         return cls(folder, manifest, options or RuntimeOptions())
 
+    def text_memo(self, key: tuple, make):
+        """``make()``, computed once per key for this bundle (text-side results that need no pixels,
+        such as a class list expanded with the knowledge base and embedded; kept for the 16 last keys)."""
+        if key not in self._text_memo:
+            if len(self._text_memo) >= 16:
+                self._text_memo.pop(next(iter(self._text_memo)))
+            self._text_memo[key] = make()
+        return self._text_memo[key]
+
     # Sessions ---------------------------------------------------------------------------
 
     def _session(self, file: str):
@@ -129,7 +139,15 @@ class ModelBundle:
         elif self.options.device == "cuda" and "CUDAExecutionProvider" not in providers:
             raise RsVlmError("The GPU was requested but onnxruntime offers no CUDA provider; install "
                              "onnxruntime-gpu or choose the CPU.")
-        return ort.InferenceSession(str(self.folder / file), sess_options=options, providers=providers)
+        path = self.folder / file
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
+            if not _is_model_damage(exc):
+                raise
+            raise RsVlmError(
+                f"The model file {path} is damaged or incomplete ({str(exc).splitlines()[0][:200]}); export the "
+                "model again (python3 build.py export) or reinstall the plugin or the imported model.") from exc
 
     @property
     def image_session(self):
@@ -243,8 +261,12 @@ class ModelBundle:
                     "routing": np.zeros((0, 3, 3), np.float32)}
         return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
 
-    def caption(self, tiers: dict[str, np.ndarray], beam: int | None = None, max_len: int = 24) -> list[str]:
-        """Captions decoded (beam search) from the tiers of :meth:`encode_tiers`, one per tile."""
+    def caption(self, tiers: dict[str, np.ndarray], beam: int | None = None, max_len: int = 24,
+                progress: ProgressBackend | None = None) -> list[str]:
+        """Captions decoded (beam search) from the tiers of :meth:`encode_tiers`, one per tile.
+
+        Cancellation is checked between chunks of 32 tiles.
+        """
         from .decoding import as_sentence, beam_search, detokenize
 
         if not self.has_decoder:
@@ -260,6 +282,7 @@ class ModelBundle:
 
         out = []
         for start in range(0, n, 32):  # bounded memory: 32 tiles x beam hypotheses per call
+            check_canceled(progress or NullProgress())
             rows = np.arange(start, min(n, start + 32))
 
             def sub_step(r, prefix, rows=rows):
@@ -299,3 +322,13 @@ class ModelBundle:
             bias = self.folder / spec["bias"] if spec.get("bias") else None
             self._kb = KnowledgeBase.load(self.folder / spec["file"], self.folder / spec["embeddings"], bias)
         return self._kb
+
+
+def _is_model_damage(exc: Exception) -> bool:
+    """Whether onnxruntime refused a model file as unreadable (truncated, not ONNX, bad protobuf)."""
+    name = type(exc).__name__
+    text = str(exc)
+    return name in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile") or (
+        name in ("Fail", "RuntimeException") and any(
+            hint in text for hint in ("Protobuf parsing failed", "Load model", "ModelProto", "external data",
+                                      "Failed to load model", "Invalid model")))

@@ -7,38 +7,31 @@ import argparse
 import json
 import sys
 import textwrap
-from pathlib import Path
+import traceback
 
 from . import index_cli
-from .bundle import ModelBundle, RuntimeOptions, default_bundle_dir
+from .bundle import ModelBundle, RuntimeOptions
+from .cli_options import check_args, common_raster_parser, model_dir
 from .dris import PlanConfig
 from .errors import CancelledError, RsVlmError
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .pipeline import (AnswerResult, ClassifyResult, JobConfig, SearchResult, ask, classify, describe,
-                       result_kinds, result_layers, search)
-from .progress import TerminalProgress
+from .pipeline import (AnswerResult, ClassifyResult, JobConfig, SearchResult, ask, check_query, classify, describe,
+                       result_kinds, result_layers, search, split_classes)
+from .progress import ProgressBackend, TerminalProgress, check_canceled
+from .qa import parse_question
 from .raster import open_raster
+from .validation import OutputLock
 
+INTERRUPTED = "Interrupted; no output was written."
+INTERNAL_ERROR = ("RS-VLM stopped on an unexpected error (the traceback is above); please report it "
+                  "with the command you ran.")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rs_vlm_plugin",
                                      description="Caption, search, classify or ask about aerial imagery with RS-VLM.")
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("raster", type=Path, help="raster file (GeoTIFF, VRT, JPEG, PNG, ...)")
-    common.add_argument("-o", "--output", type=Path, required=True, help="GeoPackage to write")
-    common.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
-                        help="part of the raster, in the raster's CRS (default: all of it)")
-    common.add_argument("--max-tiles", type=int, default=PlanConfig().max_tiles, help="DRIS budget in tiles")
-    common.add_argument("--max-pixels", type=int, default=None,
-                        help="DRIS budget in encoded pixels (tiles x tile size squared); the tighter budget wins")
-    common.add_argument("--uniform", action="store_true", help="uniform full-resolution grid instead of DRIS")
-    common.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
-    common.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    common.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: automatic)")
-    common.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common = common_raster_parser()
     sub.add_parser("caption", parents=[common], help="captions at three levels")
     search_parser = sub.add_parser("search", parents=[common], help="find tiles matching a text")
     search_parser.add_argument("query", help="what to look for, e.g. \"a road through a forest\"")
@@ -53,9 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def job_config(args: argparse.Namespace) -> JobConfig:
-    """The job settings from parsed arguments."""
-    plan = PlanConfig(max_tiles=args.max_tiles, max_pixels=args.max_pixels, uniform=args.uniform)
+def job_config(args: argparse.Namespace, plan: PlanConfig) -> JobConfig:
+    """The job settings from parsed (and checked) arguments."""
     return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits))
 
 
@@ -91,41 +83,66 @@ def format_table(result, width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace):
-    """Run one job and write its GeoPackage."""
-    config = job_config(args)
-    bundle = ModelBundle.load(args.model or default_bundle_dir(), RuntimeOptions(args.device, args.threads))
+def run(args: argparse.Namespace, progress: ProgressBackend):
+    """Check the arguments, run one job and write its GeoPackage (atomically, under a lock)."""
+    plan = check_args(args, ((args.raster, "raster file"),), (("--top-k", getattr(args, "top_k", None)),))
+    if args.command == "search":
+        check_query(args.query)
+    elif args.command == "classify":
+        classes = split_classes(args.classes)
+    elif args.command == "ask":
+        parse_question(args.question)
+    config = job_config(args, plan)
     extent = Extent(*args.extent) if args.extent else None
-    progress = TerminalProgress(quiet=args.quiet)
-    try:
+    with OutputLock(args.output):
+        bundle = ModelBundle.load(model_dir(args), RuntimeOptions(args.device, args.threads))
         with open_raster(args.raster) as source:
             if args.command == "search":
                 result = search(source, bundle, args.query, extent, config, progress)
             elif args.command == "classify":
-                classes = [c for c in args.classes.split(",") if c.strip()]
                 result = classify(source, bundle, classes, extent, config, progress)
             elif args.command == "ask":
                 result = ask(source, bundle, args.question, extent, config, progress)
             else:
                 result = describe(source, bundle, extent, config, progress)
-    finally:
-        progress.close()
-    write_geopackage(args.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result))
+        progress.set_stage("Writing the GeoPackage")
+        write_geopackage(args.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result),
+                         finish=lambda _: check_canceled(progress))
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 a user error, 130 cancelled)."""
+def main(argv: list[str] | None = None, progress: ProgressBackend | None = None) -> int:
+    """Entry point; returns the exit status.
+
+    0 done; 1 a problem the user can fix (one sentence on stderr); 2 wrong arguments (argparse);
+    70 an internal error (its traceback on stderr); 130 cancelled or interrupted (Ctrl-C).
+    Nothing is written unless the job finished.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        progress: Where the job reports and whether it is cancelled (default: a progress bar on
+            stderr, which Ctrl-C cancels).
+    """
     args = _parser().parse_args(argv)
     on_index = args.command in index_cli.COMMANDS
+    terminal = TerminalProgress(quiet=args.quiet) if progress is None else None
+    message = None
     try:
-        result = index_cli.run(args) if on_index else run(args)
+        result = (index_cli.run if on_index else run)(args, progress or terminal)
     except CancelledError as exc:
-        print(str(exc), file=sys.stderr)
-        return 130
+        code, message = 130, str(exc)
+    except KeyboardInterrupt:
+        code, message = 130, INTERRUPTED
     except RsVlmError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+        code, message = 1, f"Error: {exc}"
+    except Exception:  # noqa: BLE001 - a bug: keep its traceback, say so in one line
+        code, message = 70, traceback.format_exc() + INTERNAL_ERROR
+    finally:
+        if terminal is not None:
+            terminal.close()  # before the message, so that it is the last line
+    if message is not None:
+        print(message, file=sys.stderr)
+        return code
     if on_index:
         index_cli.report(result, args.json)
         return 0

@@ -8,12 +8,17 @@ budget of leaves is spent, nothing complex is left, or a split would read finer 
 raster's native resolution. The uniform grid (``uniform=True``) is the same quadtree split
 everywhere down to native resolution, so both strategies can be compared tile for tile.
 
+The DRIS budget is a hard upper bound for every raster shape: a long strip gets fewer, longer
+root cells rather than one root per near-square cell, so that even the roots fit the budget.
+The uniform grid has no budget; it is refused above ``max_uniform_tiles`` tiles instead.
+
 Everything here is pure: the caller reads the coarse overview (``RasterSource.read``).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -24,6 +29,10 @@ from .errors import RsVlmError
 from .geometry import Extent
 
 _GSD_TOLERANCE = 1e-9  # relative slack so a child exactly at native resolution is allowed
+MAX_UNIFORM_TILES = 20_000
+"""Default limit of the uniform grid's tiles (about 1 GP of model input at 224 px)."""
+MIN_ROOT_LIMIT = 3
+"""Roots allowed along a raster's long side however small it is (aspect up to 3.5 keeps near-square cells)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class PlanConfig:
         uniform: Split every tile down to native resolution (the baseline grid), ignoring
             complexity and budget.
         max_depth: Deepest quadtree level.
+        max_uniform_tiles: The uniform grid is refused when it would have more tiles than
+            this (None: no limit).
     """
 
     tile_size: int = 224
@@ -49,14 +60,21 @@ class PlanConfig:
     coarse_size: int = 768
     uniform: bool = False
     max_depth: int = 12
+    max_uniform_tiles: int | None = MAX_UNIFORM_TILES
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
             raise RsVlmError(f"The tile size must be at least 1 pixel, not {self.tile_size}; give a positive size.")
         if self.max_tiles < 1:
             raise RsVlmError(f"The tile budget must be at least 1 tile, not {self.max_tiles}; raise it.")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise RsVlmError(f"The pixel budget must be positive, not {self.max_pixels}; raise it or leave it empty.")
+        one_tile = self.tile_size * self.tile_size
+        if self.max_pixels is not None and self.max_pixels < one_tile:
+            raise RsVlmError(
+                f"The pixel budget of {self.max_pixels:,} pixels is less than one tile ({self.tile_size} x "
+                f"{self.tile_size} = {one_tile:,} pixels); give at least {one_tile:,} pixels or leave it empty.")
+        if self.max_uniform_tiles is not None and self.max_uniform_tiles < 1:
+            raise RsVlmError(f"The uniform grid's tile limit must be at least 1, not {self.max_uniform_tiles}; "
+                             "raise it or leave it empty.")
         if self.max_depth < 0:
             raise RsVlmError(f"The maximum depth must be 0 or more, not {self.max_depth}.")
         if self.coarse_size < 8:
@@ -199,7 +217,11 @@ def plan_tiles(extent: Extent, native_gsd: float, coarse: np.ndarray | None,
         score = cell_complexity(cmap, _fraction(cell, extent)) if cmap is not None else 0.0
         return _Node(key, _order(key), cell, depth, max(cell.width, cell.height) / config.tile_size, score)
 
-    roots = [make(str(i), cell, 0) for i, cell in enumerate(_root_cells(extent))]
+    long_side_px = max(extent.width, extent.height) / native_gsd
+    root_limit = max(MIN_ROOT_LIMIT, math.ceil(long_side_px / config.tile_size))
+    if not config.uniform:
+        root_limit = min(root_limit, config.leaf_budget)
+    roots = [make(str(i), cell, 0) for i, cell in enumerate(_root_cells(extent, max(1, root_limit)))]
     min_gsd = native_gsd * (1 - _GSD_TOLERANCE)
 
     def can_split(node: _Node) -> bool:
@@ -210,6 +232,7 @@ def plan_tiles(extent: Extent, native_gsd: float, coarse: np.ndarray | None,
         return node.children
 
     if config.uniform:
+        _check_uniform_size(roots, min_gsd, config)
         todo = list(roots)
         while todo:
             node = todo.pop()
@@ -251,10 +274,28 @@ def _order(key: str) -> tuple[int, ...]:
     return tuple(int(part) for part in key.split("."))
 
 
-def _root_cells(extent: Extent) -> list[Extent]:
-    """Equal near-square cells (aspect at most 1.5) tiling ``extent``, row by row from the north-west."""
+def _check_uniform_size(roots: list[_Node], min_gsd: float, config: PlanConfig) -> None:
+    """Refuse a uniform grid with more than ``config.max_uniform_tiles`` tiles, before any split."""
+    if config.max_uniform_tiles is None:
+        return
+    total = 0
+    for root in roots:
+        depth, gsd = 0, root.gsd
+        while depth < config.max_depth and gsd / 2 >= min_gsd:
+            depth, gsd = depth + 1, gsd / 2
+        total += 4 ** depth
+    if total > config.max_uniform_tiles:
+        raise RsVlmError(
+            f"The uniform grid of this extent would have {total:,} tiles, more than the limit of "
+            f"{config.max_uniform_tiles:,}; use DRIS (leave out --uniform) or a smaller extent, or raise the "
+            f"limit (--max-uniform-tiles {total} on the command line, PlanConfig.max_uniform_tiles in code).")
+
+
+def _root_cells(extent: Extent, limit: int) -> list[Extent]:
+    """Equal cells tiling ``extent``, row by row from the north-west: near-square (aspect at most
+    1.5) when at most ``limit`` of them do it, otherwise ``limit`` longer cells."""
     w, h = extent.width, extent.height
-    nx, ny = max(1, round(w / h)), max(1, round(h / w))
+    nx, ny = min(limit, max(1, round(w / h))), min(limit, max(1, round(h / w)))
     cells = []
     for row in range(ny):
         top = extent.ymax - h * row / ny

@@ -35,6 +35,7 @@ from .progress import NullProgress, ProgressBackend, check_canceled
 from .qa import QueryScorer, as_scorer
 from .raster import RasterSource
 from .records import IndexTile, SearchHit
+from .validation import text_warnings
 
 INDEX_FORMAT = "rsvlm-index"
 INDEX_VERSION = 1
@@ -227,10 +228,17 @@ class EmbeddingIndex:
                 f"version {', '.join(map(str, SUPPORTED_VERSIONS))}); build the index again with this plugin.")
         with _connect(path) as db:
             arrays = _read_arrays(db, path)
-        if len(arrays.get("embedding", ())) != meta.get("tiles"):
-            raise RsVlmError(f"The index {path} is incomplete (its embeddings are missing or cut short); build it again.")
-        index = cls(path, meta, arrays)
-        _ = index.plan  # built now, so that the first query is as fast as the others
+        try:
+            if np.ndim(arrays.get("embedding", ())) == 0 or len(arrays.get("embedding", ())) != meta.get("tiles"):
+                raise RsVlmError(f"The index {path} is incomplete (its embeddings are missing or cut short); "
+                                 "build it again.")
+            _check_arrays(path, meta, arrays)
+            index = cls(path, meta, arrays)
+            _ = index.plan  # built now, so that the first query is as fast as the others
+        except RsVlmError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise _damaged(path, f"its metadata does not fit its tiles: {exc}") from exc
         return index
 
     def __len__(self) -> int:
@@ -330,7 +338,7 @@ class EmbeddingIndex:
                           caption=captions[rank - 1], source=self.source_name)
                 for rank, i in enumerate(rows, start=1)]
         timings = {"text_s": t1 - t0, "score_s": t2 - t1, "caption_s": t3 - t2, "tiles": len(self)}
-        return SearchResult(text, hits, [], self.plan, self.crs_wkt, [], timings)
+        return SearchResult(text, hits, [], self.plan, self.crs_wkt, text_warnings(bundle, text), timings)
 
 
 # Storage -------------------------------------------------------------------------------------
@@ -349,6 +357,10 @@ def _not_an_index(path: Path) -> RsVlmError:
         "(or `python -m rs_vlm_plugin index`), or build one.")
 
 
+def _damaged(path: Path, detail: str) -> RsVlmError:
+    return RsVlmError(f"The index {path} is damaged or incomplete ({detail}); build it again.")
+
+
 def read_meta(path: Path) -> dict:
     """The metadata table of an index (sentence-errors for a missing file or another kind of file)."""
     if not path.is_file():
@@ -356,7 +368,11 @@ def read_meta(path: Path) -> dict:
     try:
         with _connect(path) as db:
             rows = db.execute(f"SELECT key, value FROM {META_TABLE}").fetchall()
-    except sqlite3.Error as exc:  # not SQLite, or SQLite without the table
+    except sqlite3.DatabaseError as exc:
+        if "malformed" in str(exc):  # an index cut short or overwritten in part
+            raise _damaged(path, str(exc)) from exc
+        raise _not_an_index(path) from exc  # not SQLite, or SQLite without the table
+    except sqlite3.Error as exc:
         raise _not_an_index(path) from exc
     try:
         meta = {key: json.loads(value) for key, value in rows}
@@ -370,12 +386,43 @@ def read_meta(path: Path) -> dict:
 def _read_arrays(db: sqlite3.Connection, path: Path) -> dict[str, np.ndarray]:
     try:
         rows = db.execute(f"SELECT name, chunk, data FROM {EMBEDDINGS_TABLE} ORDER BY name, chunk").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, str(exc)) from exc
     except sqlite3.Error as exc:
         raise _not_an_index(path) from exc
     parts: dict[str, list[np.ndarray]] = {}
-    for name, _, data in rows:
-        parts.setdefault(name, []).append(np.load(io.BytesIO(data), allow_pickle=False))
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    try:
+        for name, _, data in rows:
+            parts.setdefault(str(name), []).append(np.load(io.BytesIO(data), allow_pickle=False))
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    except (OSError, EOFError, ValueError, TypeError) as exc:  # what np.load and concatenate raise on bad bytes
+        raise _damaged(path, f"an embedding table cannot be read: {exc}") from exc
+
+
+_TILE_COLUMNS = {"extent": 2, "depth": 1, "level": 1, "gsd_m": 1, "complexity": 1, "key": 1}
+"""Per-tile arrays of an index besides the embeddings, with their number of dimensions."""
+
+
+def _check_arrays(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Raise a sentence-error unless every array of an index has one row per tile and the right shape."""
+    n, dim = len(arrays["embedding"]), meta.get("embed_dim")
+    problems = []
+    if arrays["embedding"].ndim != 2 or (dim is not None and arrays["embedding"].shape[1] != dim):
+        problems.append(f"embeddings of shape {arrays['embedding'].shape}")
+    regions = arrays.get("regions")
+    if (regions is None or regions.ndim != 3 or regions.shape[0] != n
+            or regions.shape[2:] != arrays["embedding"].shape[1:]):
+        problems.append("region embeddings missing or of another shape")
+    for name, ndim in _TILE_COLUMNS.items():
+        column = arrays.get(name)
+        if column is None or len(column) != n or column.ndim != ndim:
+            problems.append(f"the column {name} missing or of another length")
+    if not problems and not np.isin(arrays["level"], range(len(LEVEL_CODES))).all():
+        problems.append("unknown tile levels")
+    if not problems and arrays["extent"].shape[1:] != (4,):
+        problems.append("tile extents of another shape")
+    if problems:
+        raise _damaged(path, "; ".join(problems))
 
 
 def _write_tables(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:

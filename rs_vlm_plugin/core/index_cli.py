@@ -1,24 +1,26 @@
 """The ``index`` and ``search-index`` commands of ``python -m rs_vlm_plugin`` (see :mod:`cli`).
 
-    python -m rs_vlm_plugin index RASTER -o INDEX.gpkg [--max-tiles N] [--uniform]
-    python -m rs_vlm_plugin search-index INDEX.gpkg "query" -o hits.gpkg [--max-hits N]
+    python -m rs_vlm_plugin index RASTER -o INDEX.gpkg [--max-tiles N] [--uniform] [--overwrite]
+    python -m rs_vlm_plugin search-index INDEX.gpkg "query" -o hits.gpkg [--max-hits N] [--overwrite]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from .bundle import ModelBundle, RuntimeOptions, default_bundle_dir
-from .dris import PlanConfig
+from .bundle import ModelBundle, RuntimeOptions
+from .cli_options import add_run_options, check_args, model_dir
 from .geometry import Extent
 from .gpkg import write_geopackage
 from .index import EmbeddingIndex, build_index
-from .pipeline import JobConfig, result_kinds, result_layers
-from .progress import TerminalProgress
+from .pipeline import JobConfig, check_query, result_kinds, result_layers
+from .progress import ProgressBackend, check_canceled
 from .raster import open_raster
+from .validation import OutputLock
 
 COMMANDS = ("index", "search-index")
 
@@ -29,52 +31,53 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     search = sub.add_parser("search-index", help="search an embedding index by text (no raster access)")
     search.add_argument("index", type=Path, help="index GeoPackage written by the index command")
     search.add_argument("query", help="what to look for, e.g. \"a road through a forest\"")
-    search.add_argument("-o", "--output", type=Path, required=True, help="GeoPackage of the hits to write")
     search.add_argument("--max-hits", type=int, default=JobConfig().max_hits)
     search.add_argument("--min-score", type=float, default=None, help="drop hits below this cosine similarity")
-    search.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
-    search.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    search.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: automatic)")
-    search.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
-    search.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_run_options(search)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run ``index`` or ``search-index``; returns the summary that :func:`report` prints.
+def run(args: argparse.Namespace, progress: ProgressBackend) -> dict:
+    """Check the arguments, run ``index`` or ``search-index``; returns the summary that :func:`report` prints.
 
     Raises:
         RsVlmError: Bad input (a sentence for the user).
         CancelledError: The user cancelled.
     """
-    bundle = ModelBundle.load(args.model or default_bundle_dir(), RuntimeOptions(args.device, args.threads))
     if args.command == "index":
-        config = JobConfig(plan=PlanConfig(max_tiles=args.max_tiles, max_pixels=args.max_pixels, uniform=args.uniform))
-        progress = TerminalProgress(quiet=args.quiet)
-        start = time.perf_counter()
-        try:
+        plan = check_args(args, ((args.raster, "raster file"),))
+        with OutputLock(args.output):
+            bundle = ModelBundle.load(model_dir(args), RuntimeOptions(args.device, args.threads))
+            start = time.perf_counter()
             with open_raster(args.raster) as source:
                 path = build_index(source, bundle, args.output, Extent(*args.extent) if args.extent else None,
-                                   config, progress)
-        finally:
-            progress.close()
+                                   JobConfig(plan=plan), progress)
         build_s = time.perf_counter() - start
         index = EmbeddingIndex.open(path)
         return {"command": "index", "output": str(path), "tiles": len(index), "build_s": round(build_s, 2),
                 "size_bytes": path.stat().st_size, "warnings": index.meta.get("warnings", [])}
-    start = time.perf_counter()
-    index = EmbeddingIndex.open(args.index)
-    open_s = time.perf_counter() - start
-    result = index.search(bundle, args.query, args.max_hits, args.min_score)
-    write_geopackage(args.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result))
+    check_args(args, ((args.index, "index file"),), (("--max-hits", args.max_hits),))
+    check_query(args.query)
+    with OutputLock(args.output):
+        bundle = ModelBundle.load(model_dir(args), RuntimeOptions(args.device, args.threads))
+        start = time.perf_counter()
+        index = EmbeddingIndex.open(args.index)
+        open_s = time.perf_counter() - start
+        result = index.search(bundle, args.query, args.max_hits, args.min_score)
+        progress.set_stage("Writing the GeoPackage")
+        write_geopackage(args.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result),
+                         finish=lambda _: check_canceled(progress))
     timings = {"open_s": open_s, **{k: v for k, v in result.timings.items() if k.endswith("_s")}}
     return {"command": "search-index", "output": str(args.output), "query": result.query, "tiles": len(index),
             "timings_ms": {k[:-2] + "_ms": round(1000 * v, 2) for k, v in timings.items()},
+            "warnings": result.warnings,
             "hits": [{"rank": h.rank, "score": round(h.score, 4), "level": h.level, "gsd_m": round(h.gsd_m, 3),
                       "caption": h.caption} for h in result.hits]}
 
 
 def report(summary: dict, as_json: bool) -> None:
-    """Print a summary as JSON or as a few lines."""
+    """Print a summary as JSON or as a few lines (warnings on stderr)."""
+    for warning in summary.get("warnings", []):
+        print(f"Warning: {warning}", file=sys.stderr)
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -24,6 +24,7 @@ from .progress import NullProgress, ProgressBackend, SubProgress, check_canceled
 from .raster import RasterSource
 from .qa import SUBJECT_PROMPTS, Question, QueryScorer, parse_question, presence_scores
 from .records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
+from .validation import check_pixel_size, text_warnings
 
 CAPTION_LAYERS = {"global": "captions_global", "region": "captions_region", "object": "captions_object"}
 SEARCH_LAYER = "search_hits"
@@ -187,11 +188,25 @@ def result_kinds(result: AnyResult) -> dict[str, type]:
 
 
 def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_size: int) -> TilePlan:
-    """Read the extent coarsely and plan the tiles with DRIS (or the uniform grid)."""
+    """Read the extent coarsely and plan the tiles with DRIS (or the uniform grid).
+
+    Raises:
+        RsVlmError: The extent is under a few pixels on a side, or has no valid pixels.
+    """
     config = dataclasses.replace(config, tile_size=tile_size)
+    g = source.georef
+    check_pixel_size(extent.width / g.pixel_width, extent.height / g.pixel_height, source.name)
     width, height = config.coarse_shape(extent)
-    coarse = source.read(extent, max(8, width), max(8, height))
-    return plan_tiles(extent, source.georef.native_gsd, coarse, config)
+    coarse, valid = source.read_masked(extent, max(8, width), max(8, height))
+    if not valid.any():
+        raise no_valid_pixels(source)
+    return plan_tiles(extent, g.native_gsd, coarse, config)
+
+
+def no_valid_pixels(source: RasterSource) -> RsVlmError:
+    """The sentence for an area whose pixels are all nodata (or NaN)."""
+    return RsVlmError(f"The area of {source.name} to process has no valid pixels (all of them are nodata or NaN); "
+                      "choose an extent that shows some of the image, or check the raster's nodata value.")
 
 
 def tiles_to_encode(plan: TilePlan, metres_per_unit: float, tile_size: int) -> list[EncodedTile]:
@@ -274,17 +289,30 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
     parts: list[dict[str, np.ndarray]] = []
     read_s = encode_s = 0.0
     sub = SubProgress(progress, 0.05, 0.95)
+    encoded: list[EncodedTile] = []
     for first in range(0, len(tiles), config.batch_size):
         check_canceled(progress)
         batch = tiles[first:first + config.batch_size]
         t0 = time.perf_counter()
-        pixels = np.stack([source.read(t.extent, size, size) for t in batch])
+        reads = [source.read_masked(t.extent, size, size) for t in batch]
+        # A tile without one valid pixel shows nothing: it is neither encoded nor reported.
+        chosen = [(t, rgb) for t, (rgb, valid) in zip(batch, reads) if valid.any() or "global" in t.levels]
         t1 = time.perf_counter()
-        parts.append(kept(bundle.encode_tiers(pixels, batch_size=len(batch))))
+        if chosen:
+            pixels = np.stack([rgb for _, rgb in chosen])
+            parts.append(kept(bundle.encode_tiers(pixels, batch_size=len(chosen))))
+            encoded += [t for t, _ in chosen]
         t2 = time.perf_counter()
         read_s += t1 - t0
         encode_s += t2 - t1
-        sub.set_fraction((first + len(batch)) / len(tiles))
+        sub.set_fraction((first + config.batch_size) / len(tiles))
+    check_canceled(progress)  # a cancel during the last batch stops here, before scoring or captions
+    if all("global" in t.levels for t in encoded):
+        raise no_valid_pixels(source)
+    if len(encoded) < len(tiles):
+        progress.info(f"{len(tiles) - len(encoded)} of {len(tiles)} tiles have no valid pixels (nodata); they were "
+                      "skipped.")
+    tiles = encoded
     timings.update(read_s=read_s, encode_s=encode_s, tiles=len(tiles))
     tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else kept(bundle.encode_tiers([]))
     return Encoding(plan, tiles, tiers["embedding"], timings, tiers)
@@ -304,7 +332,7 @@ def caption_tiles(encoding: Encoding, bundle: ModelBundle, top_k: int, source_na
     if bundle.has_decoder and len(encoding.tiles):
         if progress is not None:
             progress.set_stage(f"Writing captions for {len(encoding.tiles)} tiles")
-        decoded = bundle.caption(encoding.tiers)
+        decoded = bundle.caption(encoding.tiers, progress=progress)
     records = []
     for i, tile in enumerate(encoding.tiles):
         for level in tile.levels:
@@ -353,6 +381,22 @@ def check_query(query: str) -> str:
     if not text:
         raise RsVlmError("The search text is empty; type what to look for, for example \"storage tanks next to a river\".")
     return text
+
+
+def split_classes(text: str | None) -> list[str] | None:
+    """The names of a comma-separated class list; None when it is empty (the knowledge base's scenes).
+
+    Raises:
+        RsVlmError: The text holds only commas and blanks.
+    """
+    if not (text or "").strip():
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise RsVlmError(f"The class list {text!r} names no classes; give at least two names separated by commas, "
+                         "for example \"forest, farmland, water\", or leave it empty for the knowledge base's "
+                         "scene concepts.")
+    return names
 
 
 def tile_captions(encoding: Encoding, bundle: ModelBundle, rows: list[int], top_k: int = 3) -> dict[int, str]:
@@ -419,6 +463,8 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     text = check_query(query)
     config = config or JobConfig()
     progress = progress or NullProgress()
+    for warning in text_warnings(bundle, text):
+        progress.warn(warning)
     queries = expand_queries(bundle, [text], knowledge=config.knowledge)
     note = describe_expansions(queries, 0, "searched")
     if note:
@@ -487,6 +533,9 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
     config = config or JobConfig()
     progress = progress or NullProgress()
     classes = check_classes(classes, bundle)
+    for name in classes:
+        for warning in text_warnings(bundle, name, f"The class name \"{name[:40]}\""):
+            progress.warn(warning)
     queries = expand_queries(bundle, classes, CLASS_PROMPTS, knowledge=config.knowledge)
     expanded = sum(bool(queries.expansions(k)) for k in range(len(classes)))
     if expanded:
@@ -526,6 +575,9 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
     progress = progress or NullProgress()
     query = None
     if parsed.subject:
+        what = f"The subject of the question (\"{parsed.subject[:40]}\")"
+        for warning in text_warnings(bundle, parsed.subject, what):
+            progress.warn(warning)
         queries = expand_queries(bundle, [parsed.subject], SUBJECT_PROMPTS, knowledge=config.knowledge)
         query = queries.scorer(0)
         note = describe_expansions(queries, 0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,10 @@ class RasterSource(ABC):
         Returns:
             uint8 ``(height, width, 3)``; pixels outside the raster or on nodata are 0.
         """
+        return self.read_masked(extent, width, height)[0]
+
+    def read_masked(self, extent: Extent, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read`, with the bool ``(height, width)`` mask of the valid pixels."""
         data, valid = self.read_bands(extent, width, height)
         rgb = data[list(self.display_bands)]
         valid = valid & np.isfinite(rgb).all(axis=0)
@@ -106,7 +111,7 @@ class RasterSource(ABC):
             lo, hi = self.stretch_limits()
             rgb = (rgb - lo[:, None, None]) * (255.0 / (hi - lo))[:, None, None]
         out = np.where(valid, np.clip(np.rint(rgb), 0, 255), 0).astype(np.uint8)
-        return np.ascontiguousarray(out.transpose(1, 2, 0))
+        return np.ascontiguousarray(out.transpose(1, 2, 0)), valid
 
     def stretch_limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Per displayed band, the values mapped to 0 and 255 (computed once, then cached).
@@ -218,16 +223,32 @@ class RasterioSource(RasterSource):
             resampling = Resampling.bilinear
         else:
             resampling = Resampling.nearest
-        block = self._ds.read(window=window, out_shape=shape, resampling=resampling, out_dtype="float32")
+        with self._damage_as_sentence(window):
+            block = self._ds.read(window=window, out_shape=shape, resampling=resampling, out_dtype="float32")
+            masks = None if self._all_valid else self._ds.read_masks(window=window, out_shape=shape,
+                                                                     resampling=resampling)
         ok = np.ones(shape[1:], bool)
-        if not self._all_valid:
-            masks = self._ds.read_masks(window=window, out_shape=shape, resampling=resampling)
+        if masks is not None:
             ok &= (masks >= 128).all(axis=0)  # at least half of the pixel's area is valid
         if self._is_float:
             ok &= np.isfinite(block).all(axis=0)
         data[:, i0:i1, j0:j1] = block
         valid[i0:i1, j0:j1] = ok
         return data, valid
+
+    @contextmanager
+    def _damage_as_sentence(self, window):
+        """Turn GDAL's read errors (a damaged or truncated file) into a sentence-error."""
+        from rasterio._err import CPLE_BaseError
+        from rasterio.errors import RasterioError, RasterioIOError
+
+        try:
+            yield
+        except (RasterioError, RasterioIOError, CPLE_BaseError) as exc:
+            raise RsVlmError(
+                f"The raster file {self.path} could not be read near pixel column {int(window.col_off)}, row "
+                f"{int(window.row_off)} ({str(exc).splitlines()[0]}); the file is damaged or incomplete. Restore "
+                "it from the original, or write it again (gdal_translate), and try again.") from exc
 
     def close(self) -> None:
         """Close the file."""

@@ -21,7 +21,8 @@ from ..core.errors import CancelledError, RsVlmError
 from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
 from ..core.index import EmbeddingIndex, build_index, read_meta
-from ..core.pipeline import JobConfig, ask, classify, describe, result_kinds, result_layers, search
+from ..core.pipeline import JobConfig, ask, classify, describe, result_kinds, result_layers, search, split_classes
+from ..core.progress import check_canceled
 from ..core.plan_layer import PLAN_LAYER, plan_records
 from ..core.raster import RasterSource
 from ..core.records import PlanTileRecord
@@ -176,6 +177,7 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     started = time.perf_counter()
     progress.set_stage("Loading the model")
     bundle = load_bundle(request.model_dir, request.options)
+    check_canceled(progress)
     if request.kind == "index":
         path = build_index(request.source, bundle, request.index_path, request.extent, request.config, progress,
                            source_id=request.source_id)
@@ -192,8 +194,8 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     elif request.kind == "search":
         result = search(request.source, bundle, request.query, request.extent, request.config, progress)
     elif request.kind == "classify":
-        classes = [c for c in request.query.split(",") if c.strip()]
-        result = classify(request.source, bundle, classes, request.extent, request.config, progress)
+        result = classify(request.source, bundle, split_classes(request.query), request.extent, request.config,
+                          progress)
     elif request.kind == "ask":
         result = ask(request.source, bundle, request.query, request.extent, request.config, progress)
     else:
@@ -206,7 +208,8 @@ def execute(request: JobRequest, progress) -> JobOutcome:
     layers, kinds = job_layers(request, result)
     if request.output is not None:
         progress.set_stage("Writing the GeoPackage")
-        output = write_geopackage(request.output, layers, result.crs_wkt, kinds=kinds)
+        output = write_geopackage(request.output, layers, result.crs_wkt, kinds=kinds,
+                                  finish=lambda _: check_canceled(progress))
     return JobOutcome(request, result, output, list(layers), time.perf_counter() - started)
 
 

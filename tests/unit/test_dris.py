@@ -106,10 +106,42 @@ def test_pixel_budget_and_tighter_budget_wins(max_pixels, max_tiles, expected):
     assert plan.pixels_encoded <= max_pixels
 
 
-def test_roots_alone_over_budget_keeps_the_roots():
+def test_roots_over_budget_become_longer_cells():
     plan = plan_tiles(Extent(0, 0, 10_000, 1000), 0.1, noise(50, 500), PlanConfig(max_tiles=4))
-    assert plan.n_tiles == 10
+    assert plan.n_tiles == 4  # ten near-square roots would break the budget
     assert plan.leaves == plan.roots
+    assert_partition(plan)
+
+
+@pytest.mark.parametrize("width,height,max_tiles", [
+    (3, 60_000, 48), (60_000, 3, 48), (60_000, 3, 1), (1, 100_000, 7), (40_000, 40_000, 5), (9, 8, 2),
+])
+def test_budget_is_a_hard_bound_for_every_shape(width, height, max_tiles):
+    coarse = noise(max(1, round(768 * height / max(width, height))), max(1, round(768 * width / max(width, height))))
+    plan = plan_tiles(Extent(0, 0, width, height), 1.0, coarse, PlanConfig(max_tiles=max_tiles))
+    assert 1 <= plan.n_tiles <= max_tiles
+    assert len(plan.roots) <= max_tiles
+    assert_partition(plan)
+
+
+def test_uniform_strip_gets_tile_sized_roots_not_pixel_sized_ones():
+    plan = plan_tiles(Extent(0, 0, 3, 60_000), 1.0, None, PlanConfig(uniform=True))
+    assert plan.n_tiles == math.ceil(60_000 / 224)
+    assert_partition(plan)
+
+
+def test_uniform_grid_over_the_limit_is_refused_with_the_count():
+    with pytest.raises(RsVlmError, match=r"would have 65,536 tiles.*--max-uniform-tiles 65536"):
+        plan_tiles(Extent(0, 0, 57_344, 57_344), 1.0, None, PlanConfig(uniform=True))
+    plan = plan_tiles(Extent(0, 0, 57_344, 57_344), 1.0, None, PlanConfig(uniform=True, max_uniform_tiles=None))
+    assert plan.n_tiles == 65_536
+
+
+def test_pixel_budget_below_one_tile_is_refused():
+    with pytest.raises(RsVlmError, match="less than one tile"):
+        PlanConfig(max_pixels=1)
+    with pytest.raises(RsVlmError, match="tile limit"):
+        PlanConfig(max_uniform_tiles=0)
 
 
 @pytest.mark.parametrize("image", [flat(), flat(value=0), flat(value=255)], ids=["grey", "black", "white"])
@@ -190,7 +222,7 @@ def test_plan_is_deterministic():
     (1000, 3300, 3), (7200, 1000, 7), (1000, 1490, 1),
 ])
 def test_roots_are_near_square(width, height, n_roots):
-    plan = plan_tiles(Extent(0, 0, width, height), 1.0, noise(64, 64), PlanConfig(max_tiles=1))
+    plan = plan_tiles(Extent(0, 0, width, height), 1.0, noise(64, 64), PlanConfig(max_tiles=48))
     assert len(plan.roots) == n_roots
     for root in plan.roots:
         aspect = max(root.extent.width, root.extent.height) / min(root.extent.width, root.extent.height)

@@ -24,6 +24,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
+    QgsProviderRegistry,
 )
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication
@@ -33,7 +34,8 @@ from ...core.bundle import default_bundle_dir
 from ...core.dris import PlanConfig
 from ...core.errors import CancelledError, RsVlmError
 from ...core.geometry import Extent
-from ...core.pipeline import JobConfig, SearchResult, check_query
+from ...core.pipeline import JobConfig, SearchResult, check_query, split_classes
+from ...core.validation import check_output, model_files
 from ..extent import to_extent
 from ..layers import display_name, style_layer
 from ..source import QgsLayerSource
@@ -201,12 +203,25 @@ class RsVlmAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
 
     def gpkg_path(self, parameters, context) -> Path:
-        """OUTPUT as a path; a sentence-error unless it is a GeoPackage."""
+        """OUTPUT as a path: a GeoPackage in a writable folder that is none of the files the algorithm
+        reads (see :func:`validation.check_output`); an existing one is replaced, as Processing does."""
         path = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
-        if path.suffix.lower() != ".gpkg":
-            raise QgsProcessingException(
-                f"The output {path} is not a GeoPackage; give a file name ending in .gpkg.")
-        return path
+        inputs = [*self.input_files(parameters, context), *model_files(self.model_dir(parameters, context))]
+        try:
+            return check_output(path, inputs, overwrite=True)
+        except RsVlmError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    def input_files(self, parameters, context) -> list[Path]:
+        """The files the algorithm reads: its raster layer's file and an INDEX parameter's file."""
+        files = []
+        layer = getattr(self, "layer", None)
+        if layer is not None:
+            decoded = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+            files.append(decoded.get("path") or "")
+        if "INDEX" in parameters:
+            files.append(self.parameterAsFile(parameters, "INDEX", context))
+        return [Path(f) for f in files if f and Path(f).exists()]
 
     def load_on_completion(self, context: QgsProcessingContext, gpkg: Path, layer_names, query: str = "") -> None:
         """Ask Processing to load and style the result layers when it loads outputs (GUI)."""
@@ -362,7 +377,10 @@ class ClassifyRasterAlgorithm(CaptionRasterAlgorithm):
 
     def gather(self, parameters, context, feedback) -> None:  # noqa: D102
         self.classes = self.parameterAsString(parameters, "CLASSES", context) or ""
-        names = [c for c in self.classes.split(",") if c.strip()]
+        try:
+            names = split_classes(self.classes) or []
+        except RsVlmError as exc:
+            raise QgsProcessingException(str(exc)) from exc
         if len(names) == 1:
             raise QgsProcessingException("Give at least two classes, separated by commas, or none for the "
                                          "knowledge base's scene concepts.")

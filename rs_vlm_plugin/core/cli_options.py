@@ -1,0 +1,62 @@
+"""Options shared by the commands of ``python -m rs_vlm_plugin`` and their checks (see :mod:`cli`,
+:mod:`index_cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .bundle import default_bundle_dir
+from .dris import MAX_UNIFORM_TILES, PlanConfig
+from .validation import JobCheck, check_job
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """-o/--output, --overwrite, --model, --device, --threads, --json, -q (every command)."""
+    parser.add_argument("-o", "--output", type=Path, required=True, help="GeoPackage to write (.gpkg)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output when it exists")
+    parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: automatic)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def common_raster_parser() -> argparse.ArgumentParser:
+    """The options of the commands that read a raster (a parent parser)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("raster", type=Path, help="raster file (GeoTIFF, VRT, JPEG, PNG, ...)")
+    common.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                        help="part of the raster, in the raster's CRS (default: all of it)")
+    common.add_argument("--max-tiles", type=int, default=PlanConfig().max_tiles, help="DRIS budget in tiles")
+    common.add_argument("--max-pixels", type=int, default=None,
+                        help="DRIS budget in encoded pixels (tiles x tile size squared); the tighter budget wins")
+    common.add_argument("--uniform", action="store_true", help="uniform full-resolution grid instead of DRIS")
+    common.add_argument("--max-uniform-tiles", type=int, default=MAX_UNIFORM_TILES,
+                        help="refuse a uniform grid of more tiles than this")
+    add_run_options(common)
+    return common
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    """The bundle folder of a command: --model, or the bundled model."""
+    return args.model or default_bundle_dir()
+
+
+def check_args(args: argparse.Namespace, inputs: tuple[tuple[Path, str], ...],
+               counts: tuple[tuple[str, int | None], ...] = ()) -> PlanConfig | None:
+    """Check a command's inputs, output and options before any work (see :func:`validation.check_job`).
+
+    Returns:
+        The plan settings of a raster command (None for commands that plan no tiles).
+
+    Raises:
+        RsVlmError: The first problem, as a sentence.
+    """
+    plan = None
+    if hasattr(args, "max_tiles"):
+        counts = (("--max-tiles", args.max_tiles), *counts)
+        plan = {"max_tiles": args.max_tiles, "max_pixels": args.max_pixels, "uniform": args.uniform,
+                "max_uniform_tiles": args.max_uniform_tiles}
+    return check_job(JobCheck(inputs=inputs, output=args.output, model_dir=model_dir(args), overwrite=args.overwrite,
+                              threads=args.threads, counts=counts, plan=plan))

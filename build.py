@@ -4,7 +4,7 @@
     python3 build.py demo            set everything up, then caption and search the demo scene
     python3 build.py test            set everything up, then run the whole test suite
     python3 build.py setup           apt packages, virtual environment, pip packages, model export, sample data
-    python3 build.py package         the installable plugin zip in dist/
+    python3 build.py package [--model DIR]   dist/: repository zip (no model), model package, offline zip
     python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.jpg
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
@@ -204,9 +204,6 @@ def cmd_test(args) -> int:
     return code
 
 
-PACKAGE_EXCLUDE = {"__pycache__", ".pytest_cache"}
-
-
 def run_desktop_tour(folder: Path, raster: Path | None, steps: list[str], shots: Path | None = None,
                      max_tiles: int = 24, timeout_s: int = 900) -> dict:
     """Drive the plugin's panel in the real QGIS desktop under Xvfb (``scripts/desktop_tour.py``).
@@ -278,26 +275,24 @@ def cmd_screenshots(args) -> int:
     return 0
 
 
+def package(bundle: Path = BUNDLE, dist: Path | None = None) -> dict:
+    """The three artefacts (scripts/package_plugin.py): repository zip, model package, offline zip."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from package_plugin import package_all
+
+    # open_clip's BPE vocabulary (MIT), so an installed plugin can import CLIP checkpoints; fetched, never committed
+    extra = {f"resources/open_clip/{CLIP_BPE.name}": CLIP_BPE} if CLIP_BPE.exists() else {}
+    return package_all(PLUGIN, bundle, dist or ROOT / "dist", extra)
+
+
 def cmd_package(args) -> int:
-    """dist/rs_vlm_plugin-<version>.zip: the plugin folder with its ONNX bundle."""
+    """dist/: the repository zip (no model), the model package and the offline zip (plugin + model)."""
     setup()
-    meta = (PLUGIN / "metadata.txt").read_text()
-    version = next(line.split("=", 1)[1].strip() for line in meta.splitlines() if line.startswith("version="))
-    dist = ROOT / "dist"
-    dist.mkdir(exist_ok=True)
-    target = dist / f"rs_vlm_plugin-{version}.zip"
-    tmp = target.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(PLUGIN.rglob("*")):
-            rel = path.relative_to(ROOT)
-            if path.is_dir() or PACKAGE_EXCLUDE & set(rel.parts) or path.suffix == ".pyc" or path.name.startswith(".inputs"):
-                continue
-            zf.write(path, rel.as_posix())
-        # open_clip's BPE vocabulary (MIT), so an installed plugin can import CLIP checkpoints; fetched, never committed
-        zf.write(CLIP_BPE, (PLUGIN / "resources" / "open_clip" / CLIP_BPE.name).relative_to(ROOT).as_posix())
-    os.replace(tmp, target)
-    log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    made = package(Path(args.model) if getattr(args, "model", None) else BUNDLE)
+    for kind, path in made.items():
+        log(f"wrote {kind:10s} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "validate_plugin_zip.py"), str(made["repository"]),
+                           "--forbid", "models/", "resources/weights/"]).returncode
 
 
 def qgis_profile_dir(profile: str) -> Path:
@@ -307,13 +302,13 @@ def qgis_profile_dir(profile: str) -> Path:
 
 def cmd_install_plugin(args) -> int:
     """Unpack the plugin zip into a QGIS profile and enable it there."""
-    cmd_package(args)
-    zips = sorted((ROOT / "dist").glob("rs_vlm_plugin-*.zip"))
+    setup()
+    offline = package()["offline"]  # plugin and model: works without a download
     profile = Path(args.profile_dir) if args.profile_dir else qgis_profile_dir(args.profile)
     plugins = profile / "python" / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(plugins / "rs_vlm_plugin", ignore_errors=True)
-    with zipfile.ZipFile(zips[-1]) as zf:
+    with zipfile.ZipFile(offline) as zf:
         zf.extractall(plugins)
     ini = profile / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True, exist_ok=True)
@@ -411,7 +406,9 @@ def main(argv=None) -> int:
     p.add_argument("pytest_args", nargs="*")
     p.set_defaults(func=cmd_test)
     sub.add_parser("setup", help="set up only").set_defaults(func=lambda a: setup() or 0)
-    sub.add_parser("package", help="build the plugin zip").set_defaults(func=cmd_package)
+    p = sub.add_parser("package", help="the repository zip, the model package and the offline zip")
+    p.add_argument("--model", default=None, help="bundle folder to package (default: rs_vlm_plugin/models/rs-vlm-lite0)")
+    p.set_defaults(func=cmd_package)
     sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.jpg"
                    ).set_defaults(func=cmd_screenshots)
     p = sub.add_parser("install-plugin", help="install the zip into a QGIS profile")

@@ -27,8 +27,13 @@ def models_dir() -> Path:
 
 
 def default_bundle_dir() -> Path:
-    """Folder of the default model's bundle."""
-    return models_dir() / DEFAULT_MODEL_NAME
+    """Folder of the default model's bundle: the plugin's own (a checkout, the offline zip), else the
+    one ``python -m rs_vlm_plugin models install`` put in the user's models folder."""
+    from .models.registry import user_models_dir
+
+    own = models_dir() / DEFAULT_MODEL_NAME
+    installed = user_models_dir() / DEFAULT_MODEL_NAME
+    return installed if not (own / "manifest.json").is_file() and (installed / "manifest.json").is_file() else own
 
 
 def available_providers() -> list[str]:
@@ -94,8 +99,9 @@ class ModelBundle:
         manifest_path = folder / "manifest.json"
         if not manifest_path.exists():
             raise RsVlmError(
-                f"No model bundle at {folder} (manifest.json is missing); run `python3 build.py setup` "
-                "to export the default model, or choose another model folder."
+                f"No model bundle at {folder} (manifest.json is missing). Install the model: in QGIS with "
+                "Models > Download in the RS-VLM panel, else `python -m rs_vlm_plugin models install "
+                f"{DEFAULT_MODEL_NAME}` (in a checkout, `python3 build.py setup` exports it); or choose another model."
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

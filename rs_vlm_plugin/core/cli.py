@@ -1,5 +1,5 @@
-"""Command line: ``python -m rs_vlm_plugin caption|search|classify|ask|index RASTER ...`` and
-``search-index INDEX ...`` (no QGIS needed)."""
+"""Command line: ``python -m rs_vlm_plugin caption|search|classify|ask|index RASTER ...``,
+``search-index INDEX ...`` and ``models list|install|remove`` (no QGIS needed)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import textwrap
 import traceback
 
 from . import index_cli
+from .models import cli as models_cli
 from .bundle import ModelBundle, RuntimeOptions
 from .cli_options import check_args, common_raster_parser, model_dir
 from .dris import PlanConfig
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ask_parser.add_argument("question", help="\"is there X?\", \"what is this area?\", \"where is X?\", "
                                              "\"how much of the area is X?\"")
     index_cli.add_parsers(sub, common)
+    models_cli.add_parsers(sub)
     return parser
 
 
@@ -124,11 +126,11 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
             stderr, which Ctrl-C cancels).
     """
     args = _parser().parse_args(argv)
-    on_index = args.command in index_cli.COMMANDS
+    handler = next((m for m in (index_cli, models_cli) if args.command in m.COMMANDS), None)
     terminal = TerminalProgress(quiet=args.quiet) if progress is None else None
     message = None
     try:
-        result = (index_cli.run if on_index else run)(args, progress or terminal)
+        result = (handler.run if handler else run)(args, progress or terminal)
     except CancelledError as exc:
         code, message = 130, str(exc)
     except KeyboardInterrupt:
@@ -143,8 +145,8 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
     if message is not None:
         print(message, file=sys.stderr)
         return code
-    if on_index:
-        index_cli.report(result, args.json)
+    if handler:
+        handler.report(result, args.json)
         return 0
     for warning in result.warnings:
         print(f"Warning: {warning}", file=sys.stderr)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 from .errors import RsVlmError
 from .records import CaptionRecord, ClassRecord, EvidenceRecord, IndexTile, PlanTileRecord, SearchHit
 
-Record = CaptionRecord | SearchHit | ClassRecord | EvidenceRecord | PlanTileRecord | IndexTile
+# typing.Union: module-level aliases are evaluated at import (no ``|`` between classes on Python 3.9).
+Record = Union[CaptionRecord, SearchHit, ClassRecord, EvidenceRecord, PlanTileRecord, IndexTile]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 
@@ -166,7 +167,9 @@ class AnswerResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-AnyResult = DescribeResult | SearchResult | ClassifyResult | AnswerResult
+# typing.Union, not ``|``: a module-level alias is evaluated at import, and Python 3.9 (QGIS's macOS
+# builds up to 3.40) has no ``|`` between classes.
+AnyResult = Union[DescribeResult, SearchResult, ClassifyResult, AnswerResult]
 
 
 def result_layers(result: AnyResult) -> dict[str, list]:

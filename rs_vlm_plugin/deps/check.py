@@ -54,8 +54,10 @@ class Requirement:
 
 
 REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("numpy", "numpy", "numpy>=1.24,<2", "1.24", "2",
-                "holds pixels and embeddings as arrays (NumPy 1.x: QGIS's GDAL and rasterio are built against it)"),
+    # QGIS's own NumPy, never replaced (its GDAL is built against it): 1.x on QGIS 3, 2.x on QGIS 4's
+    # Python 3.13, which has no NumPy 1 wheels; the core runs on both.
+    Requirement("numpy", "numpy", "numpy>=1.24,<2", "1.24", None,
+                "holds pixels and embeddings as arrays (QGIS's own NumPy: its GDAL is built against it)"),
     Requirement("onnxruntime", "onnxruntime", "onnxruntime==1.32.0", "1.14", None,
                 "runs the vision-language model (ONNX, opset 17)"),
     Requirement("tokenizers", "tokenizers", "tokenizers==0.23.3", "0.13", None,

@@ -181,10 +181,15 @@ def find_python() -> str | None:
 
 def pip_command(python: str, target: str | os.PathLike, constraint_file: str | os.PathLike,
                 requirements: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """The pip command line installing ``requirements`` into ``target`` under the constraints."""
+    """The pip command line installing ``requirements`` into ``target`` under the constraints.
+
+    Wheels only (``--only-binary :all:``): where the newest release in a range has no wheel for this
+    platform and Python (tokenizers 0.23 on Python 3.9, onnxruntime 1.32 on Intel Macs), pip takes the
+    newest one that has, instead of trying to compile a source package (no compiler on users' machines).
+    """
     return [python, "-m", "pip", "install", "--target", str(target), "--constraint", str(constraint_file),
-            "--no-warn-script-location", "--disable-pip-version-check", "--progress-bar", "off",
-            "--no-input", "--upgrade", *extra, *requirements]
+            "--only-binary", ":all:", "--no-warn-script-location", "--disable-pip-version-check", "--progress-bar",
+            "off", "--no-input", "--upgrade", *extra, *requirements]
 
 
 @dataclass

@@ -21,10 +21,12 @@ from qgis.PyQt.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSlider,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -35,9 +37,10 @@ from ..core.pipeline import AnswerResult, ClassifyResult, DescribeResult, Search
 MAX_TILE_BUDGET = 1024
 DETAIL_STEPS = (6, 12, 24, 48, 96, 192, 384, 768)
 """Tile budgets of the detail-versus-speed slider, fastest first."""
-EXTENT_ROLE = Qt.UserRole + 1
-SCORE_ROLE = Qt.UserRole + 2
+EXTENT_ROLE = Qt.ItemDataRole.UserRole + 1
+SCORE_ROLE = Qt.ItemDataRole.UserRole + 2
 THRESHOLD_STEPS = 100
+NO_MODEL = "No model is installed: choose Models ▸ Download rs-vlm-lite0 beside the model picker (or Install from file…)."
 
 MODES = {
     # mode: (label, query label, placeholder, run button text, tooltip)
@@ -87,7 +90,9 @@ class RsVlmDock(QDockWidget):
     Signals:
         runRequested(object): The user pressed Run (or Enter in the query box); a DockRequest.
         indexRequested(object): The user pressed "Build index"; a DockRequest (mode "index").
-        importRequested(): The user pressed "Import…" beside the model picker.
+        importRequested(): The user chose "Import CLIP checkpoint…" in the Models menu beside the picker.
+        downloadRequested(str): The user chose "Download <model>…" (a registry model's name).
+        installFileRequested(): The user chose "Install from file…" (a model package).
         cancelRequested(): The user pressed Cancel.
         resultActivated(object, object): A result was clicked; its core Extent and the WKT of
             its CRS (None for rasters without CRS).
@@ -97,6 +102,8 @@ class RsVlmDock(QDockWidget):
     runRequested = pyqtSignal(object)
     indexRequested = pyqtSignal(object)
     importRequested = pyqtSignal()
+    downloadRequested = pyqtSignal(str)
+    installFileRequested = pyqtSignal()
     cancelRequested = pyqtSignal()
     resultActivated = pyqtSignal(object, object)
     thresholdChanged = pyqtSignal(float)
@@ -109,26 +116,30 @@ class RsVlmDock(QDockWidget):
         form = QFormLayout()
 
         self.model_combo = QComboBox(body)
-        self.model_combo.setToolTip("The model: the bundled RS-VLM model and any imported ones.")
-        self.import_button = QPushButton("Import…", body)
-        self.import_button.setToolTip("Import an open_clip checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP) as a model.")
+        self.model_combo.setToolTip("The model: the installed RS-VLM models and any imported ones.")
+        self.models_button = QToolButton(body)
+        self.models_button.setText("Models")
+        self.models_button.setToolTip("Download a model, install one from a file, or import a CLIP checkpoint.")
+        self.models_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.models_menu = QMenu(self.models_button)
+        self.models_button.setMenu(self.models_menu)
+        self.set_downloads([])
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(self.import_button)
+        model_row.addWidget(self.models_button)
         form.addRow("Model", model_row)
-        self.set_models(models or [])
         self.mode_combo = QComboBox(body)
         for mode, (label, *_rest) in MODES.items():
             self.mode_combo.addItem(label, mode)
         form.addRow("Mode", self.mode_combo)
         self.layer_combo = QgsMapLayerComboBox(body)
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.layer_combo.setToolTip("The raster layer (any provider: files, WMS, XYZ).")
         form.addRow("Raster", self.layer_combo)
         self.query_label = QLabel("Search for", body)
         self.query_combo = QComboBox(body)
         self.query_combo.setEditable(True)
-        self.query_combo.setInsertPolicy(QComboBox.NoInsert)
+        self.query_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.query_combo.setToolTip("Type, or pick an earlier query from the list.")
         self.query_edit = self.query_combo.lineEdit()
         self.query_edit.setClearButtonEnabled(True)
@@ -139,14 +150,14 @@ class RsVlmDock(QDockWidget):
         for scope, label in SCOPES.items():
             self.scope_combo.addItem(label, scope)
         self.mask_combo = QgsMapLayerComboBox(body)
-        self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.mask_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.mask_combo.setToolTip("The polygon layer whose selected features limit the area.")
         scope_row.addWidget(self.scope_combo, 1)
         scope_row.addWidget(self.mask_combo, 1)
         form.addRow("Scope", scope_row)
 
         detail_row = QHBoxLayout()
-        self.detail_slider = QSlider(Qt.Horizontal, body)
+        self.detail_slider = QSlider(Qt.Orientation.Horizontal, body)
         self.detail_slider.setRange(0, len(DETAIL_STEPS) - 1)
         self.detail_slider.setToolTip("Faster (left) or more detail (right): how many fine tiles DRIS may spend.")
         self.budget_spin = QSpinBox(body)
@@ -167,7 +178,7 @@ class RsVlmDock(QDockWidget):
         if not cuda_available:
             self.device_combo.model().item(self.device_combo.findData("cuda")).setEnabled(False)
             self.device_combo.setItemData(self.device_combo.findData("cuda"),
-                                          "onnxruntime offers no CUDA provider here.", Qt.ToolTipRole)
+                                          "onnxruntime offers no CUDA provider here.", Qt.ItemDataRole.ToolTipRole)
         form.addRow("Device", self.device_combo)
         self.plan_check = QCheckBox("Show the DRIS tiles (where compute went)", body)
         form.addRow("", self.plan_check)
@@ -188,17 +199,17 @@ class RsVlmDock(QDockWidget):
         layout.addWidget(self.progress_bar)
         self.status_label = QLabel("Choose a raster, a mode and press Run.", body)
         self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status_label)
         self.answer_label = QLabel("", body)
         self.answer_label.setObjectName("RsVlmAnswer")
         self.answer_label.setWordWrap(True)
-        self.answer_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.answer_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.answer_label.setStyleSheet("font-weight: bold; padding: 4px;")
         layout.addWidget(self.answer_label)
 
         threshold_row = QHBoxLayout()
-        self.threshold_slider = QSlider(Qt.Horizontal, body)
+        self.threshold_slider = QSlider(Qt.Orientation.Horizontal, body)
         self.threshold_slider.setRange(0, THRESHOLD_STEPS)
         self.threshold_slider.setToolTip("Hide results (in this list and on the map) scoring below this value.")
         self.threshold_label = QLabel("", body)
@@ -214,7 +225,9 @@ class RsVlmDock(QDockWidget):
         self.setWidget(body)
 
         self._running = False
+        self._has_model = False
         self._score_range = (0.0, 1.0)
+        self.set_models(models or [])
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.scope_combo.currentIndexChanged.connect(self._update_controls)
         self.detail_slider.valueChanged.connect(lambda step: self.budget_spin.setValue(DETAIL_STEPS[step]))
@@ -223,7 +236,6 @@ class RsVlmDock(QDockWidget):
         self.query_edit.returnPressed.connect(self._emit_run)
         self.cancel_button.clicked.connect(self.cancelRequested)
         self.index_button.clicked.connect(self._emit_index)
-        self.import_button.clicked.connect(self.importRequested)
         self.results_list.itemClicked.connect(self._emit_activated)
         self.results_list.itemActivated.connect(self._emit_activated)
         self.threshold_slider.valueChanged.connect(self._threshold_moved)
@@ -236,13 +248,32 @@ class RsVlmDock(QDockWidget):
     # Inputs -------------------------------------------------------------------------------
 
     def set_models(self, models: list[tuple[str, Path]], current: str = "") -> None:
-        """Fill the model picker with (name, bundle folder) pairs; choose ``current`` (default: the first)."""
+        """Fill the model picker with (name, bundle folder) pairs; choose ``current`` (default: the first).
+
+        With no model, the status line says how to get one and Run stays disabled.
+        """
         self.model_combo.clear()
         for name, folder in models:
             self.model_combo.addItem(name, str(folder))
-            self.model_combo.setItemData(self.model_combo.count() - 1, str(folder), Qt.ToolTipRole)
+            self.model_combo.setItemData(self.model_combo.count() - 1, str(folder), Qt.ItemDataRole.ToolTipRole)
         index = self.model_combo.findText(current) if current else 0
         self.model_combo.setCurrentIndex(max(0, index))
+        self._has_model = bool(models)
+        if not models:
+            self.set_status(NO_MODEL)
+        self._update_controls()
+
+    def set_downloads(self, offers: list[tuple[str, str]]) -> None:
+        """The Models menu: "Download <label>…" for each ``(name, label)``, then install and import."""
+        self.models_menu.clear()
+        for name, label in offers:
+            action = self.models_menu.addAction(f"Download {label}…")
+            action.setData(name)
+            action.triggered.connect(lambda _checked=False, n=name: self.downloadRequested.emit(n))
+        if offers:
+            self.models_menu.addSeparator()
+        self.models_menu.addAction("Install from file…").triggered.connect(lambda _c=False: self.installFileRequested.emit())
+        self.models_menu.addAction("Import CLIP checkpoint…").triggered.connect(lambda _c=False: self.importRequested.emit())
 
     def set_history(self, queries: list[str]) -> None:
         """Earlier queries, newest first, offered in the query box's list."""
@@ -418,12 +449,13 @@ class RsVlmDock(QDockWidget):
         selection = self.scope_combo.currentData() == "selection"
         has_mask = not selection or self.mask_combo.currentLayer() is not None
         idle = not self._running
-        self.run_button.setEnabled(idle and has_layer and has_mask and (bool(self.query()) or not needs_text))
-        self.index_button.setEnabled(idle and has_layer and has_mask)
+        ready = idle and has_layer and has_mask and self._has_model
+        self.run_button.setEnabled(ready and (bool(self.query()) or not needs_text))
+        self.index_button.setEnabled(ready)
         self.cancel_button.setEnabled(self._running)
         self.query_combo.setEnabled(idle and mode != "describe")
         self.mask_combo.setVisible(selection)
-        for widget in (self.model_combo, self.import_button, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
+        for widget in (self.model_combo, self.models_button, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
                        self.detail_slider, self.budget_spin, self.device_combo, self.plan_check):
             widget.setEnabled(idle)
 

@@ -84,10 +84,10 @@ def canvas_gsd_m(canvas) -> float | None:
     per_pixel = canvas.mapUnitsPerPixel()
     if not per_pixel or per_pixel <= 0 or units is None:
         return None
-    if units == QgsUnitTypes.DistanceDegrees:
+    if units == QgsUnitTypes.DistanceUnit.DistanceDegrees:
         from ..core.geometry import metres_per_degree
 
         return per_pixel * metres_per_degree(canvas.extent().center().y())
-    if units == QgsUnitTypes.DistanceUnknownUnit:
+    if units == QgsUnitTypes.DistanceUnit.DistanceUnknownUnit:
         return None
-    return per_pixel * QgsUnitTypes.fromUnitToUnitFactor(units, QgsUnitTypes.DistanceMeters)
+    return per_pixel * QgsUnitTypes.fromUnitToUnitFactor(units, QgsUnitTypes.DistanceUnit.DistanceMeters)

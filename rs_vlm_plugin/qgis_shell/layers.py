@@ -58,8 +58,8 @@ STYLE_FILES = {
     "dris_plan": "dris_plan.qml",
 }
 """QML file of each style key."""
-STYLE_CATEGORIES = (QgsMapLayer.Symbology | QgsMapLayer.Labeling | QgsMapLayer.MapTips | QgsMapLayer.Rendering
-                    | QgsMapLayer.LayerConfiguration)
+STYLE_CATEGORIES = (QgsMapLayer.StyleCategory.Symbology | QgsMapLayer.StyleCategory.Labeling | QgsMapLayer.StyleCategory.MapTips | QgsMapLayer.StyleCategory.Rendering
+                    | QgsMapLayer.StyleCategory.LayerConfiguration)
 """What the QML files carry and set: renderer, labels, map tip, display expression (QGIS 3.22 saves it
 with LayerConfiguration), rendering options."""
 

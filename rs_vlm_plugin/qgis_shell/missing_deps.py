@@ -43,7 +43,7 @@ class InstallDependenciesTask(QgsTask):
     installFinished = pyqtSignal(object)
 
     def __init__(self, report: deps.DependencyReport, target: Path | None = None, cuda: bool | None = None) -> None:
-        super().__init__("RS-VLM: installing Python packages", QgsTask.CanCancel)
+        super().__init__("RS-VLM: installing Python packages", QgsTask.Flag.CanCancel)
         self.report = report
         self.target = Path(target) if target is not None else private_folder()
         self.cuda = cuda
@@ -75,15 +75,15 @@ class InstallDependenciesTask(QgsTask):
             deps.activate_private_site(self.target)
         elif not outcome.canceled:
             QgsMessageLog.logMessage(f"{outcome.message}\n{' '.join(outcome.command)}\n{outcome.last_lines(40)}",
-                                     LOG_TAG, Qgis.Critical)
+                                     LOG_TAG, Qgis.MessageLevel.Critical)
         self.installFinished.emit(outcome)
 
 
 def result_level(result: deps.InstallResult):
     """The message-bar level of an install result."""
     if result.ok:
-        return Qgis.Success
-    return Qgis.Info if result.canceled else Qgis.Critical
+        return Qgis.MessageLevel.Success
+    return Qgis.MessageLevel.Info if result.canceled else Qgis.MessageLevel.Critical
 
 
 def start_install(report: deps.DependencyReport, target: Path | None = None,
@@ -95,7 +95,7 @@ def start_install(report: deps.DependencyReport, target: Path | None = None,
     """
     task = InstallDependenciesTask(report, target, cuda)
     QgsMessageLog.logMessage(f"Installing {', '.join(deps.pip_specs(report.to_install))} into {task.target}.",
-                             LOG_TAG, Qgis.Info)
+                             LOG_TAG, Qgis.MessageLevel.Info)
     QgsApplication.taskManager().addTask(task)
     return task
 
@@ -122,11 +122,11 @@ class MissingDependenciesPlugin:
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS naming
         """No Processing algorithms without the packages; say why in the log."""
-        QgsMessageLog.logMessage(self.explanation(), LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(self.explanation(), LOG_TAG, Qgis.MessageLevel.Warning)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS naming
         """Explain in the message bar (with an Install button) and add menu and toolbar entries."""
-        QgsMessageLog.logMessage(self.explanation(), LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(self.explanation(), LOG_TAG, Qgis.MessageLevel.Warning)
         if self.iface is None:
             return
         window = self.iface.mainWindow() if hasattr(self.iface, "mainWindow") else None
@@ -147,7 +147,7 @@ class MissingDependenciesPlugin:
         if self._menu_adder is not None:
             for action in self.actions:
                 getattr(self.iface, self._menu_adder)(MENU, action)
-        self._push(self.explanation(), Qgis.Warning, with_button=bool(self.report.to_install))
+        self._push(self.explanation(), Qgis.MessageLevel.Warning, with_button=bool(self.report.to_install))
 
     def unload(self) -> None:
         """Remove the entries (a running installation goes on; its result reaches the log)."""
@@ -169,12 +169,12 @@ class MissingDependenciesPlugin:
     def install(self) -> InstallDependenciesTask | None:
         """Start installing the missing packages in the background (once at a time)."""
         if self.task is not None:
-            self._push("The RS-VLM dependencies are being installed already; wait for it to finish.", Qgis.Info)
+            self._push("The RS-VLM dependencies are being installed already; wait for it to finish.", Qgis.MessageLevel.Info)
             return None
         self.task = start_install(self.report)
         self.task.installFinished.connect(self._on_finished)
         self._push("Installing the RS-VLM dependencies in the background (progress in the task bar, pip's "
-                   "output in the RS-VLM log).", Qgis.Info)
+                   "output in the RS-VLM log).", Qgis.MessageLevel.Info)
         return self.task
 
     def open_dialog(self) -> None:
@@ -201,4 +201,4 @@ class MissingDependenciesPlugin:
             button.setObjectName("RsVlmInstallDependenciesButton")
             button.clicked.connect(self.install)
             item.layout().addWidget(button)
-        bar.pushWidget(item, level, 0 if level in (Qgis.Warning, Qgis.Critical) else 10)
+        bar.pushWidget(item, level, 0 if level in (Qgis.MessageLevel.Warning, Qgis.MessageLevel.Critical) else 10)

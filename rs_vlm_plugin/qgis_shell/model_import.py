@@ -30,7 +30,7 @@ class ModelImportTask(QgsTask):
     importFailed = pyqtSignal(str)
 
     def __init__(self, python: str, arguments: list[str], folder: Path) -> None:
-        super().__init__(f"RS-VLM: import {folder.name}", QgsTask.CanCancel)
+        super().__init__(f"RS-VLM: import {folder.name}", QgsTask.Flag.CanCancel)
         self.python = python
         self.arguments = arguments
         self.folder = folder
@@ -64,8 +64,8 @@ class ModelImportTask(QgsTask):
             self.importFinished.emit(self.folder)
         else:
             message = self.error or "The import was cancelled."
-            QgsMessageLog.logMessage("\n".join(self.lines[-20:]), LOG_TAG, Qgis.Warning)
+            QgsMessageLog.logMessage("\n".join(self.lines[-20:]), LOG_TAG, Qgis.MessageLevel.Warning)
             self.importFailed.emit(message)
 
     def _log(self, line: str) -> None:
-        QgsMessageLog.logMessage(line, LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info)

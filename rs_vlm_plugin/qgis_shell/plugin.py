@@ -19,6 +19,7 @@ from qgis.core import (
     QgsMessageLog,
     QgsProject,
     QgsRasterLayer,
+    QgsTask,
 )
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
@@ -28,6 +29,7 @@ from ..core.bundle import RuntimeOptions, available_providers
 from ..core.dris import PlanConfig
 from ..core.errors import RsVlmError
 from ..core.pipeline import JobConfig
+from .model_actions import ModelActions
 from .outputs import ensure_writable_folder, run_output_path
 from .processing.provider import ICON_PATH, RsVlmProvider
 from .settings import PluginSettings, available_models, chosen_model_dir
@@ -37,7 +39,7 @@ INDEX_FOLDER = "indexes"
 SCORE_FIELDS = ("score", "confidence")
 
 
-class RsVlmPlugin:
+class RsVlmPlugin(ModelActions):
     """The RS-VLM plugin object QGIS keeps while the plugin is active.
 
     Args:
@@ -73,7 +75,7 @@ class RsVlmPlugin:
                 self.provider = provider
             else:
                 QgsMessageLog.logMessage("A Processing provider with the id rsvlm is already registered; "
-                                         "this copy of RS-VLM adds none.", "RS-VLM", Qgis.Warning)
+                                         "this copy of RS-VLM adds none.", "RS-VLM", Qgis.MessageLevel.Warning)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS naming
         """Add the provider, the toolbar, the menu entries and the (hidden) panel."""
@@ -120,8 +122,10 @@ class RsVlmPlugin:
         self.dock.resultActivated.connect(self.zoom_to_result)
         self.dock.thresholdChanged.connect(self.filter_results)
         self.dock.importRequested.connect(self.import_model)
+        self.dock.downloadRequested.connect(self.download_model)
+        self.dock.installFileRequested.connect(self.install_model_file)
         if hasattr(self.iface, "addDockWidget"):
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.dock.visibilityChanged.connect(self.dock_action.setChecked)
 
@@ -161,7 +165,7 @@ class RsVlmPlugin:
         """Describe the canvas's visible extent of the active raster layer (or the panel's)."""
         layer = self._active_raster()
         if layer is None:
-            self._message("Select a raster layer in the Layers panel (or in the RS-VLM panel) first.", Qgis.Warning)
+            self._message("Select a raster layer in the Layers panel (or in the RS-VLM panel) first.", Qgis.MessageLevel.Warning)
             return
         self.start_job("describe", layer)
 
@@ -193,77 +197,12 @@ class RsVlmPlugin:
 
         settings = PluginSettings.load()
         dialog = SettingsDialog(settings, self._main_window())
-        dialog.accepted.connect(lambda: self.dock is not None and self.dock.set_models(
-            available_models(settings), settings.model_name))
+        dialog.accepted.connect(lambda: self.dock is not None and self._refresh_models(settings))
         if modal:
-            dialog.exec_()
+            dialog.exec()
         else:
             dialog.show()
         return dialog
-
-    def import_model(self, checkpoint=None, name: str = "", arch: str = "auto", quick_gelu: bool = False,
-                     python: str | None = None):
-        """Import an open_clip checkpoint as a model bundle in the background; it then appears (chosen)
-        in the model picker.
-
-        Args:
-            checkpoint: The checkpoint file; None asks for it.
-            name: The model's name (default: the file name).
-            arch: An architecture name, or "auto" to recognise it from the checkpoint.
-            quick_gelu: The checkpoint uses quick GELU (SkyCLIP).
-            python: An interpreter with torch (default: the project's .venv, else this Python).
-
-        Returns:
-            The started :class:`~.model_import.ModelImportTask`, or None.
-        """
-        from .child_python import default_python
-        from .model_import import ModelImportTask
-        from .processing.model_algorithms import import_arguments, imported_model_folder
-
-        if self.task is not None and self._task_alive():
-            self._message("An RS-VLM job is running; wait for it or cancel it before importing a model.", Qgis.Warning)
-            return None
-        if checkpoint is None:
-            checkpoint, _ = QFileDialog.getOpenFileName(
-                self._main_window(), "RS-VLM: import an open_clip checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP)", "",
-                "PyTorch checkpoints (*.pt *.pth *.bin *.ckpt);;All files (*)")
-            if not checkpoint:
-                return None
-        checkpoint = Path(checkpoint)
-        name = name.strip() or checkpoint.stem
-        # quick GELU cannot be seen in the weights; SkyCLIP's checkpoints use it (Processing's QUICK_GELU overrides)
-        quick_gelu = quick_gelu or "skyclip" in checkpoint.name.lower()
-        try:
-            folder = imported_model_folder(name)
-        except RsVlmError as exc:
-            self._refuse(str(exc))
-            return None
-        task = ModelImportTask(python or default_python(), import_arguments(checkpoint, folder, name, arch, quick_gelu),
-                               folder)
-        task.progressChanged.connect(self._on_progress)
-        task.importFinished.connect(self._on_imported)
-        task.importFailed.connect(self._on_failed)
-        self.task = task
-        self._started = time.perf_counter()
-        if self.dock is not None:
-            self.dock.set_running(True)
-            gelu = " (quick GELU, as SkyCLIP)" if quick_gelu else ""
-            self.dock.set_status(f"Importing {checkpoint.name} as the model {folder.name}{gelu}...")
-        QgsApplication.taskManager().addTask(task)
-        return task
-
-    def _on_imported(self, folder) -> None:
-        self.task = None
-        settings = PluginSettings.load()
-        settings.model = Path(folder).name
-        settings.save()
-        text = f"The model {Path(folder).name} is imported ({folder}) and chosen in the RS-VLM panel."
-        if self.dock is not None:
-            self.dock.set_running(False)
-            self.dock.set_progress(100)
-            self.dock.set_models(available_models(settings), settings.model_name)
-            self.dock.set_status(text)
-        self._message(text, Qgis.Success)
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops between batches)."""
@@ -299,7 +238,7 @@ class RsVlmPlugin:
         from .task import RsVlmTask
 
         if self.task is not None and self._task_alive():
-            self._message("An RS-VLM job is already running; wait for it or cancel it.", Qgis.Warning)
+            self._message("An RS-VLM job is already running; wait for it or cancel it.", Qgis.MessageLevel.Warning)
             return None
         settings = settings or PluginSettings.load()
         try:
@@ -336,7 +275,7 @@ class RsVlmPlugin:
         try:
             rect = transform_rectangle(to_rectangle(extent), crs, target)
         except RsVlmError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return
         flash = QgsGeometry.fromRect(rect)
         rect.scale(1.1)
@@ -455,7 +394,7 @@ class RsVlmPlugin:
 
     def _apply_settings(self, settings: PluginSettings) -> None:
         dock = self.dock
-        dock.set_models(available_models(settings), settings.model_name)
+        self._refresh_models(settings)
         dock.set_mode(settings.mode)
         dock.budget_spin.setValue(settings.max_tiles)
         dock.scope_combo.setCurrentIndex(max(0, dock.scope_combo.findData(settings.scope)))
@@ -466,7 +405,7 @@ class RsVlmPlugin:
         dock.set_history(settings.query_history)
 
     def _refuse(self, message: str) -> None:
-        self._message(message, Qgis.Warning)
+        self._message(message, Qgis.MessageLevel.Warning)
         if self.dock is not None:
             self.dock.set_status(message)
 
@@ -523,8 +462,8 @@ class RsVlmPlugin:
     def _finish_message(self, text: str, outcome) -> None:
         seconds = time.perf_counter() - self._started
         QgsMessageLog.logMessage(f"{outcome.request.kind} finished in {seconds:.2f} s "
-                                 f"(job {outcome.seconds:.2f} s)", "RS-VLM", Qgis.Info)
-        self._message(text, Qgis.Success)
+                                 f"(job {outcome.seconds:.2f} s)", "RS-VLM", Qgis.MessageLevel.Info)
+        self._message(text, Qgis.MessageLevel.Success)
         if self.dock is not None and outcome.request.kind == "index":
             self.dock.set_status(text)
 
@@ -536,7 +475,7 @@ class RsVlmPlugin:
 
     def _task_alive(self) -> bool:
         try:
-            return self.task.status() not in (self.task.Complete, self.task.Terminated)
+            return self.task.status() not in (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated)
         except RuntimeError:
             return False
 
@@ -559,7 +498,7 @@ class RsVlmPlugin:
     def _message(self, text: str, level) -> None:
         bar = self.iface.messageBar() if self.iface is not None and hasattr(self.iface, "messageBar") else None
         if bar is not None:
-            bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.Critical else 8)
+            bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.MessageLevel.Critical else 8)
         QgsMessageLog.logMessage(text, "RS-VLM", level)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from qgis.core import QgsSettings
 
-from ..core.bundle import DEFAULT_MODEL_NAME, models_dir
+from ..core.bundle import DEFAULT_MODEL_NAME, default_bundle_dir, models_dir
+from ..core.models.install import installed_models
 
 PREFIX = "rs_vlm/"
 """Key prefix of every RS-VLM setting."""
@@ -28,7 +29,10 @@ class PluginSettings:
     """Everything the plugin remembers between sessions.
 
     Attributes:
-        models_folder: An extra folder of imported model bundles (one sub-folder each); empty for none.
+        models_folder: The folder of downloaded and imported model bundles (one sub-folder each); empty
+            for ``<QGIS settings folder>/rs_vlm_models`` (see :func:`models_root`).
+        model_mirror: A base URL that model downloads come from instead of the project's releases
+            (the registry's sizes and SHA-256 still apply); empty for the releases.
         model: Name of the chosen bundle; empty for the default model (``rs-vlm-lite0``).
         device: "auto" (CUDA when onnxruntime offers it), "cpu" or "cuda".
         threads: onnxruntime intra-op threads; 0 lets onnxruntime decide.
@@ -44,6 +48,7 @@ class PluginSettings:
     """
 
     models_folder: str = ""
+    model_mirror: str = ""
     model: str = ""
     device: str = "auto"
     threads: int = 0
@@ -147,8 +152,18 @@ def _distinct(items: list[str]) -> list[str]:
     return kept
 
 
+def models_root(settings: PluginSettings) -> Path:
+    """Where models are downloaded, installed and imported: ``settings.models_folder``, else
+    ``<QGIS settings folder>/rs_vlm_models`` (outside the plugin, so a plugin update keeps them)."""
+    if settings.models_folder:
+        return Path(settings.models_folder).expanduser()
+    from qgis.core import QgsApplication
+
+    return Path(QgsApplication.qgisSettingsDirPath()) / "rs_vlm_models"
+
+
 def available_models(settings: PluginSettings) -> list[tuple[str, Path]]:
-    """The valid model bundles: the plugin's own, then those in ``settings.models_folder``.
+    """The valid model bundles: the plugin's own (offline zip, checkout), then those in :func:`models_root`.
 
     A bundle is a folder with a ``manifest.json``. A name found in both places is listed once,
     the plugin's own bundle first.
@@ -159,21 +174,16 @@ def available_models(settings: PluginSettings) -> list[tuple[str, Path]]:
     Returns:
         ``(name, folder)`` pairs, sorted by name within each place.
     """
-    found: list[tuple[str, Path]] = []
-    names: set[str] = set()
-    places = [models_dir()]
-    if settings.models_folder:
-        places.append(Path(settings.models_folder).expanduser())
-    for place in places:
-        if not place.is_dir():
-            continue
-        for folder in sorted(p for p in place.iterdir() if p.is_dir()):
-            if (folder / "manifest.json").is_file() and folder.name not in names:
-                names.add(folder.name)
-                found.append((folder.name, folder))
-    return found
+    return [(m.name, m.folder) for m in installed_models(models_dir(), models_root(settings))]
 
 
 def chosen_model_dir(settings: PluginSettings) -> Path | None:
     """The folder of the chosen bundle, or None when it is not among :func:`available_models`."""
     return dict(available_models(settings)).get(settings.model_name)
+
+
+def default_model_dir(settings: PluginSettings | None = None) -> Path:
+    """The default model's folder: the plugin's own or the installed one; where it should be when
+    neither exists (loading it then says how to install it)."""
+    settings = settings if settings is not None else PluginSettings.load()
+    return dict(available_models(settings)).get(DEFAULT_MODEL_NAME) or default_bundle_dir()

@@ -1,9 +1,9 @@
-"""The RS-VLM settings dialog: where results and imported models go, threads, hits kept."""
+"""The RS-VLM settings dialog: where results and models go, the model mirror, threads, hits kept."""
 
 from __future__ import annotations
 
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox
+from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit, QSpinBox
 
 from .settings import PluginSettings
 
@@ -26,16 +26,22 @@ class SettingsDialog(QDialog):
         self.settings = settings
         form = QFormLayout(self)
         self.output_widget = QgsFileWidget(self)
-        self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.output_widget.setFilePath(settings.output_folder)
         self.output_widget.setToolTip("Results of unsaved projects go here; a saved project keeps its results "
                                       "in rs_vlm_runs/ beside the project file.")
         form.addRow("Results folder", self.output_widget)
         self.models_widget = QgsFileWidget(self)
-        self.models_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.models_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.models_widget.setFilePath(settings.models_folder)
-        self.models_widget.setToolTip("A folder of model bundles (one sub-folder each), listed in the model picker.")
-        form.addRow("Imported models", self.models_widget)
+        self.models_widget.setToolTip("Where downloaded, installed and imported models go (one sub-folder each); "
+                                      "empty for rs_vlm_models in the QGIS settings folder.")
+        form.addRow("Models folder", self.models_widget)
+        self.mirror_edit = QLineEdit(settings.model_mirror, self)
+        self.mirror_edit.setPlaceholderText("the project's releases")
+        self.mirror_edit.setToolTip("A base URL to download models from instead of the project's releases (an "
+                                    "internal mirror); the registry's sizes and SHA-256 are still checked.")
+        form.addRow("Model mirror", self.mirror_edit)
         self.threads_spin = QSpinBox(self)
         self.threads_spin.setRange(0, MAX_THREADS)
         self.threads_spin.setSpecialValueText("automatic")
@@ -48,7 +54,7 @@ class SettingsDialog(QDialog):
         note = QLabel("Device, tile budget and scope are chosen in the panel and remembered from run to run.", self)
         note.setWordWrap(True)
         form.addRow(note)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
@@ -56,6 +62,7 @@ class SettingsDialog(QDialog):
     def accept(self) -> None:  # noqa: D102
         self.settings.output_folder = self.output_widget.filePath().strip()
         self.settings.models_folder = self.models_widget.filePath().strip()
+        self.settings.model_mirror = self.mirror_edit.text().strip()
         self.settings.threads = self.threads_spin.value()
         self.settings.max_hits = self.hits_spin.value()
         self.settings.save()

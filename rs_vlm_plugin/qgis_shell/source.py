@@ -36,15 +36,15 @@ down to 0.3 m but no finer; the plugin passes the map canvas's resolution instea
 one, so the finest tiles match what the user sees."""
 
 _NUMPY_TYPES = {
-    Qgis.Byte: np.uint8,
-    Qgis.UInt16: np.uint16,
-    Qgis.Int16: np.int16,
-    Qgis.UInt32: np.uint32,
-    Qgis.Int32: np.int32,
-    Qgis.Float32: np.float32,
-    Qgis.Float64: np.float64,
+    Qgis.DataType.Byte: np.uint8,
+    Qgis.DataType.UInt16: np.uint16,
+    Qgis.DataType.Int16: np.int16,
+    Qgis.DataType.UInt32: np.uint32,
+    Qgis.DataType.Int32: np.int32,
+    Qgis.DataType.Float32: np.float32,
+    Qgis.DataType.Float64: np.float64,
 }
-_COLOUR_TYPES = (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
+_COLOUR_TYPES = (Qgis.DataType.ARGB32, Qgis.DataType.ARGB32_Premultiplied)
 _NATIVE_TOLERANCE = 1e-6  # relative difference of pixel sizes still read as native resolution
 
 
@@ -109,7 +109,7 @@ class QgsLayerSource(RasterSource):
         """
         p = self._provider
         self._native_provider.enableProviderResampling(False)
-        if int(p.providerCapabilities()) & int(QgsRasterDataProvider.ProviderHintCanPerformProviderResampling):
+        if int(p.providerCapabilities()) & int(QgsRasterDataProvider.ProviderCapability.ProviderHintCanPerformProviderResampling):
             p.enableProviderResampling(True)
             p.setZoomedOutResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Average)
             p.setZoomedInResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Bilinear)
@@ -131,7 +131,7 @@ class QgsLayerSource(RasterSource):
             bgra = argb.view(np.uint8).reshape(height, width, 4)  # QRgb 0xAARRGGBB, little-endian bytes
             alpha = bgra[..., 3].astype(np.float32)
             rgb = bgra[..., 2::-1].astype(np.float32)
-            if provider.dataType(1) == Qgis.ARGB32_Premultiplied:
+            if provider.dataType(1) == Qgis.DataType.ARGB32_Premultiplied:
                 rgb = np.where(alpha[..., None] > 0, rgb * 255.0 / np.maximum(alpha[..., None], 1.0), 0.0)
             data[:] = np.clip(rgb, 0, 255).transpose(2, 0, 1)
             valid &= alpha >= 128
@@ -196,8 +196,8 @@ def _in_ranges(values: np.ndarray, ranges) -> np.ndarray:
     v = values.astype(np.float64)
     for r in ranges:
         lo, hi, bounds = r.min(), r.max(), r.bounds()
-        above = v >= lo if bounds in (QgsRasterRange.IncludeMinAndMax, QgsRasterRange.IncludeMin) else v > lo
-        below = v <= hi if bounds in (QgsRasterRange.IncludeMinAndMax, QgsRasterRange.IncludeMax) else v < hi
+        above = v >= lo if bounds in (QgsRasterRange.BoundsType.IncludeMinAndMax, QgsRasterRange.BoundsType.IncludeMin) else v > lo
+        below = v <= hi if bounds in (QgsRasterRange.BoundsType.IncludeMinAndMax, QgsRasterRange.BoundsType.IncludeMax) else v < hi
         if math.isnan(lo):
             above = np.ones(v.shape, bool)
         if math.isnan(hi):
@@ -236,11 +236,11 @@ def _metres_per_unit(layer: QgsRasterLayer, extent: QgsRectangle) -> float:
     if not crs.isValid():
         return 1.0
     units = crs.mapUnits()
-    if units == QgsUnitTypes.DistanceDegrees:
+    if units == QgsUnitTypes.DistanceUnit.DistanceDegrees:
         return metres_per_degree(extent.center().y())
-    if units == QgsUnitTypes.DistanceUnknownUnit:
+    if units == QgsUnitTypes.DistanceUnit.DistanceUnknownUnit:
         return 1.0
-    return QgsUnitTypes.fromUnitToUnitFactor(units, QgsUnitTypes.DistanceMeters)
+    return QgsUnitTypes.fromUnitToUnitFactor(units, QgsUnitTypes.DistanceUnit.DistanceMeters)
 
 
 def _georeference(layer: QgsRasterLayer, provider: QgsRasterDataProvider,

@@ -226,7 +226,7 @@ class TaskProgress:
 
     def set_stage(self, stage: str) -> None:  # noqa: D102
         self._task.stageChanged.emit(stage)
-        QgsMessageLog.logMessage(stage, LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(stage, LOG_TAG, Qgis.MessageLevel.Info)
 
     def set_fraction(self, fraction: float) -> None:  # noqa: D102
         self._task.setProgress(100.0 * max(0.0, min(1.0, fraction)))
@@ -235,12 +235,12 @@ class TaskProgress:
         return self._task.isCanceled()
 
     def info(self, message: str) -> None:  # noqa: D102
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Info)
 
     def warn(self, message: str) -> None:  # noqa: D102
         if message not in self.warnings:
             self.warnings.append(message)
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
 
 
 class RsVlmTask(QgsTask):
@@ -262,7 +262,7 @@ class RsVlmTask(QgsTask):
 
     def __init__(self, request: JobRequest, iface=None) -> None:
         title = f"RS-VLM {request.kind}: {request.source.name}"
-        super().__init__(title, QgsTask.CanCancel)
+        super().__init__(title, QgsTask.Flag.CanCancel)
         self.request = request
         self.iface = iface
         self.outcome: JobOutcome | None = None
@@ -282,7 +282,7 @@ class RsVlmTask(QgsTask):
             self.error = str(exc)
         except Exception:  # noqa: BLE001 - a bug: keep the traceback in the log
             details = traceback.format_exc()
-            QgsMessageLog.logMessage(details, LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(details, LOG_TAG, Qgis.MessageLevel.Critical)
             self.error = ("RS-VLM stopped on an unexpected error; the details are in the RS-VLM tab of the "
                           "Log Messages panel. Please report them.")
         return False
@@ -291,20 +291,20 @@ class RsVlmTask(QgsTask):
         """Hand the outcome back (main thread): signals and the message bar."""
         if result and self.outcome is not None:
             for message in self.progress.warnings:
-                self._message(message, Qgis.Warning)
+                self._message(message, Qgis.MessageLevel.Warning)
             self.jobFinished.emit(self.outcome)
             return
         if self.isCanceled() or self.cancelled:
             self.cancelled = True
             message = self.error or CancelledError().args[0]
-            self._message(message, Qgis.Info)
+            self._message(message, Qgis.MessageLevel.Info)
         else:
             message = self.error or "The job failed without a message; see the RS-VLM log."
-            self._message(message, Qgis.Critical)
+            self._message(message, Qgis.MessageLevel.Critical)
         self.jobFailed.emit(message)
 
     def _message(self, text: str, level) -> None:
         bar = self.iface.messageBar() if self.iface is not None and hasattr(self.iface, "messageBar") else None
         if bar is not None:
-            bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.Critical else 8)
+            bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.MessageLevel.Critical else 8)
         QgsMessageLog.logMessage(text, LOG_TAG, level)

@@ -16,7 +16,13 @@ def test_package_and_install_into_a_profile(tmp_path, bundle_dir):
     proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "install-plugin", "--profile-dir", str(profile)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    archive = sorted((ROOT / "dist").glob("rs_vlm_plugin-*.zip"))[-1]
+    version = next(l.split("=", 1)[1] for l in (ROOT / "rs_vlm_plugin" / "metadata.txt").read_text().splitlines()
+                   if l.startswith("version="))
+    repository = ROOT / "dist" / f"rs_vlm_plugin-{version}.zip"
+    repository_names = zipfile.ZipFile(repository).namelist()
+    assert not [n for n in repository_names if "/models/rs-vlm" in n or "resources/weights" in n]
+    assert "rs_vlm_plugin/LICENSE" in repository_names
+    archive = ROOT / "dist" / f"rs_vlm_plugin-{version}-offline.zip"  # what install-plugin unpacks
     names = zipfile.ZipFile(archive).namelist()
     assert "rs_vlm_plugin/metadata.txt" in names
     assert "rs_vlm_plugin/models/rs-vlm-lite0/manifest.json" in names

@@ -15,7 +15,7 @@ from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeRe
 from rs_vlm_plugin.core.records import SearchHit
 
 ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model",
-              "build_index", "search_index", "import_model"}
+              "build_index", "search_index", "import_model", "install_model"}
 
 
 def test_package_imports_without_qgis():

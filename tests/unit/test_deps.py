@@ -259,7 +259,8 @@ def test_pip_command():
     command = deps.pip_command("/usr/bin/python3.11", Path("/p/rs_vlm_deps/py3.11"), "/tmp/c.txt",
                                ["onnxruntime>=1.14,<=1.32.0", "shapely>=1.8,<=2.2.0"])
     assert command == ["/usr/bin/python3.11", "-m", "pip", "install", "--target", "/p/rs_vlm_deps/py3.11",
-                       "--constraint", "/tmp/c.txt", "--no-warn-script-location", "--disable-pip-version-check",
+                       "--constraint", "/tmp/c.txt", "--only-binary", ":all:", "--no-warn-script-location",
+                       "--disable-pip-version-check",
                        "--progress-bar", "off", "--no-input", "--upgrade",
                        "onnxruntime>=1.14,<=1.32.0", "shapely>=1.8,<=2.2.0"]
 

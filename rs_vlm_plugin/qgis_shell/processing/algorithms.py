@@ -30,7 +30,6 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ...core.bundle import default_bundle_dir
 from ...core.dris import PlanConfig
 from ...core.errors import CancelledError, RsVlmError
 from ...core.geometry import Extent
@@ -38,6 +37,7 @@ from ...core.pipeline import JobConfig, SearchResult, check_query, split_classes
 from ...core.validation import check_output, model_files
 from ..extent import to_extent
 from ..layers import display_name, style_layer
+from ..settings import default_model_dir
 from ..source import QgsLayerSource
 from ..task import JobRequest, execute
 from .provider import ICON_PATH
@@ -145,7 +145,7 @@ class RsVlmAlgorithm(QgsProcessingAlgorithm):
         """MAX_TILES: the DRIS tile budget."""
         param = QgsProcessingParameterNumber(
             "MAX_TILES", self.tr("Tile budget (most fine tiles the model looks at)"),
-            QgsProcessingParameterNumber.Integer, PlanConfig().max_tiles, False, 1, MAX_TILE_BUDGET)
+            QgsProcessingParameterNumber.Type.Integer, PlanConfig().max_tiles, False, 1, MAX_TILE_BUDGET)
         self.addParameter(param)
 
     def add_extent_parameter(self) -> None:
@@ -161,7 +161,7 @@ class RsVlmAlgorithm(QgsProcessingAlgorithm):
         """
         self.addParameter(QgsProcessingParameterFile(
             "MODEL", self.tr("Model bundle folder (default: the plugin's model)"),
-            behavior=QgsProcessingParameterFile.Folder, optional=True))
+            behavior=QgsProcessingParameterFile.Behavior.Folder, optional=True))
 
     def add_raster_job_parameters(self, output_description: str) -> None:
         """INPUT (a raster), EXTENT, MAX_TILES, MODEL and the GeoPackage OUTPUT."""
@@ -178,9 +178,9 @@ class RsVlmAlgorithm(QgsProcessingAlgorithm):
     # Values -------------------------------------------------------------------------------
 
     def model_dir(self, parameters, context) -> Path:
-        """The bundle folder: MODEL, or the plugin's default model."""
+        """The bundle folder: MODEL, or the default model (the plugin's own or the installed one)."""
         folder = self.parameterAsFile(parameters, "MODEL", context) if "MODEL" in parameters else ""
-        return Path(folder) if folder else default_bundle_dir()
+        return Path(folder) if folder else default_model_dir()
 
     def raster_source(self, parameters, context, name: str = "INPUT"):
         """The raster parameter as a thread-safe source and its layer (call on the main thread)."""
@@ -318,7 +318,7 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
         self.add_extent_parameter()
         self.add_budget_parameter()
         self.addParameter(QgsProcessingParameterNumber(
-            "TOP_K", self.tr("Number of hits to keep"), QgsProcessingParameterNumber.Integer, 10, False, 1, 1000))
+            "TOP_K", self.tr("Number of hits to keep"), QgsProcessingParameterNumber.Type.Integer, 10, False, 1, 1000))
         self.add_model_parameter()
         self.add_gpkg_output("Search hits")
         self.addOutput(QgsProcessingOutputNumber("N_HITS", self.tr("Number of hits")))

@@ -106,9 +106,9 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            "LAYERS", self.tr("Raster layers"), QgsProcessing.TypeRaster, optional=True))
+            "LAYERS", self.tr("Raster layers"), QgsProcessing.SourceType.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterFile(
-            "FOLDER", self.tr("Folder of raster files"), behavior=QgsProcessingParameterFile.Folder, optional=True))
+            "FOLDER", self.tr("Folder of raster files"), behavior=QgsProcessingParameterFile.Behavior.Folder, optional=True))
         self.addParameter(QgsProcessingParameterString(
             "PATTERN", self.tr("File name patterns in the folder (;-separated)"), BATCH_PATTERN, optional=True))
         self.add_budget_parameter()

@@ -89,10 +89,10 @@ class SearchIndexAlgorithm(RsVlmAlgorithm):
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterFile(
-            "INDEX", self.tr("Embedding index (.gpkg)"), behavior=QgsProcessingParameterFile.File, extension="gpkg"))
+            "INDEX", self.tr("Embedding index (.gpkg)"), behavior=QgsProcessingParameterFile.Behavior.File, extension="gpkg"))
         self.addParameter(QgsProcessingParameterString("QUERY", self.tr("Search text")))
         self.addParameter(QgsProcessingParameterNumber(
-            "MAX_HITS", self.tr("Number of hits to keep"), QgsProcessingParameterNumber.Integer, 10, False, 1, 1000))
+            "MAX_HITS", self.tr("Number of hits to keep"), QgsProcessingParameterNumber.Type.Integer, 10, False, 1, 1000))
         self.add_model_parameter()
         self.add_gpkg_output("Search hits")
         self.addOutput(QgsProcessingOutputNumber("N_HITS", self.tr("Number of hits")))

@@ -1,5 +1,6 @@
-"""Model algorithms: export the RS-VLM model and import open_clip checkpoints, each run by the
-project's torch code in a separate Python process (QGIS's Python never needs torch)."""
+"""Model algorithms: install a model (download from the registry or a package file), export the RS-VLM
+model and import open_clip checkpoints (the last two run the project's torch code in a separate Python
+process; QGIS's Python never needs torch)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,81 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
+    QgsProcessingOutputFolder,
     QgsProcessingParameterString,
 )
 
+from ...core.errors import CancelledError, RsVlmError
+from ...core.models.download import make_opener
+from ...core.models.install import clean_partial, install_archive, install_from_registry
+from ...core.models.registry import load_registry
 from ..child_python import PLUGIN_ROOT, child_error, default_python, stream_command
-from ..settings import PluginSettings
-from .algorithms import RsVlmAlgorithm
+from ..settings import PluginSettings, models_root
+from .algorithms import FeedbackProgress, RsVlmAlgorithm
+
+
+class InstallModelAlgorithm(RsVlmAlgorithm):
+    """Download a model of the registry (or install a package file) into the models folder."""
+
+    def name(self) -> str:  # noqa: D102
+        return "install_model"
+
+    def displayName(self) -> str:  # noqa: D102, N802
+        return self.tr("Install model")
+
+    def group(self) -> str:  # noqa: D102
+        return self.tr("Model")
+
+    def groupId(self) -> str:  # noqa: D102, N802
+        return "model"
+
+    def shortHelpString(self) -> str:  # noqa: D102, N802
+        return self.tr(
+            "Installs a model into the models folder of the RS-VLM settings (rs_vlm_models in the QGIS settings "
+            "folder unless one is chosen), where the panel and the other algorithms find it.\n\n"
+            "MODEL downloads that model of the plugin's registry from the project's releases, or from MIRROR "
+            "(default: the mirror of the settings) through QGIS's proxy; an interrupted download resumes, and "
+            "the file is checked by its SHA-256 before anything is installed. PACKAGE installs a model package "
+            "file (.zip) instead, without network. Nothing half-installed is ever left in the folder.")
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
+        try:
+            names = [e.name for e in load_registry().models]
+        except RsVlmError:  # a damaged registry must not take the provider down; PACKAGE still works
+            names = []
+        self.addParameter(QgsProcessingParameterEnum("MODEL", self.tr("Model to download"), names, defaultValue=0,
+                                                     optional=True))
+        self.addParameter(QgsProcessingParameterFile("PACKAGE", self.tr("Or a model package file (.zip)"),
+                                                     extension="zip", optional=True))
+        self.addParameter(QgsProcessingParameterString("MIRROR", self.tr("Mirror base URL (default: the settings')"),
+                                                       optional=True))
+        self.addOutput(QgsProcessingOutputFolder("OUTPUT_FOLDER", self.tr("Installed model folder")))
+
+    def process(self, parameters, context, feedback) -> dict:  # noqa: D102
+        from ..model_install import qgis_proxy_url
+
+        settings = PluginSettings.load()
+        root = models_root(settings)
+        package = self.parameterAsFile(parameters, "PACKAGE", context)
+        progress = FeedbackProgress(feedback)
+        try:
+            clean_partial(root)
+            if package:
+                folder = install_archive(Path(package), root, progress=progress)
+            else:
+                registry = load_registry()
+                entry = registry.models[self.parameterAsEnum(parameters, "MODEL", context)]
+                mirror = (self.parameterAsString(parameters, "MIRROR", context) or settings.model_mirror).strip()
+                feedback.pushInfo(f"Downloading {registry.url_of(entry, mirror)} ({entry.size / 1e6:.0f} MB)")
+                opener = make_opener(qgis_proxy_url(registry.url_of(entry, mirror)))
+                folder = install_from_registry(registry, entry.name, root, mirror, progress, opener)
+        except CancelledError:
+            feedback.pushInfo("Cancelled; nothing was installed (a download resumes next time).")
+            return {}
+        except RsVlmError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(f"Installed {folder.name} in {folder}.")
+        return {"OUTPUT_FOLDER": str(folder)}
 
 
 class ExportModelAlgorithm(RsVlmAlgorithm):
@@ -141,17 +211,10 @@ def import_arguments(checkpoint: Path, folder: Path, name: str, arch: str = "aut
 
 
 def imported_model_folder(name: str) -> Path:
-    """A new folder for an imported bundle in the settings' imported-models folder (set to
-    ``<QGIS settings folder>/rs_vlm_models`` when none is chosen yet)."""
-    from qgis.core import QgsApplication
-
+    """A new folder for an imported bundle in the models folder (:func:`settings.models_root`)."""
     from ..outputs import ensure_writable_folder, unique_path
 
-    settings = PluginSettings.load()
-    if not settings.models_folder:
-        settings.models_folder = str(Path(QgsApplication.qgisSettingsDirPath()) / "rs_vlm_models")
-        settings.save()
-    parent = ensure_writable_folder(Path(settings.models_folder).expanduser())
+    parent = ensure_writable_folder(models_root(PluginSettings.load()))
     return unique_path(parent, "".join(c if c.isalnum() or c in "-_." else "_" for c in name), suffix="")
 
 
@@ -194,4 +257,4 @@ def run_streaming(command: list[str], feedback: QgsProcessingFeedback, cwd: Path
 
 def model_algorithms() -> list:
     """One instance of each model algorithm."""
-    return [ExportModelAlgorithm(), ImportModelAlgorithm()]
+    return [InstallModelAlgorithm(), ExportModelAlgorithm(), ImportModelAlgorithm()]

@@ -285,10 +285,31 @@ def package(bundle: Path = BUNDLE, dist: Path | None = None) -> dict:
     return package_all(PLUGIN, bundle, dist or ROOT / "dist", extra)
 
 
+SHIPPED_FORMATS = {"image": "fp16", "text": "fp16", "decoder": "fp16"}  # float16 storage, float32 compute
+
+
+def shrunk_bundle() -> Path:
+    """The default bundle as it ships: a float16-weight copy (``modeling/quantize.py``) in
+    ``build_artifacts/rs-vlm-lite0`` (the folder name is the model's name in the registry),
+    rebuilt when the exported bundle changed. Parity and sizes are in its manifest."""
+    out = ROOT / "build_artifacts" / BUNDLE.name
+    stamp = out / ".source.sha256"
+    digest = hashlib.sha256((BUNDLE / "manifest.json").read_bytes()).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == digest):
+        shutil.rmtree(out, ignore_errors=True)
+        log("shrinking the bundle to float16 weights for the model package")
+        run([VENV_PY, "-m", "rs_vlm_plugin.modeling.quantize", BUNDLE, "--out", out,
+             *(f"--{k}={v}" for k, v in SHIPPED_FORMATS.items()), "--raster", SAMPLES / "demo_scene.tif",
+             "--report", ROOT / "out" / "shrink.json"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        stamp.write_text(digest)
+    return out
+
+
 def cmd_package(args) -> int:
     """dist/: the repository zip (no model), the model package and the offline zip (plugin + model)."""
     setup()
-    made = package(Path(args.model) if getattr(args, "model", None) else BUNDLE)
+    bundle = Path(args.model) if getattr(args, "model", None) else shrunk_bundle()
+    made = package(bundle)
     for kind, path in made.items():
         log(f"wrote {kind:10s} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "validate_plugin_zip.py"), str(made["repository"]),
@@ -407,7 +428,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_test)
     sub.add_parser("setup", help="set up only").set_defaults(func=lambda a: setup() or 0)
     p = sub.add_parser("package", help="the repository zip, the model package and the offline zip")
-    p.add_argument("--model", default=None, help="bundle folder to package (default: rs_vlm_plugin/models/rs-vlm-lite0)")
+    p.add_argument("--model", default=None, help="bundle folder to package (default: a float16 copy of "
+                   "rs_vlm_plugin/models/rs-vlm-lite0)")
     p.set_defaults(func=cmd_package)
     sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.jpg"
                    ).set_defaults(func=cmd_screenshots)

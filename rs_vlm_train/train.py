@@ -528,10 +528,6 @@ KNOWLEDGE_BETAS = (5.0, 10.0, 20.0, 40.0)
 KNOWLEDGE_BASE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
 
 
-def _mean_gzsl(parts: dict) -> dict:
-    return {k: float(np.mean([parts[d][k] for d in ("ucm_val", "resisc_held_back")])) for k in ("seen", "unseen", "H")}
-
-
 def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[str]) -> dict:
     """UCM val retrieval, RESISC12 held-back scene accuracy, VHR-10 held-back object retrieval, and the
     generalised zero-shot split (seen / unseen / harmonic mean) of UCM val and RESISC12 held-back."""
@@ -551,12 +547,16 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     out["scene_accuracy"] = scene_accuracy(res_img, _prompt_matrix(texts, texts.scene_prompts, classes), labels)
     out["scene_images"] = int(len(held))
     res_pred = np.argmax(res_img @ _prompt_matrix(texts, texts.scene_prompts, classes).T, axis=1)
-    out["gzsl"] = {
-        "ucm_val": generalised_zero_shot(ucm_pred, ucm_truth, ucm_classes,
-                                         {c for c in ucm_classes if group("ucm", c) in unseen}),
-        "resisc_held_back": generalised_zero_shot(res_pred, labels, classes,
-                                                  {c for c in classes if group("resisc", c) in unseen})}
-    out["gzsl"]["mean"] = _mean_gzsl(out["gzsl"])
+
+    def gzsl(ucm: np.ndarray, resisc: np.ndarray) -> dict:
+        """Seen / unseen / H of predictions on UCM val and RESISC12 held-back, and their mean."""
+        parts = {"ucm_val": generalised_zero_shot(ucm, ucm_truth, ucm_classes,
+                                                  {c for c in ucm_classes if group("ucm", c) in unseen}),
+                 "resisc_held_back": generalised_zero_shot(resisc, labels, classes,
+                                                           {c for c in classes if group("resisc", c) in unseen})}
+        return {**parts, "mean": {k: float(np.mean([parts[d][k] for d in parts])) for k in ("seen", "unseen", "H")}}
+
+    out["gzsl"] = gzsl(ucm_pred, res_pred)
     # Query-time knowledge: the combination calibrated on the seen classes of UCM val, then
     # measured on both splits like the plain prompts.
     ucm_seen = np.asarray([group("ucm", ucm_classes[t]) not in unseen for t in ucm_truth])
@@ -573,12 +573,7 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     res_k = np.argmax(texts.expanded(classes, setting).scores(res_img), axis=1)
     out["query_knowledge"] = {"beta": setting.beta, "base_weight": setting.base_weight, "enabled": True,
                               "calibrated_on": "UCM val, seen classes: accuracy over a grid of beta and base weight"}
-    out["gzsl_knowledge"] = {
-        "ucm_val": generalised_zero_shot(ucm_k, ucm_truth, ucm_classes,
-                                         {c for c in ucm_classes if group("ucm", c) in unseen}),
-        "resisc_held_back": generalised_zero_shot(res_k, labels, classes,
-                                                  {c for c in classes if group("resisc", c) in unseen})}
-    out["gzsl_knowledge"]["mean"] = _mean_gzsl(out["gzsl_knowledge"])
+    out["gzsl_knowledge"] = gzsl(ucm_k, res_k)
     out["scene_accuracy_knowledge"] = float(100 * np.mean(res_k == labels))
     boxes, box_labels = box_tokens(model, sets["vhr_val"])
     queries = texts.object_classes

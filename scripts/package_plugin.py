@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rs_vlm_plugin.core.models.archive import FIXED_TIME, sha256_of, write_model_package  # noqa: E402
+from rs_vlm_plugin.core.models.archive import sha256_of, write_member, write_model_package  # noqa: E402
 from rs_vlm_plugin.core.models.registry import load_registry, update_entry  # noqa: E402
 
 PLUGIN_FOLDER = "rs_vlm_plugin"
@@ -77,11 +77,7 @@ def write_plugin_zip(plugin: Path, target: Path, extra: dict[str, Path],
 
 
 def _add(zf: zipfile.ZipFile, path: Path, arcname: str) -> None:
-    info = zipfile.ZipInfo(arcname, FIXED_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    info.external_attr = 0o644 << 16
-    with open(path, "rb") as f:
-        zf.writestr(info, f.read())
+    write_member(zf, arcname, path.read_bytes())
 
 
 def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] | None = None) -> dict[str, Path]:

@@ -69,13 +69,14 @@ def write_model_package(bundle: Path, target: Path, name: str | None = None) -> 
     tmp = target.with_name(target.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         for path in files:
-            _write(zf, f"{name}/{path.name}", path.read_bytes())
-        _write(zf, f"{name}/{SUMS}", sums_text(bundle, files).encode())
+            write_member(zf, f"{name}/{path.name}", path.read_bytes())
+        write_member(zf, f"{name}/{SUMS}", sums_text(bundle, files).encode())
     os.replace(tmp, target)
     return target
 
 
-def _write(zf: zipfile.ZipFile, arcname: str, data: bytes) -> None:
+def write_member(zf: zipfile.ZipFile, arcname: str, data: bytes) -> None:
+    """Add ``data`` as ``arcname`` with a fixed time and mode, so that the same files make the same zip."""
     info = zipfile.ZipInfo(arcname, FIXED_TIME)
     info.compress_type = zipfile.ZIP_DEFLATED
     info.external_attr = 0o644 << 16

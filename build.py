@@ -324,7 +324,7 @@ def qgis_profile_dir(profile: str) -> Path:
 def cmd_install_plugin(args) -> int:
     """Unpack the plugin zip into a QGIS profile and enable it there."""
     setup()
-    offline = package()["offline"]  # plugin and model: works without a download
+    offline = package(shrunk_bundle())["offline"]  # plugin and model as shipped: works without a download
     profile = Path(args.profile_dir) if args.profile_dir else qgis_profile_dir(args.profile)
     plugins = profile / "python" / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)

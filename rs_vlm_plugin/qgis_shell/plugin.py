@@ -293,7 +293,7 @@ class RsVlmPlugin(ModelActions):
                 continue
             name = next((f for f in SCORE_FIELDS if f in names), None)
             if name is not None:
-                layer.setSubsetString(f'"{name}" >= {threshold:.6f}' if threshold > 0 else "")
+                layer.setSubsetString(f'"{name}" >= {threshold - 1e-9!r}' if threshold > 0 else "")  # as the list: no rounding up
                 layer.triggerRepaint()
 
     # Internals ----------------------------------------------------------------------------

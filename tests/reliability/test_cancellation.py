@@ -106,7 +106,10 @@ def test_ctrl_c_exits_130_with_one_line(hostile, bundle_dir, tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "rs_vlm_plugin", "caption", str(hostile["large"]), "-o", str(out), "--max-tiles", "64",
          "--uniform", "--model", str(bundle_dir)],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A test run started in the background inherits SIGINT ignored, and so would the child: give it
+        # the default disposition, as an interactive shell does, so that Python turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.monotonic() + 120
     while "Encoding" not in seen and time.monotonic() < deadline:  # the progress bar names the stage

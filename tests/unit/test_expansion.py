@@ -180,9 +180,9 @@ def test_a_scorer_scores_token_stacks_and_drives_presence_scores():
 
 
 @pytest.mark.parametrize("manifest, expected", [
-    ({}, QueryKnowledge(20.0, 2.0, True)),
+    ({}, QueryKnowledge(5.0, 8.0, True)),
     ({MANIFEST_KEY: {"beta": 5, "base_weight": 1.5}}, QueryKnowledge(5.0, 1.5, True)),
-    ({MANIFEST_KEY: {"enabled": False}}, QueryKnowledge(20.0, 2.0, False)),
+    ({MANIFEST_KEY: {"enabled": False}}, QueryKnowledge(5.0, 8.0, False)),
 ])
 def test_settings_come_from_the_manifest(manifest, expected):
     assert QueryKnowledge.from_manifest(manifest) == expected

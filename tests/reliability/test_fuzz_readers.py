@@ -77,14 +77,22 @@ def test_damaged_index_files_open_or_give_a_sentence(index_file, cut, edits):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "damaged.gpkg"
         path.write_bytes(_damage(index_file.read_bytes(), cut, edits))
-        try:
-            index = EmbeddingIndex.open(path)
-        except RsVlmError as exc:
-            event("sentence: " + str(exc).split(" (")[0].split(";")[0].replace(str(path), "INDEX"))
+        index = _open_or_sentence(path)
+        if index is None:
             return
-        event("opened")
         assert len(index) == index.meta["tiles"]
         assert index.scores(np.ones(index.tokens.shape[1], np.float32)).shape == (len(index),)
+
+
+def _open_or_sentence(path: Path):
+    """The index at ``path``, or None after recording the sentence it was refused with (any other error fails)."""
+    try:
+        index = EmbeddingIndex.open(path)
+    except RsVlmError as exc:
+        event("sentence: " + str(exc).split(" (")[0].split(";")[0].replace(str(path), "INDEX"))
+        return None
+    event("opened")
+    return index
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -104,10 +112,7 @@ def test_index_metadata_of_any_value_opens_or_gives_a_sentence(index_file, key, 
         with db:
             db.execute(f"UPDATE {META_TABLE} SET value = ? WHERE key = ?", (json.dumps(value), key))
         db.close()
-        try:
-            index = EmbeddingIndex.open(path)
-        except RsVlmError as exc:
-            event("sentence: " + str(exc).split(" (")[0].split(";")[0].replace(str(path), "INDEX"))
+        index = _open_or_sentence(path)
+        if index is None:
             return
-        event("opened")
         assert len(index) >= 1

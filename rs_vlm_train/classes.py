@@ -163,22 +163,30 @@ def generalised_zero_shot(pred: np.ndarray, truth: np.ndarray, classes: list[str
 
 def weak_captions(labels: list[str], source: str, by_class: dict[str, list[str]], kb_path: Path = KNOWLEDGE_BASE,
                   min_sentences: int = 20) -> dict[str, list[str]]:
-    """Captions for scene images that have only a class label, from caption corpora of the same class.
+    """Captions for scene images that have only a class label, from caption corpora.
 
-    For each label: the corpus sentences (``by_class``: corpus class -> sentences, grouped like
-    the label) that name the class, or all of the group's sentences when fewer than
-    ``min_sentences`` do, those few and three template sentences ("there is an island in the image").
+    For each label: the corpus sentences of the same class group (``by_class``: corpus class ->
+    sentences) that name the class; when fewer than ``min_sentences`` do, also every other corpus
+    sentence that names it ("a beach next to an island"). Only a class that no corpus sentence
+    names at all gets template sentences ("there is an island in the image"): repeated fixed
+    phrases over hundreds of images teach the decoder one sentence for every similar-looking
+    scene (the version-3 candidate called a dark forest "an aerial image of a wetland").
     """
     terms = knowledge_terms(kb_path)
     grouped: dict[str, list[str]] = {}
     for corpus_class, sentences in by_class.items():
         grouped.setdefault(group("rsicd", corpus_class), []).extend(sentences)
+    everything = sorted({s for sentences in by_class.values() for s in sentences})
     out = {}
     for label in sorted(set(labels)):
-        pool = sorted(set(grouped.get(group(source, label), [])))
-        naming = [s for s in pool if names_class(s, class_terms(source, label, terms))]
-        name = readable(label)
-        templates = [f"this is {article(name)}", f"there is {article(name)} in the image",
-                     f"an aerial image of {article(name)}"]
-        out[label] = naming if len(naming) >= min_sentences else naming + templates
+        lists = class_terms(source, label, terms)
+        naming = [s for s in sorted(set(grouped.get(group(source, label), []))) if names_class(s, lists)]
+        if len(naming) < min_sentences:
+            chosen = set(naming)
+            naming += [s for s in everything if s not in chosen and names_class(s, lists)]
+        if not naming:
+            name = readable(label)
+            naming = [f"this is {article(name)}", f"there is {article(name)} in the image",
+                      f"an aerial image of {article(name)}"]
+        out[label] = naming
     return out

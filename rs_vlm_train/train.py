@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from rs_vlm_plugin.core.expansion import ExpandedQueries, QueryKnowledge, expand_text
 from rs_vlm_plugin.core.knowledge import KnowledgeBase
 from rs_vlm_plugin.core.qa import calibrate_threshold, presence_scores, subject_prompts
+from rs_vlm_plugin.core.seen_bias import familiarity, stacking_offsets
 from rs_vlm_plugin.modeling.rsvlm import (CaptionDecoder, ImageModel, ModelConfig, box_cell_weights,
                                           build_backbone, pool_objects)
 
@@ -526,11 +527,40 @@ def _prompt_matrix(texts: Texts, prompts: dict, classes: list[str]) -> np.ndarra
 
 KNOWLEDGE_BETAS = (5.0, 10.0, 20.0, 40.0)
 KNOWLEDGE_BASE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
+STACKING_GAMMAS = tuple(round(0.05 * k, 2) for k in range(21))  # calibrated stacking margins, 0 to 1
 
 
-def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[str]) -> dict:
+def trained_class_names(texts: Texts, unseen: set[str], recipe: Recipe) -> list[str]:
+    """Readable names of every class a recipe trains on (scene, land-use and object classes)."""
+    names = [c for c in texts.ucm_classes if group("ucm", c) not in unseen]
+    names += [c for c in texts.resisc_classes if group("resisc", c) not in unseen]
+    if recipe.extra:
+        names += [c for c in texts.extra_classes if group("extra", c) not in unseen]
+    names += [c for c in texts.object_classes if group("vhr", c) not in unseen]
+    return sorted({feat.readable(c) for c in names})
+
+
+def class_familiarity(classes: list[str], trained: list[str], cache: Path) -> np.ndarray:
+    """(C,) each class's familiarity to the trained classes (core/seen_bias.py), through the class prompts."""
+    names = sorted({feat.readable(c) for c in classes} | set(trained))
+    emb = feat.text_embeddings([p.format(n) for n in names for p in feat.SCENE_PROMPTS], cache, "familiarity")
+    emb = emb.reshape(len(names), len(feat.SCENE_PROMPTS), -1).mean(1)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    row = {n: k for k, n in enumerate(names)}
+    return familiarity(emb[[row[feat.readable(c)] for c in classes]], emb[[row[n] for n in trained]])
+
+
+def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[str], trained: list[str],
+                       cache: Path, gamma: float | None = None) -> dict:
     """UCM val retrieval, RESISC12 held-back scene accuracy, VHR-10 held-back object retrieval, and the
-    generalised zero-shot split (seen / unseen / harmonic mean) of UCM val and RESISC12 held-back."""
+    generalised zero-shot split (seen / unseen / harmonic mean) of UCM val and RESISC12 held-back,
+    plain, with query-time knowledge, and with calibrated stacking (core/seen_bias.py).
+
+    Args:
+        trained: Readable names of the classes the model was trained on (familiarity).
+        gamma: The stacking margin; None calibrates it on UCM val's leave-classes-out split
+            (the harmonic mean of seen and unseen accuracy), never on RESISC12.
+    """
     val = encode_set(model, sets["ucm_val"], [0])
     img = val["global"][:, 0].numpy()
     txt = texts.emb[[t for rows in texts.ucm_val for t in rows]].numpy()
@@ -575,6 +605,28 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
                               "calibrated_on": "UCM val, seen classes: accuracy over a grid of beta and base weight"}
     out["gzsl_knowledge"] = gzsl(ucm_k, res_k)
     out["scene_accuracy_knowledge"] = float(100 * np.mean(res_k == labels))
+    # Calibrated stacking: every class's score less gamma times its familiarity to the trained classes.
+    ucm_off = stacking_offsets(class_familiarity(ucm_classes, trained, cache), 1.0)
+    res_off = stacking_offsets(class_familiarity(classes, trained, cache), 1.0)
+    ucm_sims = img @ _prompt_matrix(texts, texts.ucm_prompts, ucm_classes).T
+    res_sims = res_img @ _prompt_matrix(texts, texts.scene_prompts, classes).T
+    ucm_unseen = {c for c in ucm_classes if group("ucm", c) in unseen}
+    sweep = {}
+    if ucm_unseen:
+        for g in STACKING_GAMMAS:
+            sweep[g] = generalised_zero_shot(np.argmax(ucm_sims + g * ucm_off, axis=1), ucm_truth, ucm_classes,
+                                             ucm_unseen)["H"]
+    chosen = float(gamma if gamma is not None else max(sweep, key=lambda g: (sweep[g], -g)) if sweep else 0.0)
+    out["seen_bias"] = {"gamma": chosen, "trained_classes": trained,
+                        "calibrated_on": "given" if gamma is not None else
+                        "UCM val, leave-classes-out split: harmonic mean of seen and unseen accuracy over gamma "
+                        "0-1 (RESISC12 held-back is not used)", "ucm_val_H_by_gamma": sweep}
+    out["gzsl_stacked"] = gzsl(np.argmax(ucm_sims + chosen * ucm_off, axis=1),
+                               np.argmax(res_sims + chosen * res_off, axis=1))
+    out["gzsl_stacked_knowledge"] = gzsl(
+        np.argmax(texts.expanded(ucm_classes, setting).scores(img) + chosen * ucm_off, axis=1),
+        np.argmax(texts.expanded(classes, setting).scores(res_img) + chosen * res_off, axis=1))
+    out["scene_accuracy_stacked"] = float(100 * np.mean(np.argmax(res_sims + chosen * res_off, axis=1) == labels))
     boxes, box_labels = box_tokens(model, sets["vhr_val"])
     queries = texts.object_classes
     q_emb = _prompt_matrix(texts, texts.object_prompts, queries)
@@ -637,8 +689,9 @@ def evaluate_captions(model: ImageModel, decoder: CaptionDecoder, sets: dict, te
 
 def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts, kb: dict, base: ModelConfig,
                 cache: Path, steps: int, dec: DecoderData, dec_epochs: int, seed: int, n_views: int, meteor: bool,
-                recipe: Recipe) -> dict:
-    """Train one variant (alignment + decoder fine-tuning) and evaluate it on the val splits."""
+                recipe: Recipe, gamma: float | None = None) -> dict:
+    """Train one variant (alignment + decoder fine-tuning) and evaluate it on the val splits
+    (``gamma``: the calibrated-stacking margin, None to calibrate it, see :func:`evaluate_alignment`)."""
     config = copy.deepcopy(base)
     recipe = Recipe(**{**recipe.to_dict(), **switches.get("recipe", {})})
     drop = switches.get("tier")
@@ -652,7 +705,13 @@ def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts,
     align_s = time.time() - t0
     rows = TrainingRows(sets, texts, recipe)
     unseen = rows.unseen  # the leave-classes-out groups, or none
-    metrics = evaluate_alignment(model, sets, texts, unseen)
+    metrics = evaluate_alignment(model, sets, texts, unseen, trained_class_names(texts, unseen, recipe), cache,
+                                 gamma)
+    metrics["recipe"] = recipe.to_dict()
+    if dec_epochs == 0:  # an image-space ablation: no decoder, no caption metrics
+        metrics["seconds"] = metrics["align_seconds"] = round(align_s, 1)
+        _print_variant(name, metrics)
+        return {"config": config.to_dict(), "metrics": metrics, "model": model, "decoder": None}
     dec_path = cache / f"decoder_{tag}_{dec_epochs}x{n_views}.pt"
     if dec_path.exists():
         decoder = CaptionDecoder(dec.pretrained.config)
@@ -675,19 +734,40 @@ def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts,
                                                 unseen, drop)
     metrics["qa"] = calibrate_presence(val_cache, sets["ucm_val"].index["classes"], texts,
                                        float(model.logit_scale.exp()))
-    metrics["recipe"] = recipe.to_dict()
     metrics["seconds"] = round(time.time() - t0, 1)
     metrics["align_seconds"] = round(align_s, 1)
+    _print_variant(name, metrics)
+    return {"config": config.to_dict(), "metrics": metrics, "model": model, "decoder": decoder}
+
+
+def _print_variant(name: str, metrics: dict) -> None:
+    """One line of a variant's figures (caption figures when it has a decoder)."""
     gz = metrics["gzsl"]["mean"]
+    captions = ""
+    if "captioning" in metrics:
+        captions = (f"BLEU-4 {metrics['captioning']['BLEU-4']:.3f} CIDEr {metrics['captioning']['CIDEr']:.3f} "
+                    f"truthful RESISC {metrics['truthfulness']['resisc_held_back']['truthful']:.1f} unseen "
+                    f"{metrics['truthfulness']['unseen']['truthful']:.1f}")
     print(f"[{name}] mR {metrics['retrieval']['mR']:.1f} scene {metrics['scene_accuracy']:.1f} "
           f"GZSL seen {gz['seen']:.1f} unseen {gz['unseen']:.1f} H {gz['H']:.1f} "
           f"(with knowledge: unseen {metrics['gzsl_knowledge']['mean']['unseen']:.1f} "
-          f"H {metrics['gzsl_knowledge']['mean']['H']:.1f}) "
-          f"obj P@10 {metrics['objects']['p@10']:.1f} BLEU-4 {metrics['captioning']['BLEU-4']:.3f} "
-          f"CIDEr {metrics['captioning']['CIDEr']:.3f} truthful RESISC "
-          f"{metrics['truthfulness']['resisc_held_back']['truthful']:.1f} unseen "
-          f"{metrics['truthfulness']['unseen']['truthful']:.1f}", flush=True)
-    return {"config": config.to_dict(), "metrics": metrics, "model": model, "decoder": decoder}
+          f"H {metrics['gzsl_knowledge']['mean']['H']:.1f}; stacked, gamma {metrics['seen_bias']['gamma']:.2f}: "
+          f"seen {metrics['gzsl_stacked']['mean']['seen']:.1f} unseen {metrics['gzsl_stacked']['mean']['unseen']:.1f} "
+          f"H {metrics['gzsl_stacked']['mean']['H']:.1f}) "
+          f"obj P@10 {metrics['objects']['p@10']:.1f} {captions}", flush=True)
+
+
+def stacking_margin(report: Path, row: str) -> float:
+    """The calibrated-stacking margin of a leave-classes-out row of ``open_vocabulary.json`` (0 without one).
+
+    The final model trains on every class, so its margin comes from the same recipe trained
+    without the left-out ones.
+    """
+    if not report.exists():
+        print(f"no {report}: the final model gets no calibrated stacking (run with --leave-out)", flush=True)
+        return 0.0
+    rows = json.loads(report.read_text(encoding="utf-8"))["rows"]
+    return float(rows[row]["seen_bias"]["gamma"]) if row in rows and "seen_bias" in rows[row] else 0.0
 
 
 def calibrate_presence(val_cache: dict, classes: list[str], texts: Texts, logit_scale: float) -> dict:
@@ -742,12 +822,17 @@ def main(argv=None) -> int:
     parser.add_argument("--ablations", action="store_true",
                         help="also train and evaluate the ablation variants (on the leave-classes-out split)")
     parser.add_argument("--ablation-steps", type=int, default=150)
-    parser.add_argument("--ablation-decoder-epochs", type=int, default=3)
+    parser.add_argument("--ablation-decoder-epochs", type=int, default=3,
+                        help="decoder epochs of each ablation variant (0: image space only, no caption metrics)")
+    parser.add_argument("--ablation-names", default=",".join(ABLATIONS),
+                        help="comma-separated ablation variants to run, in the order given")
+    parser.add_argument("--skip-final", action="store_true", help="stop after the leave-classes-out stages")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--mosaics", type=int, default=4000, help="2x2 and 3x3 mosaics built for the region tier")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=Path("out/train"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(max(1, args.threads))
     t_start = time.time()
     base = ModelConfig()
     kb = json.loads(KNOWLEDGE_BASE.read_text(encoding="utf-8"))
@@ -762,7 +847,14 @@ def main(argv=None) -> int:
     weak = weak_captions(texts.scene_classes, "resisc", read_corpus_by_class(args.data))
     box_sents = [feat.normalise_caption(texts.items[t]) for t in texts.vhr_scene if t is not None]
     ucm_sents = [feat.normalise_caption(s) for sents in ucm_index["sentences"] for s in sents]
-    vocab = build_vocab(text_corpus + ucm_sents + box_sents + [w for ws in weak.values() for w in ws])
+    # The vocabulary belongs to the pre-trained decoder checkpoints: built once, then read back, so
+    # that a change in the weak pairs does not invalidate every cached decoder.
+    vocab_path = args.cache / "vocab.json"
+    if vocab_path.exists():
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    else:
+        vocab = build_vocab(text_corpus + ucm_sents + box_sents + [w for ws in weak.values() for w in ws])
+        vocab_path.write_text(json.dumps(vocab), encoding="utf-8")
     base.vocab_size = len(vocab)
     args.report.mkdir(parents=True, exist_ok=True)
     report = {"seed": args.seed}
@@ -793,7 +885,12 @@ def main(argv=None) -> int:
         (args.report / "open_vocabulary.json").write_text(json.dumps(report["open_vocabulary"], indent=2, default=float))
         if args.ablations:
             ab_rows = {}
-            for name, switches in ABLATIONS.items():
+            names = [n.strip() for n in args.ablation_names.split(",") if n.strip()]
+            unknown = [n for n in names if n not in ABLATIONS]
+            if unknown:
+                parser.error(f"unknown ablation variants {unknown}; choose from {list(ABLATIONS)}")
+            for name in names:
+                switches = ABLATIONS[name]
                 print(f"stage ablation (leave-classes-out): {name}", flush=True)
                 res = run_variant(f"lco {name}", switches, args.data, sets, texts, kb, base, args.cache,
                                   args.ablation_steps, lco, args.ablation_decoder_epochs, args.seed, 2, meteor=False,
@@ -805,11 +902,18 @@ def main(argv=None) -> int:
                 # written after every row, so that an interrupted run leaves the rows it finished
                 (args.report / "ablations.json").write_text(json.dumps(report["ablations"], indent=2, default=float))
 
+    if args.skip_final:
+        return 0
     print("stage align + decoder (final model)", flush=True)
     full = decoder_data(False)
     recipe = RECIPES[args.recipe]
     res = run_variant("final", {}, args.data, sets, texts, kb, base, args.cache, args.steps, full,
-                      args.decoder_epochs, args.seed, args.decoder_views, meteor=True, recipe=recipe)
+                      args.decoder_epochs, args.seed, args.decoder_views, meteor=True, recipe=recipe, gamma=0.0)
+    # Every class is seen here, so the margin is the one the same recipe calibrated without the
+    # left-out classes (read now: a leave-classes-out run may have finished beside this one).
+    res["metrics"]["seen_bias"].update(gamma=stacking_margin(args.report / "open_vocabulary.json", f"lco {args.recipe}"),
+                                       calibrated_on=f"the leave-classes-out run of the {args.recipe} recipe "
+                                                     "(UCM val H), see open_vocabulary.json")
     with torch.no_grad():  # a concept's mean similarity to training images becomes its ranking bias
         image_mean = encode_set(res["model"], sets["ucm_train"], [0], global_only=True)["global"][:, 0].mean(0)
     meta = {"config": res["config"], "seed": args.seed, "qa": res["metrics"]["qa"], "align_steps": args.steps,
@@ -817,6 +921,7 @@ def main(argv=None) -> int:
             "decoder_views": args.decoder_views, "tier_weights": TIER_WEIGHTS, "routing_weight": ROUTING_WEIGHT,
             "recipe": {"name": args.recipe, **recipe.to_dict()},
             "query_knowledge": res["metrics"]["query_knowledge"],
+            "seen_bias": {k: v for k, v in res["metrics"]["seen_bias"].items() if k != "ucm_val_H_by_gamma"},
             "logit_scale": float(res["model"].logit_scale.exp()),
             "val": {k: v for k, v in res["metrics"].items() if k != "examples"},
             "data": ["UCM train (captions)", "RESISC12 train minus 20% held back (class prompts)",

@@ -45,6 +45,11 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
         assert 0 <= row["truthfulness"]["resisc_held_back"]["truthful"] <= 100
         assert row["truthfulness"]["unseen"]["images"] > 0
     assert lco["rows"]["lco v2"]["recipe"]["geometry"] == 0 and lco["rows"]["lco open"]["recipe"]["geometry"] > 0
+    for row in lco["rows"].values():  # calibrated stacking: gamma chosen on UCM val, measured on both splits
+        sb = row["seen_bias"]
+        assert sb["gamma"] in sb["ucm_val_H_by_gamma"] or str(sb["gamma"]) in sb["ucm_val_H_by_gamma"]
+        assert "golf course" not in sb["trained_classes"] and "forest" in sb["trained_classes"]
+        assert set(row["gzsl_stacked"]) == {"ucm_val", "resisc_held_back", "mean"}
     arrays, meta, vocab = load_weights(weights)
     assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and "forest" in vocab
     assert {"image.object_head.fc1.weight", "image.fusion.router.weight", "decoder.embed.weight",
@@ -66,6 +71,9 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     assert set(manifest["parity_max_abs_diff"]) == {"image_encoder", "text_encoder", "decoder"}
     assert manifest["qa"]["threshold"] == pytest.approx(val["qa"]["threshold"])
     assert manifest["query_knowledge"] == meta["query_knowledge"]
+    # The final model's stacking margin is the leave-classes-out run's, against every trained class.
+    assert meta["seen_bias"]["gamma"] == lco["rows"]["lco open"]["seen_bias"]["gamma"]
+    assert "golf course" in meta["seen_bias"]["trained_classes"] and manifest["seen_bias"] == meta["seen_bias"]
     bundle = ModelBundle.load(tmp_path / "bundle")
     tiles = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     captions = bundle.caption(bundle.encode_tiers(tiles))

@@ -68,13 +68,15 @@ def test_generalised_zero_shot_harmonic_mean():
     assert out["H"] == pytest.approx(50.0)
 
 
-def test_weak_captions_take_corpus_sentences_of_the_class_or_templates():
+def test_weak_captions_take_corpus_sentences_naming_the_class_templates_only_when_none_does():
     corpus = {"desert": [f"a yellow desert number {k}" for k in range(25)] + ["some dunes"],
-              "industrial": ["a factory"] * 3}
-    weak = weak_captions(["desert", "industrial_area", "island"], "resisc", corpus)
+              "industrial": ["a factory"] * 3,
+              "beach": ["a beach next to a small island", "waves on a beach"]}
+    weak = weak_captions(["desert", "industrial_area", "island", "wetland"], "resisc", corpus)
     assert len(weak["desert"]) == 25 and "some dunes" not in weak["desert"]  # only sentences naming the class
-    assert "a factory" in weak["industrial_area"] and "this is an industrial area" in weak["industrial_area"]
-    assert weak["island"] == ["this is an island", "there is an island in the image", "an aerial image of an island"]
+    assert weak["industrial_area"] == ["a factory"]  # few, but real: no template added
+    assert weak["island"] == ["a beach next to a small island"]  # named in another class's sentences
+    assert weak["wetland"] == ["this is a wetland", "there is a wetland in the image", "an aerial image of a wetland"]
 
 
 @pytest.mark.parametrize("labels, sentence", [

@@ -10,6 +10,7 @@
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
     python3 build.py bench-index     build a 12k-tile embedding index, time 200+ text queries against it
     python3 build.py bench-import    import a full-size random ViT-B-32 CLIP: export time, ONNX vs torch speed
+    python3 build.py bench-speed [--provider cuda]   image tower tiles/s, planning share, peak memory at 10k/20k
     python3 build.py train --data ../shared/data [--ablations]   train the model (resumable), then `export`
     python3 build.py export          re-export the ONNX bundle from the committed weights
     python3 build.py fit-decoder --model BUNDLE_DIR --data ../shared/data [--epochs N] [--max-sentences N]
@@ -379,6 +380,30 @@ def cmd_bench_soak(args) -> int:
                 "--out", ROOT / "out" / "bench_soak.json"], env=headless_env(), check=False, cwd=ROOT).returncode
 
 
+def cmd_bench_speed(args) -> int:
+    """Speed and memory: image-tower tiles/s per graph, tier and precision (ONNX vs torch), planning's
+    share of a job at 2560 and 10k px, peak memory of a uniform caption at 10k and 20k px (prints figures)."""
+    setup()
+    extra = ["--provider", args.provider, *sum((["--skip", s] for s in args.skip or []), [])]
+    return run([VENV_PY, ROOT / "scripts" / "bench_speed.py", "--samples", SAMPLES, "--work", CACHE / "bench_speed",
+                "--out", ROOT / "out" / "bench_speed.json", *extra], env=headless_env(), check=False,
+               cwd=ROOT).returncode
+
+
+def cmd_bench_scale(args) -> int:
+    """Scale-out benchmark: batch captioning in this process and on Dask clusters of 1 and 2 workers."""
+    setup()
+    return run([VENV_PY, ROOT / "scripts" / "bench_scale.py", "--work", CACHE / "bench_scale",
+                "--out", ROOT / "out" / "bench_scale.json"], env=headless_env(), check=False, cwd=ROOT).returncode
+
+
+def cmd_bench_locate(args) -> int:
+    """Locate benchmark: text-guided DRIS vs complexity DRIS vs the native grid on VHR-10 mosaics and NAIP scenes."""
+    setup()
+    return run([VENV_PY, ROOT / "scripts" / "bench_locate.py", "--data", Path(args.data).resolve(),
+                "--out", ROOT / "out" / "bench_locate.json", *args.locate_args], check=False, cwd=ROOT).returncode
+
+
 def cmd_train(args) -> int:
     """Train the model on a data folder laid out like ../shared/data (stages resume from checkpoints)."""
     ensure_apt()
@@ -450,6 +475,16 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="../shared/data: also compare zero-shot torch vs ONNX on RESISC12")
     p.set_defaults(func=cmd_bench_import)
     sub.add_parser("bench-soak", help="200 jobs in one process, memory after each 20").set_defaults(func=cmd_bench_soak)
+    locate = sub.add_parser("bench-locate", help="text-guided DRIS and outlines: AP, recall, area, pixels (VHR-10 mosaics, NAIP)")
+    locate.add_argument("--data", required=True, help="folder laid out like ../shared/data")
+    locate.add_argument("locate_args", nargs=argparse.REMAINDER, help="more options of scripts/bench_locate.py")
+    locate.set_defaults(func=cmd_bench_locate)
+    p = sub.add_parser("bench-speed", help="image tower tiles/s (tiers, fp16/int8, torch), planning share, peak memory")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="cuda: onnxruntime-gpu")
+    p.add_argument("--skip", action="append", choices=("tower", "planning", "memory"), help="leave out a part")
+    p.set_defaults(func=cmd_bench_speed)
+    sub.add_parser("bench-scale", help="batch captioning on Dask: 1 and 2 workers, tiles/s").set_defaults(
+        func=cmd_bench_scale)
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)

@@ -94,6 +94,9 @@ class Recipe:
             sentences of their class and on VHR-10 images with their box sentences.
         text_share: Share of each decoder fine-tuning step given to text-only reconstruction of
             the caption corpora.
+        box_sentences_in_decoder: Decoder fine-tuning also on VHR-10 images with their
+            box-to-caption sentences (off: those fixed phrases, "a running track around a
+            football field", took over the caption of a forest with a road).
     """
 
     leave_out: bool = False
@@ -104,6 +107,7 @@ class Recipe:
     decay_to_init: float = 1.0
     weak_captions: bool = True
     text_share: float = 0.2
+    box_sentences_in_decoder: bool = False
 
     def to_dict(self) -> dict:  # noqa: D102
         return asdict(self)
@@ -662,7 +666,7 @@ def decoder_sources(model: ImageModel, sets: dict, texts: Texts, rows: TrainingR
             classes = sets[tag].index["classes"]
             sources.append(PairedSource(tag, encode_set(model, sets[tag], [0], picked),
                                         [data.weak[classes[i]] for i in picked], per_epoch))
-    if len(rows.vhr_scene):
+    if len(rows.vhr_scene) and recipe.box_sentences_in_decoder:
         sources.append(PairedSource("vhr_scene", encode_set(model, sets["vhr_scene"], [0], rows.vhr_scene),
                                     [[texts.items[texts.vhr_scene[i]]] for i in rows.vhr_scene]))
     return sources

@@ -32,9 +32,11 @@ from qgis.core import (  # noqa: E402 - after the path set-up
     QgsGradientColorRamp,
     QgsGraduatedSymbolRenderer,
     QgsPalLayerSettings,
+    QgsProperty,
     QgsRendererCategory,
     QgsRuleBasedLabeling,
     QgsRuleBasedRenderer,
+    QgsSymbolLayer,
     QgsTextBufferSettings,
     QgsTextFormat,
     QgsVectorLayer,
@@ -47,6 +49,7 @@ from rs_vlm_plugin.core.records import (  # noqa: E402
     CaptionRecord,
     ClassRecord,
     EvidenceRecord,
+    OutlineRecord,
     PlanTileRecord,
     SearchHit,
 )
@@ -56,6 +59,7 @@ from rs_vlm_plugin.qgis_shell.layers import (  # noqa: E402
     HIT_COLOURS,
     HIT_OPACITY,
     LABEL_WRAP_CHARACTERS,
+    OUTLINE_COLOURS,
     PLAN_DEPTH_COLOURS,
     STYLE_CATEGORIES,
     STYLE_FILES,
@@ -75,8 +79,13 @@ EVIDENCE_TIP = ('<b>[% "answer" %]</b><br>' + HIT_TIP + '<br><i>[% "question" %]
 CLASS_TIP = ('<b>[% "class" %]</b> ([% format_number("confidence", 2) %])<br>'
              'runner-up: [% "runner_up" %]<br>[% "level" %], [% format_number("gsd_m", 2) %] m/pixel')
 PLAN_TIP = ('<b>tile [% "key" %]</b>, depth [% "depth" %][% if("is_leaf", \' (encoded)\', \' (split)\') %]<br>'
+            'refined for: [% "reason" %][% if("score" IS NULL, \'\', concat(\', query score \', '
+            'format_number("score", 3))) %]<br>'
             'complexity [% format_number("complexity", 2) %]<br>'
             'gsd [% format_number("gsd_m", 2) %] m/pixel')
+OUTLINE_TIP = ('<b>#[% "rank" %]</b> [% "shape" %], relevance [% format_number("score", 3) %]<br>'
+               '[% "cells" %] cells, [% format_number("area_m2", 0) %] m²<br>'
+               '<i>"[% "query" %]"</i>, seen at [% format_number("gsd_m", 2) %] m/pixel')
 HIT_LABEL = "concat('#', \"rank\", '  ', format_number(\"score\", 3))"
 
 
@@ -206,6 +215,26 @@ def style_plan(layer: QgsVectorLayer) -> None:
     layer.setDisplayExpression("concat('tile ', \"key\", ', depth ', \"depth\")")
 
 
+def style_outlines(layer: QgsVectorLayer) -> None:
+    """Outlines of what a query found: no fill, colour by score (cyan to magenta), boxes solid, polygons dashed."""
+    symbol = QgsFillSymbol.createSimple({"style": "no", "outline_color": OUTLINE_COLOURS[1], "outline_width": "0.6",
+                                         "outline_width_unit": "MM", "joinstyle": "miter"})
+    symbol.symbolLayer(0).setDataDefinedProperty(
+        QgsSymbolLayer.PropertyStrokeStyle, QgsProperty.fromExpression("if(\"shape\" = 'box', 'solid', 'dash')"))
+    renderer = QgsGraduatedSymbolRenderer("score")
+    renderer.setSourceSymbol(symbol)
+    renderer.setSourceColorRamp(QgsGradientColorRamp(QColor(OUTLINE_COLOURS[0]), QColor(OUTLINE_COLOURS[1])))
+    renderer.setClassificationMethod(QgsClassificationEqualInterval())
+    renderer.setOrderBy(QgsFeatureRequest.OrderBy([QgsFeatureRequest.OrderByClause("score", True)]))
+    renderer.setOrderByEnabled(True)
+    layer.setRenderer(renderer)
+    text = "concat('#', \"rank\", ' ', format_number(\"score\", 2))"
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(label_settings(8.0, QColor("#6a0057"), text, True)))
+    layer.setLabelsEnabled(True)
+    layer.setMapTipTemplate(OUTLINE_TIP)
+    layer.setDisplayExpression("concat('#', \"rank\", ' ', \"shape\", ' ', format_number(\"score\", 3))")
+
+
 BUILDERS = {
     # style file key: (record type whose fields the layer has, builder)
     "captions": (CaptionRecord, style_captions),
@@ -214,6 +243,7 @@ BUILDERS = {
     "evidence": (EvidenceRecord, lambda layer: scored_tiles(layer, EVIDENCE_TIP)),
     "classes": (ClassRecord, style_classes),
     "dris_plan": (PlanTileRecord, style_plan),
+    "outlines": (OutlineRecord, style_outlines),
 }
 
 

@@ -6,8 +6,10 @@ runtime needs only numpy, onnxruntime and tokenizers.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from .errors import RsVlmError
 from .progress import NullProgress, ProgressBackend, check_canceled
 
 BUNDLE_FORMAT = "rs-vlm-bundle"
+TIER_OUTPUTS = ("embedding", "regions", "objects", "routing")
+"""What :meth:`ModelBundle.encode_tiers` can give, in order."""
 SUPPORTED_VERSIONS = (2,)
 DEFAULT_MODEL_NAME = "rs-vlm-lite0"
 
@@ -55,6 +59,29 @@ def load_tokenizer(path: Path, max_tokens: int):
     tok.enable_truncation(max_length=max_tokens)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     return tok
+
+
+MIN_CACHED_SESSIONS = 3
+"""ONNX sessions always kept for reuse across jobs: one bundle's image, text and decoder graphs."""
+CACHED_SESSION_BYTES = 2 << 30
+"""Beyond :data:`MIN_CACHED_SESSIONS`, the least recently used sessions go once their model files
+add up to more than this (an imported ViT-L bundle alone is about 1.7 GB)."""
+_SESSIONS: dict = {}  # (file path, size, mtime, RuntimeOptions) -> onnxruntime session, least recent first
+_SESSIONS_LOCK = threading.Lock()
+SESSION_STATS = {"created": 0}
+"""Sessions created in this process (the cache's misses), for tests and benchmarks."""
+
+
+@atexit.register
+def _release_sessions() -> None:
+    """Drop the cached sessions before the interpreter tears down (onnxruntime's own globals may be
+    gone by the time module dictionaries are cleared, and freeing a session then can crash); the
+    same for sessions that only reference cycles still hold (the frames of an interrupted job)."""
+    import gc
+
+    with _SESSIONS_LOCK:
+        _SESSIONS.clear()
+    gc.collect()
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,26 @@ class ModelBundle:
     # Sessions ---------------------------------------------------------------------------
 
     def _session(self, file: str):
+        """The session of one ONNX file of the bundle, shared by every bundle of the process that
+        opens the same file (same path, size and modification time) with the same options."""
+        path = self.folder / file
+        try:
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, self.options)
+        except OSError:
+            key = None  # onnxruntime says what is wrong with the file
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.pop(key, None) if key else None
+            if session is None:
+                session = self._new_session(path)
+                SESSION_STATS["created"] += 1
+            if key:
+                _SESSIONS[key] = session  # the most recently used last
+                while len(_SESSIONS) > MIN_CACHED_SESSIONS and sum(k[1] for k in _SESSIONS) > CACHED_SESSION_BYTES:
+                    _SESSIONS.pop(next(iter(_SESSIONS)))
+            return session
+
+    def _new_session(self, path: Path):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -145,7 +192,6 @@ class ModelBundle:
         elif self.options.device == "cuda" and "CUDAExecutionProvider" not in providers:
             raise RsVlmError("The GPU was requested but onnxruntime offers no CUDA provider; install "
                              "onnxruntime-gpu or choose the CPU.")
-        path = self.folder / file
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
@@ -209,9 +255,17 @@ class ModelBundle:
     # Encoding ---------------------------------------------------------------------------
 
     def preprocess(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) RGB -> normalised float32 (N, 3, S, S)."""
-        x = tiles.astype(np.float32).transpose(0, 3, 1, 2)
-        return (x - self._mean) / self._std
+        """uint8 (N, S, S, 3) RGB -> normalised float32 (N, 3, S, S), C-contiguous (what
+        onnxruntime takes without a copy; in place, so one float array per batch)."""
+        x = np.ascontiguousarray(np.asarray(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
+        x -= self._mean
+        x /= self._std
+        return x
+
+    @property
+    def object_gate(self) -> str | None:
+        """Name of the image graph's input that turns the object tier off (None: always computed)."""
+        return self.manifest["image_encoder"].get("gates", {}).get("objects")
 
     def encode_images(self, tiles: list[np.ndarray] | np.ndarray, batch_size: int = 16,
                       progress: ProgressBackend | None = None) -> np.ndarray:
@@ -236,36 +290,47 @@ class ModelBundle:
         return out
 
     def encode_tiers(self, tiles: list[np.ndarray] | np.ndarray, batch_size: int = 16,
-                     progress: ProgressBackend | None = None) -> dict[str, np.ndarray]:
-        """All tiers of augmented tokens of tiles (each uint8 (S, S, 3)), in batches.
+                     progress: ProgressBackend | None = None,
+                     tiers: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Tiers of augmented tokens of tiles (each uint8 (S, S, 3)), in batches.
+
+        Args:
+            tiers: The outputs wanted (:data:`TIER_OUTPUTS`); None for all. Without "objects"
+                and "routing" the image graph skips its object tier where it can (its gate,
+                see ``modeling/onnx_passes.py``): about half of its work.
 
         Returns:
             "embedding" (N, D) global tokens, "regions" (N, 13, D) (2x2 then 3x3 windows, row
             by row), "objects" (N, G*G, D) (the fine grid, row by row) and "routing" (N, 3) the
-            mean weight of each expert over the tile's tokens; all tokens L2-normalised.
+            mean weight of each expert over the tile's tokens; all tokens L2-normalised. Only
+            the ``tiers`` asked for.
         """
         progress = progress or NullProgress()
+        wanted = list(TIER_OUTPUTS if tiers is None else [t for t in TIER_OUTPUTS if t in tiers])
+        with_objects = bool({"objects", "routing"} & set(wanted))
         n = len(tiles)
-        parts: dict[str, list[np.ndarray]] = {"embedding": [], "regions": [], "objects": [], "routing": []}
-        outputs = ["embedding", "regions", "objects", "routing"]
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
+        spec = self.manifest["image_encoder"]
+        gate = {self.object_gate: np.array(with_objects)} if self.object_gate else {}
         for start in range(0, n, batch_size):
             check_canceled(progress)
             batch = np.stack([np.asarray(t) for t in tiles[start:start + batch_size]])
             if batch.shape[1:] != (self.image_size, self.image_size, 3):
                 raise ValueError(f"tiles must be ({self.image_size}, {self.image_size}, 3), got {batch.shape[1:]}")
-            got = self.image_session.run(outputs, {self.manifest["image_encoder"]["input"]: self.preprocess(batch)})
-            for name, value in zip(outputs, got):
+            got = self.image_session.run(wanted, {spec["input"]: self.preprocess(batch), **gate})
+            for name, value in zip(wanted, got):
                 if name == "routing":
                     value = np.stack([value[:, 0], value[:, 1:14].mean(1), value[:, 14:].mean(1)], 1)
                 parts[name].append(value)
             progress.set_fraction(min(1.0, (start + len(batch)) / max(1, n)))
         if n == 0:
-            g = int(self.manifest["image_encoder"].get("grid", self.image_size // 16))
-            return {"embedding": np.zeros((0, self.embed_dim), np.float32),
-                    "regions": np.zeros((0, 13, self.embed_dim), np.float32),
-                    "objects": np.zeros((0, g * g, self.embed_dim), np.float32),
-                    "routing": np.zeros((0, 3, 3), np.float32)}
-        return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+            g = int(spec.get("grid", self.image_size // 16))
+            empty = {"embedding": np.zeros((0, self.embed_dim), np.float32),
+                     "regions": np.zeros((0, 13, self.embed_dim), np.float32),
+                     "objects": np.zeros((0, g * g, self.embed_dim), np.float32),
+                     "routing": np.zeros((0, 3, 3), np.float32)}
+            return {k: empty[k] for k in wanted}
+        return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in parts.items()}
 
     def caption(self, tiers: dict[str, np.ndarray], beam: int | None = None, max_len: int = 24,
                 progress: ProgressBackend | None = None) -> list[str]:

@@ -1,5 +1,6 @@
 """Command line: ``python -m rs_vlm_plugin caption|search|classify|ask|index RASTER ...``,
-``search-index INDEX ...`` and ``models list|install|remove`` (no QGIS needed)."""
+``search-index INDEX ...``, ``batch RASTERS... [--dask ADDRESS]`` and ``models list|install|remove``
+(no QGIS needed)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import textwrap
 import traceback
 
 from . import index_cli
+from .distributed import batch_cli
 from .models import cli as models_cli
 from .bundle import ModelBundle, RuntimeOptions
-from .cli_options import check_args, common_raster_parser, model_dir
+from .cli_options import check_args, common_raster_parser, model_dir, plan_job_options
 from .dris import PlanConfig
 from .errors import CancelledError, RsVlmError
 from .geometry import Extent
@@ -44,13 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     ask_parser.add_argument("question", help="\"is there X?\", \"what is this area?\", \"where is X?\", "
                                              "\"how much of the area is X?\"")
     index_cli.add_parsers(sub, common)
+    batch_cli.add_parsers(sub)
     models_cli.add_parsers(sub)
     return parser
 
 
 def job_config(args: argparse.Namespace, plan: PlanConfig) -> JobConfig:
     """The job settings from parsed (and checked) arguments."""
-    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits))
+    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits), **plan_job_options(args))
 
 
 def format_table(result, width: int = 100) -> str:
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
             stderr, which Ctrl-C cancels).
     """
     args = _parser().parse_args(argv)
-    handler = next((m for m in (index_cli, models_cli) if args.command in m.COMMANDS), None)
+    handler = next((m for m in (index_cli, batch_cli, models_cli) if args.command in m.COMMANDS), None)
     terminal = TerminalProgress(quiet=args.quiet) if progress is None else None
     message = None
     try:
@@ -146,8 +149,7 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
         print(message, file=sys.stderr)
         return code
     if handler:
-        handler.report(result, args.json)
-        return 0
+        return handler.report(result, args.json) or 0
     for warning in result.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
     if args.json:

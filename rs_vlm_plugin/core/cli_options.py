@@ -28,14 +28,32 @@ def common_raster_parser() -> argparse.ArgumentParser:
     common.add_argument("raster", type=Path, help="raster file (GeoTIFF, VRT, JPEG, PNG, ...)")
     common.add_argument("--extent", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="part of the raster, in the raster's CRS (default: all of it)")
-    common.add_argument("--max-tiles", type=int, default=PlanConfig().max_tiles, help="DRIS budget in tiles")
-    common.add_argument("--max-pixels", type=int, default=None,
-                        help="DRIS budget in encoded pixels (tiles x tile size squared); the tighter budget wins")
-    common.add_argument("--uniform", action="store_true", help="uniform full-resolution grid instead of DRIS")
-    common.add_argument("--max-uniform-tiles", type=int, default=MAX_UNIFORM_TILES,
-                        help="refuse a uniform grid of more tiles than this")
+    add_plan_options(common)
     add_run_options(common)
     return common
+
+
+def add_plan_options(parser: argparse.ArgumentParser) -> None:
+    """--max-tiles, --max-pixels, --uniform, --max-uniform-tiles (every command that plans tiles)."""
+    parser.add_argument("--max-tiles", type=int, default=PlanConfig().max_tiles, help="DRIS budget in tiles")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="DRIS budget in encoded pixels (tiles x tile size squared); the tighter budget wins")
+    parser.add_argument("--uniform", action="store_true", help="uniform full-resolution grid instead of DRIS")
+    parser.add_argument("--max-uniform-tiles", type=int, default=MAX_UNIFORM_TILES,
+                        help="refuse a uniform grid of more tiles than this")
+    parser.add_argument("--guide", default="", metavar="TEXT",
+                        help="caption, index: plan text-guided, refined down to native resolution where TEXT scores "
+                             "(default: by image complexity)")
+    parser.add_argument("--no-guided", dest="guided", action="store_false",
+                        help="search, ask: plan by image complexity instead of text-guided")
+    parser.add_argument("--no-outlines", dest="outlines", action="store_false",
+                        help="search, \"where is X?\": no outline layer beside the tile hits")
+
+
+def plan_job_options(args: argparse.Namespace) -> dict:
+    """The JobConfig fields of --guide, --no-guided and --no-outlines."""
+    return {"guide_query": getattr(args, "guide", ""), "guided": None if getattr(args, "guided", True) else False,
+            "outlines": getattr(args, "outlines", True)}
 
 
 def model_dir(args: argparse.Namespace) -> Path:

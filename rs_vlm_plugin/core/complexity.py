@@ -74,9 +74,11 @@ def local_entropy(lum: np.ndarray, window: int = 8, levels: int = DEFAULT_CONFIG
     """Shannon entropy in bits of the ``levels``-bin grey histogram over each window."""
     quantised = np.minimum((lum * levels).astype(np.int32), levels - 1)
     n = window * window
-    # Counts per level from integral images of the one-hot planes (exact integers).
-    one_hot = (quantised[None] == np.arange(levels, dtype=np.int32)[:, None, None]).astype(np.int32)
-    counts = _box_sum(one_hot, window)
+    # Counts per level: box sums of the one-hot planes (exact integers), one axis at a time in
+    # int16 (the running sums stay under 32767 for maps up to 4096 px and windows up to 8 px).
+    one_hot = quantised[None] == np.arange(levels, dtype=np.int32)[:, None, None]
+    small = window <= 8 and max(lum.shape) + window <= 4096
+    counts = _box_sum_separable(one_hot, window, np.int16) if small else _box_sum(one_hot.astype(np.int32), window)
     # H = log2(n) - sum(c log2 c) / n, with c log2 c looked up for every possible count.
     c = np.arange(n + 1, dtype=np.float64)
     c_log_c = np.zeros(n + 1, np.float64)
@@ -129,6 +131,22 @@ def _pixel_span(start: float, stop: float, n: int) -> tuple[int, int]:
     i0 = min(max(math.floor(start * n + 1e-6), 0), n - 1)
     i1 = min(max(math.ceil(stop * n - 1e-6), i0 + 1), n)
     return i0, i1
+
+
+def _box_sum_separable(a: np.ndarray, window: int, dtype) -> np.ndarray:
+    """:func:`_box_sum` of a bool or integer array, one axis after the other in ``dtype``
+    (the same integers; the caller makes sure ``dtype`` holds a row's running sum)."""
+    before = (window - 1) // 2
+    after = window - 1 - before
+    pad = [(0, 0)] * (a.ndim - 2) + [(before, after), (before, after)]
+    p = np.pad(a.astype(dtype), pad, mode="symmetric")
+    rows = np.cumsum(p, axis=-1, dtype=dtype)
+    p = rows[..., window - 1:].copy()
+    p[..., 1:] -= rows[..., :-window]
+    cols = np.cumsum(p, axis=-2, dtype=dtype)
+    p = cols[..., window - 1:, :].copy()
+    p[..., 1:, :] -= cols[..., :-window, :]
+    return p
 
 
 def _box_sum(a: np.ndarray, window: int) -> np.ndarray:

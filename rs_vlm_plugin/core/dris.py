@@ -8,6 +8,12 @@ budget of leaves is spent, nothing complex is left, or a split would read finer 
 raster's native resolution. The uniform grid (``uniform=True``) is the same quadtree split
 everywhere down to native resolution, so both strategies can be compared tile for tile.
 
+With ``native=True`` the roots are sized to the tile (``tile_size * 2**D`` native pixels a
+side), so the deepest level is read at exactly the raster's pixel size rather than up to twice
+coarser; the query-guided planner (:mod:`rs_vlm_plugin.core.locate.guided`) grows the same
+:class:`QuadTree` level by level from what the model saw, and every node records why it was
+split (``"complexity"``, ``"query"`` or ``"uniform"``).
+
 The DRIS budget is a hard upper bound for every raster shape: a long strip gets fewer, longer
 root cells rather than one root per near-square cell, so that even the roots fit the budget.
 The uniform grid has no budget; it is refused above ``max_uniform_tiles`` tiles instead.
@@ -20,7 +26,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +58,11 @@ class PlanConfig:
         max_depth: Deepest quadtree level.
         max_uniform_tiles: The uniform grid is refused when it would have more tiles than
             this (None: no limit).
+        native: Root cells sized so that the quadtree ends on tiles read at exactly the
+            raster's native pixel size (``tile_size * 2**D`` native pixels a side, see
+            :func:`native_root_cells`); False: near-square roots dividing the extent evenly,
+            whose finest tiles may be up to twice coarser than native.
+        native_roots: With ``native``, the most root cells (the coarsest level encoded first).
     """
 
     tile_size: int = 224
@@ -61,6 +73,8 @@ class PlanConfig:
     uniform: bool = False
     max_depth: int = 12
     max_uniform_tiles: int | None = MAX_UNIFORM_TILES
+    native: bool = False
+    native_roots: int = 9
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
@@ -77,6 +91,8 @@ class PlanConfig:
                              "raise it or leave it empty.")
         if self.max_depth < 0:
             raise RsVlmError(f"The maximum depth must be 0 or more, not {self.max_depth}.")
+        if self.native_roots < 1:
+            raise RsVlmError(f"The number of root cells must be at least 1, not {self.native_roots}.")
         if self.coarse_size < 8:
             raise RsVlmError(f"The overview size must be at least 8 pixels, not {self.coarse_size}.")
 
@@ -106,6 +122,13 @@ class Tile:
         gsd: Map units per model pixel, ``max(width, height) / tile_size``.
         complexity: Mean content complexity over the tile, in [0, 1] (0 without an overview).
         is_leaf: True for tiles that are encoded (not split further).
+        window: The square the model reads for this tile; it holds the footprint ``extent``. They
+            differ only for native-grid cells at the extent's east and south edges (see
+            :func:`native_root_cells`): the cell's square is moved back inside the extent, so the
+            model reads real pixels at native resolution, overlapping the neighbour. None: the footprint.
+        reason: Why the tile exists at its depth: ``"root"``, or why its parent was split
+            (``"complexity"``, ``"query"`` or ``"uniform"``).
+        split_reason: Why the tile was split (the same words); empty for a leaf.
     """
 
     key: str
@@ -114,6 +137,14 @@ class Tile:
     gsd: float
     complexity: float
     is_leaf: bool
+    window: Extent | None = None
+    reason: str = ""
+    split_reason: str = ""
+
+    @property
+    def read_extent(self) -> Extent:
+        """What the model reads: the square window (the footprint when there is none)."""
+        return self.window or self.extent
 
     @property
     def parent_key(self) -> str | None:
@@ -130,12 +161,14 @@ class TilePlan:
         native_gsd: The raster's pixel size in map units.
         config: The settings used.
         nodes: Every node (roots, internal, leaves), by depth then key.
+        scores: Query score by key of the tiles a query-guided plan encoded (empty otherwise).
     """
 
     extent: Extent
     native_gsd: float
     config: PlanConfig
     nodes: list[Tile]
+    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def leaves(self) -> list[Tile]:
@@ -181,20 +214,25 @@ class TilePlan:
             "min_gsd": min(t.gsd for t in leaves),
             "max_gsd": max(t.gsd for t in leaves),
             "native_gsd": self.native_gsd,
+            "finest_vs_native": min(t.gsd for t in leaves) / self.native_gsd,
+            "native_leaves": sum(t.gsd <= self.native_gsd * (1 + 1e-6) for t in leaves),
             "uniform": self.config.uniform,
+            "native": self.config.native,
+            "reasons": dict(sorted(Counter(t.split_reason for t in self.nodes if t.split_reason).items())),
         }
 
 
 def plan_tiles(extent: Extent, native_gsd: float, coarse: np.ndarray | None,
                config: PlanConfig = PlanConfig()) -> TilePlan:
-    """Plan which tiles to encode over ``extent``.
+    """Plan which tiles to encode over ``extent``, by content complexity (or the uniform grid).
 
-    Each split of a leaf replaces it by its four quadrants (3 more leaves). DRIS splits
-    best-first, by ``complexity * sqrt(area / extent area)``: complexity alone would drill
-    into one busy spot down to native resolution before the rest of a busy area got a second
-    look; area alone is the uniform grid. The square root is in between: children (a quarter
-    of the area, half the weight) go before tiles of their parent's size only when they are
-    more than twice as complex. Ties go to the smaller key.
+    Each split of a leaf replaces it by its quadrants (3 more leaves; fewer where a native-grid
+    quadrant lies outside the extent). DRIS splits best-first, by
+    ``complexity * sqrt(area / extent area)``: complexity alone would drill into one busy spot
+    down to native resolution before the rest of a busy area got a second look; area alone is
+    the uniform grid. The square root is in between: children (a quarter of the area, half the
+    weight) go before tiles of their parent's size only when they are more than twice as
+    complex. Ties go to the smaller key.
 
     Args:
         extent: The area to cover, in map units.
@@ -207,55 +245,190 @@ def plan_tiles(extent: Extent, native_gsd: float, coarse: np.ndarray | None,
     Returns:
         The plan (deterministic for the same inputs).
     """
-    if not native_gsd > 0:
-        raise ValueError(f"native_gsd must be positive, got {native_gsd}.")
-    if coarse is None and not config.uniform:
-        raise ValueError("DRIS needs the coarse overview of the extent; only the uniform grid works without it.")
-    cmap = complexity_map(coarse) if coarse is not None else None
-
-    def make(key: str, cell: Extent, depth: int) -> _Node:
-        score = cell_complexity(cmap, _fraction(cell, extent)) if cmap is not None else 0.0
-        return _Node(key, _order(key), cell, depth, max(cell.width, cell.height) / config.tile_size, score)
-
-    long_side_px = max(extent.width, extent.height) / native_gsd
-    root_limit = max(MIN_ROOT_LIMIT, math.ceil(long_side_px / config.tile_size))
-    if not config.uniform:
-        root_limit = min(root_limit, config.leaf_budget)
-    roots = [make(str(i), cell, 0) for i, cell in enumerate(_root_cells(extent, max(1, root_limit)))]
-    min_gsd = native_gsd * (1 - _GSD_TOLERANCE)
-
-    def can_split(node: _Node) -> bool:
-        return node.depth < config.max_depth and node.gsd / 2 >= min_gsd
-
-    def split(node: _Node) -> list[_Node]:
-        node.children = [make(f"{node.key}.{q}", cell, node.depth + 1) for q, cell in enumerate(node.extent.quadrants())]
-        return node.children
-
+    tree = QuadTree(extent, native_gsd, coarse, config)
     if config.uniform:
-        _check_uniform_size(roots, min_gsd, config)
-        todo = list(roots)
+        tree.check_uniform_size()
+        todo = list(tree.roots)
         while todo:
             node = todo.pop()
-            if can_split(node):
-                todo.extend(split(node))
-    else:
-        total_area = extent.width * extent.height
-        leaves, budget = len(roots), config.leaf_budget
-        heap: list[tuple[float, tuple[int, ...], _Node]] = []
+            if tree.can_split(node):
+                todo.extend(tree.split(node, "uniform"))
+        return tree.plan()
+    total_area = extent.width * extent.height
+    leaves, budget = len(tree.roots), config.leaf_budget
+    heap: list[tuple[float, tuple[int, ...], _Node]] = []
 
-        def push(node: _Node) -> None:
-            if can_split(node) and node.complexity >= config.complexity_threshold:
-                area_fraction = node.extent.width * node.extent.height / total_area
-                heapq.heappush(heap, (-node.complexity * area_fraction ** 0.5, node.order, node))
+    def push(node: _Node) -> None:
+        if tree.can_split(node) and node.complexity >= config.complexity_threshold:
+            area_fraction = node.extent.width * node.extent.height / total_area
+            heapq.heappush(heap, (-node.complexity * area_fraction ** 0.5, node.order, node))
 
-        for root in roots:
-            push(root)
-        while heap and leaves + 3 <= budget:
-            _, _, node = heapq.heappop(heap)
-            for child in split(node):
-                push(child)
-            leaves += 3
-    return TilePlan(extent, native_gsd, config, _flatten(roots))
+    for root in tree.roots:
+        push(root)
+    while heap:
+        _, _, node = heapq.heappop(heap)
+        added = len(tree.child_cells(node)) - 1
+        if leaves + added > budget:
+            if config.native:
+                continue  # a split with fewer children (at the extent's edge) may still fit
+            break
+        for child in tree.split(node, "complexity"):
+            push(child)
+        leaves += added
+    return tree.plan()
+
+
+class QuadTree:
+    """The planner's quadtree while it grows: roots, splits, and the plan it makes.
+
+    The complexity planner (:func:`plan_tiles`) and the query-guided one
+    (:mod:`rs_vlm_plugin.core.locate.guided`) both grow one of these: the first from the coarse
+    overview alone, the second level by level from what the model saw in the tiles encoded so far.
+
+    Args:
+        extent: The area to cover, in map units.
+        native_gsd: The raster's pixel size in map units.
+        coarse: The overview of the extent (complexity comes from it), or None (complexity 0).
+        config: The planner's settings (``native`` chooses the root cells, see :class:`PlanConfig`).
+    """
+
+    def __init__(self, extent: Extent, native_gsd: float, coarse: np.ndarray | None, config: PlanConfig) -> None:
+        if not native_gsd > 0:
+            raise ValueError(f"native_gsd must be positive, got {native_gsd}.")
+        if coarse is None and not config.uniform:
+            raise ValueError("DRIS needs the coarse overview of the extent; only the uniform grid works without it.")
+        self.extent, self.native_gsd, self.config = extent, native_gsd, config
+        self.cmap = complexity_map(coarse) if coarse is not None else None
+        self.min_gsd = native_gsd * (1 - _GSD_TOLERANCE)
+        if config.native:
+            cells = native_root_cells(extent, native_gsd, config)
+        else:
+            long_side_px = max(extent.width, extent.height) / native_gsd
+            root_limit = max(MIN_ROOT_LIMIT, math.ceil(long_side_px / config.tile_size))
+            if not config.uniform:
+                root_limit = min(root_limit, config.leaf_budget)
+            cells = [(cell, cell) for cell in _root_cells(extent, max(1, root_limit))]
+        self.roots = [self._make(str(i), window, footprint, 0, "root") for i, (window, footprint) in enumerate(cells)]
+        self.nodes: dict[str, _Node] = {n.key: n for n in self.roots}
+
+    def _make(self, key: str, cell: Extent, footprint: Extent, depth: int, reason: str) -> "_Node":
+        score = cell_complexity(self.cmap, _fraction(footprint, self.extent)) if self.cmap is not None else 0.0
+        gsd = max(cell.width, cell.height) / self.config.tile_size
+        return _Node(key, _order(key), footprint, depth, gsd, score, window=_inside(cell, self.extent), reason=reason,
+                     cell=cell)
+
+    def can_split(self, node: "_Node") -> bool:
+        """Whether a node may be split: above the deepest level, and its children no finer than native."""
+        return node.children is None and node.depth < self.config.max_depth and node.gsd / 2 >= self.min_gsd
+
+    def child_cells(self, node: "_Node") -> list[tuple[int, Extent, Extent]]:
+        """The children a split would make: (quadrant, window read, footprint in the extent).
+
+        Quadrants of the node's window that lie outside the extent are left out (native roots
+        may reach past its east and south edges)."""
+        out = []
+        cell = node.cell or node.window
+        for quadrant, window in enumerate(cell.quadrants()):
+            footprint = window if cell == node.extent else window.intersection(self.extent)
+            if footprint is not None:
+                out.append((quadrant, window, footprint))
+        return out
+
+    def split(self, node: "_Node", reason: str) -> list["_Node"]:
+        """Split a leaf into its children, recording why (``"complexity"``, ``"query"`` or ``"uniform"``)."""
+        node.split_reason = reason
+        node.children = [self._make(f"{node.key}.{q}", window, footprint, node.depth + 1, reason)
+                         for q, window, footprint in self.child_cells(node)]
+        self.nodes.update((c.key, c) for c in node.children)
+        return node.children
+
+    def leaves(self) -> list["_Node"]:
+        """The current leaves, by depth then key."""
+        return sorted((n for n in self.nodes.values() if n.children is None), key=lambda n: (n.depth, n.order))
+
+    def check_uniform_size(self) -> None:
+        """Refuse a uniform grid with more than ``config.max_uniform_tiles`` tiles, before any split."""
+        config = self.config
+        if config.max_uniform_tiles is None:
+            return
+        total = 0
+        for root in self.roots:
+            depth, gsd = 0, root.gsd
+            while depth < config.max_depth and gsd / 2 >= self.min_gsd:
+                depth, gsd = depth + 1, gsd / 2
+            if config.native:
+                side = root.window.width / 2 ** depth
+                total += math.ceil(root.extent.width / side - 1e-9) * math.ceil(root.extent.height / side - 1e-9)
+            else:
+                total += 4 ** depth
+        if total > config.max_uniform_tiles:
+            raise RsVlmError(
+                f"The uniform grid of this extent would have {total:,} tiles, more than the limit of "
+                f"{config.max_uniform_tiles:,}; use DRIS (leave out --uniform) or a smaller extent, or raise the "
+                f"limit (--max-uniform-tiles {total} on the command line, PlanConfig.max_uniform_tiles in code).")
+
+    def plan(self) -> TilePlan:
+        """The plan of the tree as it is now."""
+        return TilePlan(self.extent, self.native_gsd, self.config, _flatten(self.roots))
+
+
+def native_root_cells(extent: Extent, native_gsd: float, config: PlanConfig) -> list[tuple[Extent, Extent]]:
+    """Square root cells whose quadtree reaches exactly the native resolution: (window, footprint).
+
+    A root is ``tile_size * 2**D`` native pixels on a side, so its depth-``D`` descendants are
+    read at the raster's own pixel size. The roots tile the plane from the extent's north-west
+    corner; those that reach past its east or south edge report only their part of the extent
+    (their footprint), and every tile's square is read moved back inside the extent (``_inside``). ``D`` is the smallest depth that needs at most ``config.native_roots`` roots (and
+    never more than the budget for DRIS).
+    """
+    limit = config.native_roots if config.uniform else min(config.native_roots, config.leaf_budget)
+    side = config.tile_size * native_gsd
+    depth = 0
+    while (math.ceil(extent.width / side - 1e-9) * math.ceil(extent.height / side - 1e-9) > max(1, limit)
+           and depth < config.max_depth):
+        side, depth = side * 2, depth + 1
+    nx, ny = math.ceil(extent.width / side - 1e-9), math.ceil(extent.height / side - 1e-9)
+    cells = []
+    for row in range(ny):
+        top = extent.ymax - side * row
+        for col in range(nx):
+            left = extent.xmin + side * col
+            window = Extent(left, top - side, left + side, top)
+            footprint = window.intersection(extent)
+            if footprint is not None:
+                cells.append((window, footprint))
+    return cells
+
+
+def refinement_order(candidates: Sequence[Tile], query_scores: dict[str, float], prior_weight: float,
+                     min_complexity: float = 0.0) -> list[tuple[str, str, float]]:
+    """The leaves a query-guided round should split, best first: (key, reason, priority).
+
+    A leaf's priority is its query score, scaled to [0, 1] over the candidates, plus
+    ``prior_weight`` times its content complexity (the prior: busy cells hide more). The reason
+    is ``"query"`` when the query's part of the priority is the larger, ``"complexity"``
+    otherwise. Leaves without a query score (not encoded) and leaves under ``min_complexity``
+    (flat or empty) are left out. Ties go to the smaller key.
+
+    Args:
+        candidates: Leaves that may be split.
+        query_scores: Query score by tile key (for example the best cosine similarity of the
+            tile's global and region tokens with the query).
+        prior_weight: Weight of the complexity prior against the scaled query score.
+        min_complexity: Leaves less complex than this are never split.
+    """
+    scored = [t for t in candidates if t.key in query_scores and t.complexity >= min_complexity]
+    if not scored:
+        return []
+    values = np.asarray([query_scores[t.key] for t in scored], np.float64)
+    low, span = float(values.min()), float(values.max() - values.min())
+    out = []
+    for tile, value in zip(scored, values):
+        query_part = (value - low) / span if span > 0 else 1.0
+        prior_part = prior_weight * tile.complexity
+        out.append((tile.key, "query" if query_part >= prior_part else "complexity", query_part + prior_part))
+    out.sort(key=lambda item: (-item[2], _order(item[0])))
+    return out
 
 
 @dataclass
@@ -267,28 +440,25 @@ class _Node:
     gsd: float
     complexity: float
     children: list["_Node"] | None = None
+    window: Extent | None = None
+    reason: str = ""
+    split_reason: str = ""
+    cell: Extent | None = None  # the node's square of the native grid (its window before it is moved inside)
+
+
+def _inside(cell: Extent, extent: Extent) -> Extent:
+    """``cell`` moved west and north, as far as needed, to lie inside ``extent`` (where it fits), so that a
+    native-grid tile at the east or south edge reads real pixels of the extent rather than beyond it."""
+    if cell.xmax <= extent.xmax + 1e-9 * cell.width and cell.ymin >= extent.ymin - 1e-9 * cell.height:
+        return cell
+    dx = max(extent.xmin - cell.xmin, min(0.0, extent.xmax - cell.xmax))
+    dy = min(extent.ymax - cell.ymax, max(0.0, extent.ymin - cell.ymin))
+    return Extent(cell.xmin + dx, cell.ymin + dy, cell.xmax + dx, cell.ymax + dy)
 
 
 def _order(key: str) -> tuple[int, ...]:
     """Sort key of a quadtree key (numeric, so root "10" comes after root "9")."""
     return tuple(int(part) for part in key.split("."))
-
-
-def _check_uniform_size(roots: list[_Node], min_gsd: float, config: PlanConfig) -> None:
-    """Refuse a uniform grid with more than ``config.max_uniform_tiles`` tiles, before any split."""
-    if config.max_uniform_tiles is None:
-        return
-    total = 0
-    for root in roots:
-        depth, gsd = 0, root.gsd
-        while depth < config.max_depth and gsd / 2 >= min_gsd:
-            depth, gsd = depth + 1, gsd / 2
-        total += 4 ** depth
-    if total > config.max_uniform_tiles:
-        raise RsVlmError(
-            f"The uniform grid of this extent would have {total:,} tiles, more than the limit of "
-            f"{config.max_uniform_tiles:,}; use DRIS (leave out --uniform) or a smaller extent, or raise the "
-            f"limit (--max-uniform-tiles {total} on the command line, PlanConfig.max_uniform_tiles in code).")
 
 
 def _root_cells(extent: Extent, limit: int) -> list[Extent]:
@@ -325,4 +495,5 @@ def _flatten(roots: list[_Node]) -> list[Tile]:
         nodes.append(node)
         todo.extend(node.children or ())
     nodes.sort(key=lambda n: (n.depth, n.order))
-    return [Tile(n.key, n.extent, n.depth, n.gsd, n.complexity, n.children is None) for n in nodes]
+    return [Tile(n.key, n.extent, n.depth, n.gsd, n.complexity, n.children is None, n.window or n.extent, n.reason,
+                 n.split_reason) for n in nodes]

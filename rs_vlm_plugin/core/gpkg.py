@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from .errors import RsVlmError
-from .records import CaptionRecord, ClassRecord, EvidenceRecord, IndexTile, PlanTileRecord, SearchHit
+from .records import CaptionRecord, ClassRecord, EvidenceRecord, IndexTile, OutlineRecord, PlanTileRecord, SearchHit
 
 # typing.Union: module-level aliases are evaluated at import (no ``|`` between classes on Python 3.9).
-Record = Union[CaptionRecord, SearchHit, ClassRecord, EvidenceRecord, PlanTileRecord, IndexTile]
+Record = Union[CaptionRecord, SearchHit, ClassRecord, EvidenceRecord, PlanTileRecord, IndexTile, OutlineRecord]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,19 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("depth", "int", _attr("depth")),
         _Field("complexity", "real", _attr("complexity")),
         _Field("is_leaf", "int", lambda r: int(r.is_leaf)),
+        _Field("gsd_m", "real", _attr("gsd_m")),
+        _Field("source", "str", _attr("source")),
+        _Field("reason", "str", _attr("reason")),
+        _Field("score", "real", _attr("score")),
+    ),
+    OutlineRecord: (
+        _Field("query", "str", _attr("query")),
+        _Field("rank", "int", _attr("rank")),
+        _Field("score", "real", _attr("score")),
+        _Field("shape", "str", _attr("shape")),
+        _Field("cells", "int", _attr("cells")),
+        _Field("area_m2", "real", _attr("area_m2")),
+        _Field("depth", "int", _attr("depth")),
         _Field("gsd_m", "real", _attr("gsd_m")),
         _Field("source", "str", _attr("source")),
     ),
@@ -214,8 +227,13 @@ def _write_layer(ds, name: str, kind: type, records: Sequence[Record], srs) -> N
     for record in records:
         feature = ogr.Feature(definition)
         for field in fields:
-            feature.SetField(field.name, field.value(record))
-        feature.SetGeometry(_polygon(record.extent))
+            value = field.value(record)
+            if value is None:
+                feature.SetFieldNull(field.name)
+            else:
+                feature.SetField(field.name, value)
+        wkb = getattr(record, "geometry_wkb", b"")  # outlines carry their own polygon; tiles are their extent
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(bytes(wkb)) if wkb else _polygon(record.extent))
         layer.CreateFeature(feature)
     layer.CommitTransaction()
     if srs is None:

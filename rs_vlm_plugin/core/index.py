@@ -30,7 +30,8 @@ from .errors import RsVlmError
 from .expansion import expand_queries
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .pipeline import (JobConfig, SearchResult, _tile_level, check_query, composed_captions, encode_extent)
+from .pipeline import (EncodedTile, JobConfig, SearchResult, _tile_level, check_query, composed_captions,
+                       encode_extent, guide_scorer)
 from .progress import NullProgress, ProgressBackend, check_canceled
 from .qa import QueryScorer, as_scorer
 from .raster import RasterSource
@@ -115,7 +116,9 @@ def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, ext
         path: The index to write (``.gpkg``); written atomically, so a cancelled or failed
             build leaves no file (or the previous one).
         extent: Part of the raster, in its CRS; None for all of it.
-        config: Plan and mask settings (``config.plan``, ``config.mask_wkb``, ``config.batch_size``).
+        config: Plan and mask settings (``config.plan``, ``config.mask_wkb``, ``config.batch_size``);
+            with ``config.guide_query`` the plan is text-guided (refined down to native resolution
+            where that text scores, see :mod:`locate.guided`), else by complexity.
         progress: Receives stages and progress; asked for cancellation between batches.
         source_id: The source's identity (a QGIS layer's source URI); by default the file's
             resolved path, size and modification time.
@@ -136,14 +139,40 @@ def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, ext
     config = config or JobConfig()
     progress = progress or NullProgress()
     start = time.perf_counter()
-    encoding = encode_extent(source, bundle, extent, config, progress, keep=("embedding", "regions"))
-    rows = [(i, _tile_level(t)) for i, t in enumerate(encoding.tiles) if _tile_level(t) is not None]
+    guide = guide_scorer(bundle, config)
+    if guide is not None:  # JobConfig.guide_query: refined where that text scores (tiles elsewhere stay coarse)
+        from .locate.guided import guided_encoding
+
+        encoding = guided_encoding(source, bundle, extent, config, guide, progress)
+    else:
+        encoding = encode_extent(source, bundle, extent, config, progress, keep=("embedding", "regions"))
+    tiles, arrays = index_tables(encoding.tiles, encoding.tiers, dtype)
+    georef = source.georef
+    meta = index_meta(bundle, source.name, source_id or source_identity(source), georef.crs_wkt,
+                      georef.metres_per_unit, encoding.plan, len(tiles), dtype, list(source.warnings),
+                      encoding.timings)
+    written = write_index(target, tiles, arrays, meta, progress, start)
+    progress.set_fraction(1.0)
+    progress.info(f"Indexed {len(tiles)} tiles of {source.name} in {written}.")
+    return written
+
+
+def index_tables(encoded: list[EncodedTile], tiers: dict[str, np.ndarray],
+                 dtype: str = "float16") -> tuple[list[IndexTile], dict[str, np.ndarray]]:
+    """The index rows of encoded tiles (their regions and leaves, in order) and their arrays.
+
+    Args:
+        encoded: The encoded tiles (:attr:`pipeline.Encoding.tiles`).
+        tiers: Their ``embedding`` and ``regions`` tokens, one row per encoded tile.
+        dtype: How the embeddings are stored.
+    """
+    rows = [(i, _tile_level(t)) for i, t in enumerate(encoded) if _tile_level(t) is not None]
     picked = [i for i, _ in rows]
-    tiles = [IndexTile(k, encoding.tiles[i].key, level, encoding.tiles[i].depth, encoding.tiles[i].extent,
-                       encoding.tiles[i].gsd_m, encoding.tiles[i].complexity) for k, (i, level) in enumerate(rows)]
+    tiles = [IndexTile(k, encoded[i].key, level, encoded[i].depth, encoded[i].extent,
+                       encoded[i].gsd_m, encoded[i].complexity) for k, (i, level) in enumerate(rows)]
     arrays = {
-        "embedding": encoding.tiers["embedding"][picked].astype(dtype),
-        "regions": encoding.tiers["regions"][picked].astype(dtype),
+        "embedding": tiers["embedding"][picked].astype(dtype),
+        "regions": tiers["regions"][picked].astype(dtype),
         "extent": np.array([[t.extent.xmin, t.extent.ymin, t.extent.xmax, t.extent.ymax] for t in tiles],
                            np.float64).reshape(-1, 4),
         "depth": np.array([t.depth for t in tiles], np.int16),
@@ -152,19 +181,29 @@ def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, ext
         "complexity": np.array([t.complexity for t in tiles], np.float32),
         "key": np.array([t.key for t in tiles], dtype=str),
     }
-    plan = encoding.plan
-    georef = source.georef
-    meta = {
+    return tiles, arrays
+
+
+def index_meta(bundle: ModelBundle, source_name: str, source_id: str, crs_wkt: str | None, metres_per_unit: float,
+               plan: TilePlan, n_tiles: int, dtype: str, warnings: list[str], timings: dict) -> dict:
+    """The metadata table of an index of one raster (see :func:`build_index`)."""
+    return {
         "format": INDEX_FORMAT, "format_version": INDEX_VERSION,
         "model_name": bundle.name, "model_fingerprint": model_fingerprint(bundle), "embed_dim": bundle.embed_dim,
-        "source_name": source.name, "source_id": source_id or source_identity(source),
-        "crs_wkt": georef.crs_wkt, "metres_per_unit": georef.metres_per_unit,
+        "source_name": source_name, "source_id": source_id,
+        "crs_wkt": crs_wkt, "metres_per_unit": metres_per_unit,
         "extent": list(dataclasses.astuple(plan.extent)), "native_gsd": plan.native_gsd,
         "plan_config": dataclasses.asdict(plan.config), "plan_summary": plan.summary(),
-        "tiles": len(tiles), "dtype": dtype, "warnings": list(source.warnings),
-        "encode_timings": {k: v for k, v in encoding.timings.items() if isinstance(v, (int, float))},
+        "tiles": n_tiles, "dtype": dtype, "warnings": list(warnings),
+        "encode_timings": {k: v for k, v in timings.items() if isinstance(v, (int, float))},
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
+
+
+def write_index(target: Path, tiles: list[IndexTile], arrays: dict[str, np.ndarray], meta: dict,
+                progress: ProgressBackend, start: float) -> Path:
+    """Write an index GeoPackage atomically: the ``index_tiles`` layer, then the metadata and
+    embedding tables (``meta["build_s"]`` counted from ``start``, a ``time.perf_counter()``)."""
     check_canceled(progress)
     progress.set_stage(f"Writing the index of {len(tiles)} tiles")
 
@@ -174,11 +213,8 @@ def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, ext
         _write_tables(temporary, meta, arrays)
         check_canceled(progress)
 
-    written = write_geopackage(target, {TILES_LAYER: tiles}, georef.crs_wkt, kinds={TILES_LAYER: IndexTile},
-                               finish=add_tables)
-    progress.set_fraction(1.0)
-    progress.info(f"Indexed {len(tiles)} tiles of {source.name} in {written}.")
-    return written
+    return write_geopackage(target, {TILES_LAYER: tiles}, meta.get("crs_wkt"), kinds={TILES_LAYER: IndexTile},
+                            finish=add_tables)
 
 
 class EmbeddingIndex:
@@ -209,6 +245,7 @@ class EmbeddingIndex:
         self.gsd_m = arrays["gsd_m"]
         self.complexity = arrays["complexity"]
         self.keys = arrays["key"]
+        self.sources = arrays.get("source")  # an index of several rasters: each tile's row of meta["sources"]
         self._plan: TilePlan | None = None
         self._checked: ModelBundle | None = None
 
@@ -265,6 +302,12 @@ class EmbeddingIndex:
                      for i in range(len(self))]
             self._plan = TilePlan(Extent(*self.meta["extent"]), float(self.meta["native_gsd"]), config, nodes)
         return self._plan
+
+    def tile_source(self, i: int) -> str:
+        """Name of the raster tile ``i`` comes from (an index may hold several, see :mod:`distributed`)."""
+        if self.sources is None:
+            return self.source_name
+        return str(self.meta["sources"][int(self.sources[i])]["name"])
 
     def extent(self, i: int) -> Extent:
         """The footprint of tile ``i``."""
@@ -335,7 +378,7 @@ class EmbeddingIndex:
         t3 = time.perf_counter()
         hits = [SearchHit(query=text, rank=rank, score=float(scores[i]), level=levels[rank - 1],
                           depth=int(self.depths[i]), extent=self.extent(i), gsd_m=float(self.gsd_m[i]),
-                          caption=captions[rank - 1], source=self.source_name)
+                          caption=captions[rank - 1], source=self.tile_source(i))
                 for rank, i in enumerate(rows, start=1)]
         timings = {"text_s": t1 - t0, "score_s": t2 - t1, "caption_s": t3 - t2, "tiles": len(self)}
         return SearchResult(text, hits, [], self.plan, self.crs_wkt, text_warnings(bundle, text), timings)
@@ -419,6 +462,10 @@ def _check_arrays(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None
             problems.append(f"the column {name} missing or of another length")
     if not problems and not np.isin(arrays["level"], range(len(LEVEL_CODES))).all():
         problems.append("unknown tile levels")
+    sources = arrays.get("source")
+    if sources is not None and (sources.ndim != 1 or len(sources) != n or not isinstance(meta.get("sources"), list)
+                                or not np.isin(sources, range(len(meta["sources"]))).all()):
+        problems.append("the column source missing its rasters or of another length")
     if not problems and arrays["extent"].shape[1:] != (4,):
         problems.append("tile extents of another shape")
     if problems:

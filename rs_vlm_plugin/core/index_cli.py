@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .bundle import ModelBundle, RuntimeOptions
+from .distributed import batch_cli
 from .cli_options import add_run_options, check_args, model_dir
 from .geometry import Extent
 from .gpkg import write_geopackage
@@ -27,7 +28,10 @@ COMMANDS = ("index", "search-index")
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     """Add the two commands to the main parser's subparsers (``common``: the raster commands' options)."""
-    sub.add_parser("index", parents=[common], help="encode a raster once into an embedding index (.gpkg)")
+    index = sub.add_parser("index", parents=[common], help="encode a raster once into an embedding index (.gpkg)")
+    index.add_argument("more", nargs="*", type=Path, metavar="MORE",
+                       help="more rasters, folders or .txt lists: one index of them all (see --dask)")
+    batch_cli.add_archive_options(index)
     search = sub.add_parser("search-index", help="search an embedding index by text (no raster access)")
     search.add_argument("index", type=Path, help="index GeoPackage written by the index command")
     search.add_argument("query", help="what to look for, e.g. \"a road through a forest\"")
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace, progress: ProgressBackend) -> dict:
         RsVlmError: Bad input (a sentence for the user).
         CancelledError: The user cancelled.
     """
+    if args.command == "index" and batch_cli.wants_archive(args):
+        return batch_cli.run_index(args, progress)
     if args.command == "index":
         plan = check_args(args, ((args.raster, "raster file"),))
         with OutputLock(args.output):
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace, progress: ProgressBackend) -> dict:
             start = time.perf_counter()
             with open_raster(args.raster) as source:
                 path = build_index(source, bundle, args.output, Extent(*args.extent) if args.extent else None,
-                                   JobConfig(plan=plan), progress)
+                                   JobConfig(plan=plan, guide_query=args.guide), progress)
         build_s = time.perf_counter() - start
         index = EmbeddingIndex.open(path)
         return {"command": "index", "output": str(path), "tiles": len(index), "build_s": round(build_s, 2),
@@ -74,8 +80,10 @@ def run(args: argparse.Namespace, progress: ProgressBackend) -> dict:
                       "caption": h.caption} for h in result.hits]}
 
 
-def report(summary: dict, as_json: bool) -> None:
-    """Print a summary as JSON or as a few lines (warnings on stderr)."""
+def report(summary: dict, as_json: bool) -> int | None:
+    """Print a summary as JSON or as a few lines (warnings on stderr); an exit code for an archive."""
+    if summary.get("archive"):
+        return batch_cli.report(summary, as_json)
     for warning in summary.get("warnings", []):
         print(f"Warning: {warning}", file=sys.stderr)
     if as_json:

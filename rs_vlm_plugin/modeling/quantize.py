@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .onnx_passes import sort_nodes
+
 FORMATS = ("fp32", "fp16", "int8", "int8+fp16", "gather8+fp16")
 FP16_MIN_ELEMENTS = 1024  # smaller tensors (biases, norms) stay float32: no size to win, some precision to lose
 PARITY_TEXTS = ("a paved road through a forest", "storage tanks next to a river", "a dense residential area",
@@ -59,6 +61,7 @@ def fp16_storage(model):
     nodes = casts + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    sort_nodes(model.graph)  # after int8 quantisation, its nodes may follow the If branch that reads them
     onnx.checker.check_model(model)
     return model
 
@@ -75,7 +78,7 @@ def shrink_file(source: Path, target: Path, fmt: str) -> None:
 
         ops = ["Gather"] if fmt.startswith("gather8") else ["MatMul", "Gemm", "Gather"]
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                         per_channel=True)
+                         per_channel=True, extra_options={"EnableSubgraph": True})  # the image graph's gated tier
         source = target
     if fmt.endswith("fp16"):
         model = fp16_storage(onnx.load(str(source)))

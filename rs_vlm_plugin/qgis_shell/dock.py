@@ -39,6 +39,10 @@ DETAIL_STEPS = (6, 12, 24, 48, 96, 192, 384, 768)
 """Tile budgets of the detail-versus-speed slider, fastest first."""
 EXTENT_ROLE = Qt.ItemDataRole.UserRole + 1
 SCORE_ROLE = Qt.ItemDataRole.UserRole + 2
+KIND_ROLE = Qt.ItemDataRole.UserRole + 3
+OUTLINE_KIND = "outline"
+"""Outlines score on their own scale (calibrated relevance, about 0.99 to 1) apart from the tiles
+(cosine similarity, about 0.1 to 0.4): the score slider moves each kind over its own range."""
 THRESHOLD_STEPS = 100
 NO_MODEL = "No model is installed: choose Models ▸ Download rs-vlm-lite0 beside the model picker (or Install from file…)."
 
@@ -227,6 +231,7 @@ class RsVlmDock(QDockWidget):
         self._running = False
         self._has_model = False
         self._score_range = (0.0, 1.0)
+        self._score_ranges: dict[str, tuple[float, float]] = {}
         self.set_models(models or [])
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.scope_combo.currentIndexChanged.connect(self._update_controls)
@@ -351,8 +356,9 @@ class RsVlmDock(QDockWidget):
             for hit in result.hits:
                 self._add_item(f"#{hit.rank}  {hit.score:.3f}  ({hit.level}, {hit.gsd_m:.2f} m)\n{hit.caption}",
                                hit.extent, crs, hit.score)
-            self.set_status(f'{len(result.hits)} places match "{result.query}".' if result.hits
-                            else f'Nothing matches "{result.query}" here.')
+            self._add_outlines(result.outlines, crs)
+            self.set_status((f'{len(result.hits)} places match "{result.query}".' if result.hits
+                             else f'Nothing matches "{result.query}" here.') + self._outline_note(result.outlines))
         elif isinstance(result, ClassifyResult):
             for record in sorted(result.records, key=lambda r: -r.confidence):
                 self._add_item(f"{record.label}  {record.confidence:.2f}  (runner-up {record.runner_up})",
@@ -366,7 +372,8 @@ class RsVlmDock(QDockWidget):
             for record in result.evidence:
                 self._add_item(f"#{record.rank}  {record.score:.2f}  ({record.level})\n{record.caption}",
                                record.extent, crs, record.score)
-            self.set_status(f"{len(result.evidence)} evidence tiles.")
+            self._add_outlines(result.outlines, crs)
+            self.set_status(f"{len(result.evidence)} evidence tiles." + self._outline_note(result.outlines))
         elif isinstance(result, DescribeResult):
             self.answer_label.setText(result.global_caption)
             for level, records in result.by_level().items():
@@ -375,16 +382,27 @@ class RsVlmDock(QDockWidget):
                                    record.extent, crs, record.score)
             self.set_status(f"{len(result.records)} captions: the whole view, its regions and its fine tiles."
                             if result.records else "No caption was produced.")
-        scores = [self.results_list.item(i).data(SCORE_ROLE) for i in range(self.results_list.count())]
-        self._score_range = (min(scores), max(scores)) if scores else (0.0, 1.0)
+        by_kind: dict[str, list[float]] = {}
+        for i in range(self.results_list.count()):
+            item = self.results_list.item(i)
+            by_kind.setdefault(item.data(KIND_ROLE), []).append(item.data(SCORE_ROLE))
+        self._score_ranges = {kind: (min(v), max(v)) for kind, v in by_kind.items()}
+        tiles = [k for k in self._score_ranges if k != OUTLINE_KIND]
+        self._score_range = self._score_ranges[tiles[0]] if tiles else \
+            self._score_ranges.get(OUTLINE_KIND, (0.0, 1.0))
         self.threshold_slider.blockSignals(True)
         self.threshold_slider.setValue(0)
         self.threshold_slider.blockSignals(False)
         self._threshold_moved(0, emit=False)
 
     def threshold(self) -> float:
-        """The score under which results are hidden."""
+        """The score under which results (tiles; outlines when there are only outlines) are hidden."""
         low, high = self._score_range
+        return low + (high - low) * self.threshold_slider.value() / THRESHOLD_STEPS
+
+    def outline_threshold(self) -> float:
+        """The score under which outlines are hidden: the slider's position over the outlines' own range."""
+        low, high = self._score_ranges.get(OUTLINE_KIND, self._score_range)
         return low + (high - low) * self.threshold_slider.value() / THRESHOLD_STEPS
 
     def set_threshold(self, value: float) -> None:
@@ -397,21 +415,36 @@ class RsVlmDock(QDockWidget):
         """How many results pass the threshold."""
         return sum(not self.results_list.item(i).isHidden() for i in range(self.results_list.count()))
 
-    def _add_item(self, text: str, extent, crs_wkt, score: float) -> None:
+    def _add_outlines(self, outlines, crs_wkt) -> None:
+        """List the outlines of what a search (or "where is X?") found, after its tiles."""
+        for o in outlines or []:
+            self._add_item(f"Outline #{o.rank}  {o.score:.3f}  ({o.shape}, {o.area_m2:,.0f} m², {o.gsd_m:.2f} m)",
+                           o.extent, crs_wkt, o.score, OUTLINE_KIND)
+
+    @staticmethod
+    def _outline_note(outlines) -> str:
+        if outlines is None:
+            return ""
+        return f" {len(outlines)} outlines." if outlines else " Nothing relevant enough to outline."
+
+    def _add_item(self, text: str, extent, crs_wkt, score: float, kind: str = "tile") -> None:
         item = QListWidgetItem(text)
         item.setData(EXTENT_ROLE, (extent, crs_wkt))
         item.setData(SCORE_ROLE, float(score))
+        item.setData(KIND_ROLE, kind)
         item.setToolTip(text)
         self.results_list.addItem(item)
 
     # Internals ----------------------------------------------------------------------------
 
     def _threshold_moved(self, _step: int, emit: bool = True) -> None:
-        value = self.threshold()
-        self.threshold_label.setText(f"{value:.3f}")
+        value, outline = self.threshold(), self.outline_threshold()
+        both = OUTLINE_KIND in self._score_ranges and len(self._score_ranges) > 1
+        self.threshold_label.setText(f"{value:.3f} (outlines {outline:.4f})" if both else f"{value:.3f}")
         for i in range(self.results_list.count()):
             item = self.results_list.item(i)
-            item.setHidden(item.data(SCORE_ROLE) < value - 1e-9)
+            limit = outline if item.data(KIND_ROLE) == OUTLINE_KIND else value
+            item.setHidden(item.data(SCORE_ROLE) < limit - 1e-9)
         if emit:
             self.thresholdChanged.emit(value)
 

@@ -3,8 +3,9 @@
 The styles ship as QML files in ``resources/styles/`` (built in code by ``scripts/make_styles.py``,
 ``python3 build.py styles``): caption layers get a transparent fill and an outline whose colour
 and width say the level (global, region, object), labelled with the caption; search hits and
-evidence are coloured by score and labelled with rank and score; classes get one colour per
-class; the DRIS plan is outlined by depth. Every style has a map tip and a display expression.
+evidence are coloured by score and labelled with rank and score; outlines of what a search
+found are drawn without fill, cyan to magenta by score, boxes solid and merged cells dashed;
+classes get one colour per class; the DRIS plan is outlined by depth. Every style has a map tip and a display expression.
 :func:`style_layer` loads the file and adds only what depends on the data: the class
 categories and the score breaks.
 """
@@ -26,7 +27,8 @@ from qgis.core import (
 )
 
 from ..core.errors import RsVlmError
-from ..core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
+from ..core.pipeline import (CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, EVIDENCE_OUTLINE_LAYER, SEARCH_LAYER,
+                             SEARCH_OUTLINE_LAYER)
 from ..core.plan_layer import PLAN_LAYER
 from ..core.records import LEVELS
 
@@ -41,6 +43,8 @@ BATCH_LAYER = "captions"
 HIT_COLOURS = ("#ffffb2", "#bd0026")  # low score pale yellow, high score deep red
 HIT_CLASSES = 5
 HIT_OPACITY = 0.35
+OUTLINE_COLOURS = ("#00e5ff", "#ff00c8")  # outlines: cyan (lowest score) to magenta (best), no fill
+OUTLINE_LAYERS = (SEARCH_OUTLINE_LAYER, EVIDENCE_OUTLINE_LAYER)
 LABEL_WRAP_CHARACTERS = 32
 PLAN_DEPTH_COLOURS = ("#313695", "#4575b4", "#74add1", "#abd9e9", "#fee090", "#fdae61", "#f46d43", "#d73027")
 """Outline colour of encoded plan tiles by depth, coarse (cool) to fine (warm); the last for deeper too."""
@@ -56,6 +60,7 @@ STYLE_FILES = {
     "evidence": "evidence.qml",
     "classes": "classes.qml",
     "dris_plan": "dris_plan.qml",
+    "outlines": "outlines.qml",
 }
 """QML file of each style key."""
 STYLE_CATEGORIES = (QgsMapLayer.StyleCategory.Symbology | QgsMapLayer.StyleCategory.Labeling | QgsMapLayer.StyleCategory.MapTips | QgsMapLayer.StyleCategory.Rendering
@@ -83,6 +88,8 @@ def display_name(layer_name: str, query: str = "") -> str:
         return f'Evidence: "{query}"' if query else "Evidence"
     if layer_name == PLAN_LAYER:
         return "DRIS plan (where compute went)"
+    if layer_name in OUTLINE_LAYERS:
+        return f'Outlines: "{query}"' if query else "Outlines"
     if layer_name == BATCH_LAYER:
         return "Captions"
     return layer_name
@@ -133,6 +140,8 @@ def style_key(layer_name: str) -> str | None:
         return "batch_captions"
     if layer_name in (SEARCH_LAYER, EVIDENCE_LAYER, CLASS_LAYER, PLAN_LAYER):
         return layer_name
+    if layer_name in OUTLINE_LAYERS:
+        return "outlines"
     return None
 
 

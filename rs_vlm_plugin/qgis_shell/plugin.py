@@ -293,7 +293,10 @@ class RsVlmPlugin(ModelActions):
                 continue
             name = next((f for f in SCORE_FIELDS if f in names), None)
             if name is not None:
-                layer.setSubsetString(f'"{name}" >= {threshold - 1e-9!r}' if threshold > 0 else "")  # as the list: no rounding up
+                # outline layers (their "shape" field) move over the outlines' own score range
+                value = self.dock.outline_threshold() if "shape" in names else threshold
+                at_bottom = self.dock.threshold_slider.value() == 0
+                layer.setSubsetString("" if at_bottom else f'"{name}" >= {value - 1e-9!r}')  # as the list: no rounding up
                 layer.triggerRepaint()
 
     # Internals ----------------------------------------------------------------------------

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_SCENE
+from conftest import DEMO_SCENE, raster_layer
 
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER
+from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, SEARCH_OUTLINE_LAYER
 
 MAX_TILES = 8  # small budgets keep the model runs short
 
@@ -87,15 +87,15 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
 
     registry = QgsApplication.processingRegistry()
     expected = {
-        "rsvlm:caption_raster": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
-        "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "MODEL", "OUTPUT"],
+        "rsvlm:caption_raster": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT", "GUIDE"],
+        "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "OUTLINES", "MODEL", "OUTPUT"],
         "rsvlm:classify_raster": ["INPUT", "CLASSES", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
-        "rsvlm:ask_raster": ["INPUT", "QUESTION", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:ask_raster": ["INPUT", "QUESTION", "EXTENT", "MAX_TILES", "OUTLINES", "MODEL", "OUTPUT"],
         "rsvlm:batch_caption": ["LAYERS", "FOLDER", "PATTERN", "MAX_TILES", "MODEL", "OUTPUT_MODE", "OUTPUT",
-                                "OUTPUT_FOLDER"],
+                                "OUTPUT_FOLDER", "SCHEDULER"],
         "rsvlm:export_model": ["PYTHON", "WEIGHTS", "OUTPUT_FOLDER"],
         "rsvlm:import_model": ["CHECKPOINT", "ARCH", "QUICK_GELU", "NAME", "LICENSE", "PYTHON", "OUTPUT_FOLDER"],
-        "rsvlm:build_index": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
+        "rsvlm:build_index": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT", "GUIDE", "SCHEDULER"],
         "rsvlm:search_index": ["INDEX", "QUERY", "MAX_HITS", "MODEL", "OUTPUT"],
     }
     for alg_id, params in expected.items():
@@ -113,9 +113,21 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
     outputs = {o.name() for o in registry.algorithmById("rsvlm:search_raster").outputDefinitions()}
     assert outputs == {"OUTPUT", "N_HITS", "BEST_SCORE"}
     caption = registry.algorithmById("rsvlm:caption_raster")
-    for optional in ("EXTENT", "MODEL"):
+    for optional in ("EXTENT", "MODEL", "GUIDE"):
         assert caption.parameterDefinition(optional).flags() & caption.parameterDefinition(optional).FlagOptional
     assert caption.parameterDefinition("MAX_TILES").defaultValue() == 48
+    assert registry.algorithmById("rsvlm:search_raster").parameterDefinition("OUTLINES").defaultValue() is True
+    # the optional parameters of text-guided DRIS, outlines and Dask are each explained in the help
+    documented = {"rsvlm:caption_raster": ["GUIDE"], "rsvlm:search_raster": ["OUTLINES"],
+                  "rsvlm:ask_raster": ["OUTLINES"], "rsvlm:batch_caption": ["SCHEDULER"],
+                  "rsvlm:build_index": ["GUIDE", "SCHEDULER"]}
+    for alg_id, names in documented.items():
+        alg = registry.algorithmById(alg_id)
+        for name in names:
+            assert f"{name} (" in alg.shortHelpString(), (alg_id, name)
+    for alg_id in ("rsvlm:batch_caption", "rsvlm:build_index"):
+        scheduler = registry.algorithmById(alg_id).parameterDefinition("SCHEDULER")
+        assert scheduler.flags() & scheduler.FlagOptional and not scheduler.defaultValue()  # empty: runs here
 
 
 # Errors that need no model ------------------------------------------------------------------
@@ -264,7 +276,8 @@ def test_search_raster(processing, rasters, tmp_path, bundle_dir):
     out = tmp_path / "hits.gpkg"
     result = processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": "buildings with roofs",
                                                     "MAX_TILES": MAX_TILES, "TOP_K": 5, "OUTPUT": str(out)})
-    assert layer_names(out) == [SEARCH_LAYER]
+    # OUTLINES is on by default: the outlines of what was found beside the tile hits
+    assert layer_names(out) == [SEARCH_LAYER, SEARCH_OUTLINE_LAYER]
     rows, _ = read_layer(out, SEARCH_LAYER)
     assert 1 <= len(rows) <= 5 and result["N_HITS"] == len(rows)
     rows.sort(key=lambda r: r["rank"])
@@ -277,6 +290,20 @@ def test_search_raster(processing, rasters, tmp_path, bundle_dir):
         assert row["query"] == "buildings with roofs"
         assert row["level"] in ("region", "object")
         assert row["caption"].strip() and row["source"] == "scene"
+    outlines, outline_layer = read_layer(out, SEARCH_OUTLINE_LAYER)
+    assert {"query", "rank", "score", "shape", "area_m2"} <= set(outline_layer.fields().names())
+    raster = raster_layer(rasters["scene"]).extent().buffered(1e-6)
+    for row in outlines:
+        assert row["query"] == "buildings with roofs" and row["shape"] in ("box", "polygon") and 0 < row["score"] <= 1
+        assert raster.contains(row["_bbox"])
+
+    # without outlines: only the hits, the same ones (the plan does not depend on the outlines)
+    plain = tmp_path / "plain.gpkg"
+    processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": "buildings with roofs",
+                                           "MAX_TILES": MAX_TILES, "TOP_K": 5, "OUTLINES": False, "OUTPUT": str(plain)})
+    assert layer_names(plain) == [SEARCH_LAYER]
+    again, _ = read_layer(plain, SEARCH_LAYER)
+    assert sorted((r["rank"], round(r["score"], 5)) for r in again) == [(r["rank"], round(r["score"], 5)) for r in rows]
 
 
 def test_cancel_after_the_first_progress_writes_nothing(processing, rasters, tmp_path, bundle_dir):

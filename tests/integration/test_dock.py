@@ -178,8 +178,14 @@ def test_describe_whole_layer_with_the_dris_plan(gui, bundle_dir, stored_setting
 def test_score_threshold_filters_the_result_layer(gui, bundle_dir):
     from qgis.core import QgsPointXY
 
+    from rs_vlm_plugin.core.pipeline import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
+
     task = run(gui, "search", "a road")
-    (layer,) = gui.result_layers
+    # a search writes its outlines beside the hits; the panel loads the layers that have features
+    assert task.outcome.written == [SEARCH_LAYER, SEARCH_OUTLINE_LAYER]
+    outlines = task.outcome.result.outlines
+    assert outlines is not None and len(gui.result_layers) == 1 + bool(outlines)
+    (layer,) = [lyr for lyr in gui.result_layers if "shape" not in lyr.fields().names()]
     scores = sorted(hit.score for hit in task.outcome.result.hits)
     assert layer.featureCount() == len(scores) >= 3
     gui.dock.set_threshold(scores[len(scores) // 2])
@@ -189,11 +195,62 @@ def test_score_threshold_filters_the_result_layer(gui, bundle_dir):
     gui.dock.set_threshold(scores[0])
     assert layer.featureCount() == len(scores)
 
-    gui.dock.results_list.itemClicked.emit(gui.dock.results_list.item(0))  # zoom to the best hit
+    # Zoom to the best hit. The canvas starts zoomed out well beyond the layer: a text-guided plan
+    # never reads finer than native, so on this small raster the best tile may cover most of it.
+    zoomed_out = gui.layer.extent()
+    zoomed_out.scale(4.0)
+    gui.iface.canvas.setExtent(zoomed_out)
+    before = gui.iface.canvas.extent()
+    gui.dock.results_list.itemClicked.emit(gui.dock.results_list.item(0))
     best = task.outcome.result.hits[0].extent
     canvas = gui.iface.canvas.extent()
     assert canvas.contains(QgsPointXY(*best.center))
-    assert min(canvas.width(), canvas.height()) < 0.7 * gui.layer.extent().width()  # zoomed in on it
+    assert min(canvas.width(), canvas.height()) < 0.7 * min(before.width(), before.height())  # zoomed in on it
+    # fitted to the hit (with a 10 % margin) along at least one side
+    assert (canvas.width() <= 1.11 * best.width + 1e-6) or (canvas.height() <= 1.11 * best.height + 1e-6)
+    assert canvas.width() >= best.width - 1e-6 and canvas.height() >= best.height - 1e-6
+
+
+def test_score_threshold_filters_hits_and_outlines_each_over_their_own_range(gui, tmp_path):
+    """The plugin's layer filter (subset strings) follows the slider over each kind's own range:
+    hits (cosine, about 0.1-0.4) and outlines (calibrated relevance, about 0.99-1)."""
+    from shapely.geometry import box
+
+    from rs_vlm_plugin.core.gpkg import write_geopackage
+    from rs_vlm_plugin.core.pipeline import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
+    from rs_vlm_plugin.core.records import OutlineRecord
+    from rs_vlm_plugin.qgis_shell.layers import add_result_layers
+
+    whole = _extent()
+    hits = [SearchHit("houses", k, score, "object", 2, q, 0.5, f"Tile {k}.", "scene")
+            for k, (score, q) in enumerate(zip((0.40, 0.30, 0.20, 0.10), whole.quadrants()), start=1)]
+    outlines = []
+    for rank, score in enumerate((0.998, 0.995, 0.991), start=1):
+        shape = box(whole.xmin + 40 * rank, whole.ymin + 10, whole.xmin + 40 * rank + 20, whole.ymin + 30)
+        outlines.append(OutlineRecord(query="houses", rank=rank, score=score, shape="box", cells=4, area_m2=shape.area,
+                                      depth=2, gsd_m=0.5, extent=Extent(*shape.bounds), geometry_wkb=shape.wkb,
+                                      source="scene"))
+    crs = gui.layer.crs().toWkt()
+    gpkg = write_geopackage(tmp_path / "run.gpkg", {SEARCH_LAYER: hits, SEARCH_OUTLINE_LAYER: outlines}, crs)
+    gui.result_layers = add_result_layers(gpkg, [SEARCH_LAYER, SEARCH_OUTLINE_LAYER], "run", query="houses")
+    layers = {("outlines" if "shape" in lyr.fields().names() else "hits"): lyr for lyr in gui.result_layers}
+    assert set(layers) == {"hits", "outlines"}
+    gui.dock.show_result(SearchResult("houses", hits, [], None, crs, [], {}, outlines))
+
+    def shown() -> tuple[int, int]:  # the features each layer draws (read through its subset string)
+        return sum(1 for _ in layers["hits"].getFeatures()), sum(1 for _ in layers["outlines"].getFeatures())
+
+    assert shown() == (4, 3)
+
+    gui.dock.threshold_slider.setValue(50)  # half way up each kind's range: 0.25 and 0.9945
+    assert shown() == (2, 2)
+    assert '"score" >=' in layers["hits"].subsetString() and '"score" >=' in layers["outlines"].subsetString()
+    assert gui.dock.visible_results() == 4
+    gui.dock.threshold_slider.setValue(100)  # the best of each
+    assert shown() == (1, 1)
+    gui.dock.threshold_slider.setValue(0)  # all of both again, no filter left
+    assert shown() == (4, 3)
+    assert layers["hits"].subsetString() == "" and layers["outlines"].subsetString() == ""
 
 
 def test_selected_polygons_limit_the_tiles(gui, bundle_dir, project):
@@ -238,8 +295,19 @@ def test_index_built_from_the_panel_answers_searches(gui, bundle_dir, stored_set
                            output=Path(stored_settings.output_folder) / "direct.gpkg")
     assert direct.request.index_path is None
     wait_for(lambda: gui.task is None, timeout_s=300)
+    assert direct.outcome.result.hits and direct.outcome.result.plan.config.native  # text-guided, to native
+    # The index holds the complexity plan's tiles (it serves any query), so its answer equals a search
+    # on that plan with the same budget; the panel's direct search is text-guided and plans otherwise.
+    from rs_vlm_plugin.core.bundle import ModelBundle
+    from rs_vlm_plugin.core.dris import PlanConfig
+    from rs_vlm_plugin.core.pipeline import JobConfig, search
+    from rs_vlm_plugin.core.raster import open_raster
+
+    config = JobConfig(plan=PlanConfig(max_tiles=6), guided=False, outlines=False)
+    with open_raster(gui.layer.source()) as source:
+        reference = search(source, ModelBundle.load(bundle_dir), "a road", config=config)
     ours = [(h.extent, round(h.score, 4)) for h in indexed.outcome.result.hits[:3]]
-    theirs = [(h.extent, round(h.score, 4)) for h in direct.outcome.result.hits[:3]]
+    theirs = [(h.extent, round(h.score, 4)) for h in reference.hits[:3]]
     assert ours == theirs
 
 

@@ -40,7 +40,7 @@ def test_index_algorithms_are_registered(plugin):
     from qgis.core import QgsApplication
 
     registry = QgsApplication.processingRegistry()
-    expected = {"rsvlm:build_index": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
+    expected = {"rsvlm:build_index": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT", "GUIDE", "SCHEDULER"],
                 "rsvlm:search_index": ["INDEX", "QUERY", "MAX_HITS", "MODEL", "OUTPUT"]}
     for alg_id, params in expected.items():
         alg = registry.algorithmById(alg_id)
@@ -53,6 +53,11 @@ def test_index_algorithms_are_registered(plugin):
     assert search.parameterDefinition("MODEL").flags() & search.parameterDefinition("MODEL").FlagOptional
     assert {o.name() for o in search.outputDefinitions()} == {"OUTPUT", "N_HITS", "BEST_SCORE"}
     assert {o.name() for o in registry.algorithmById("rsvlm:build_index").outputDefinitions()} == {"OUTPUT", "N_TILES"}
+    build = registry.algorithmById("rsvlm:build_index")
+    for name in ("GUIDE", "SCHEDULER"):  # both optional (empty: the complexity plan, run here) and explained
+        definition = build.parameterDefinition(name)
+        assert definition.flags() & definition.FlagOptional and not definition.defaultValue()
+        assert f"{name} (optional)" in build.shortHelpString()
 
 
 def test_build_index_writes_footprints_qgis_can_show(built_index, rasters):
@@ -73,7 +78,7 @@ def test_build_index_writes_footprints_qgis_can_show(built_index, rasters):
     assert str(rasters["scene"]) in meta["source_id"]
 
 
-def test_search_index_ranks_like_search_raster(processing, built_index, rasters, tmp_path):
+def test_search_index_ranks_like_search_raster(processing, built_index, rasters, bundle_dir, tmp_path):
     hits = tmp_path / "hits.gpkg"
     feedback = RecordingFeedback.make()
     result = processing.run("rsvlm:search_index", {"INDEX": str(built_index), "QUERY": "a road", "MAX_HITS": 3,
@@ -87,13 +92,22 @@ def test_search_index_ranks_like_search_raster(processing, built_index, rasters,
     assert all(r["query"] == "a road" and r["caption"].strip() and r["source"] == "scene" for r in rows)
     assert any("Searched" in info and "scoring" in info for info in feedback.infos)
 
-    direct = tmp_path / "direct.gpkg"
-    processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": "a road", "MAX_TILES": MAX_TILES,
-                                           "TOP_K": 3, "OUTPUT": str(direct)})
-    reference, _ = read_layer(direct, SEARCH_LAYER)
+    # The index (no GUIDE) holds the complexity plan's tiles, so it ranks like a search of the raster on
+    # that plan with the same budget: the search of the core with text guidance off. (search_raster
+    # itself is text-guided: it plans for its query, which an index built before any query cannot.)
+    from rs_vlm_plugin.core.bundle import ModelBundle
+    from rs_vlm_plugin.core.dris import PlanConfig
+    from rs_vlm_plugin.core.pipeline import JobConfig, search
+    from rs_vlm_plugin.core.raster import open_raster
+
+    config = JobConfig(plan=PlanConfig(max_tiles=MAX_TILES), max_hits=3, guided=False, outlines=False)
+    with open_raster(rasters["scene"]) as source:
+        reference = search(source, ModelBundle.load(bundle_dir), "a road", config=config).hits
     # float16 embeddings: the same scores to half precision, the same best tile
-    assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in reference], abs=3e-3)
-    assert rows[0]["_bbox"] == reference[0]["_bbox"]
+    assert [r["score"] for r in rows] == pytest.approx([h.score for h in reference], abs=3e-3)
+    best = rows[0]["_bbox"]
+    assert (best.xMinimum(), best.yMinimum(), best.xMaximum(), best.yMaximum()) == pytest.approx(
+        (reference[0].extent.xmin, reference[0].extent.ymin, reference[0].extent.xmax, reference[0].extent.ymax))
 
 
 def test_search_index_results_load_styled(processing, built_index, tmp_path, project):

@@ -226,7 +226,7 @@ def test_every_style_file_is_shipped():
         text = (STYLES_DIR / name).read_text(encoding="utf-8")
         assert "<mapTip>" in text and "<previewExpression>" in text and 'labelsEnabled="1"' in text, name
     keys = {style_key(n) for n in [*CAPTION_LAYERS.values(), "captions", SEARCH_LAYER, EVIDENCE_LAYER, CLASS_LAYER,
-                                   PLAN_LAYER]}
+                                   PLAN_LAYER, "search_outlines"]}
     assert keys == set(STYLE_FILES)
     assert style_key("something_else") is None
 

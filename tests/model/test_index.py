@@ -21,7 +21,9 @@ from rs_vlm_plugin.core.pipeline import JobConfig, search
 from rs_vlm_plugin.core.progress import RecordingProgress
 from rs_vlm_plugin.core.raster import open_raster
 
-CONFIG = JobConfig(plan=PlanConfig(max_tiles=16), max_hits=8)
+# An index is built on the complexity plan (it serves every later query), so it is compared with a
+# search on that same plan: guided=False (search plans text-guided by default).
+CONFIG = JobConfig(plan=PlanConfig(max_tiles=16), max_hits=8, guided=False)
 QUERIES = ("trees", "a road through a forest", "bare soil", "a river")
 
 

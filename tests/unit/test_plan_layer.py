@@ -39,6 +39,6 @@ def test_plan_records_mirror_the_plan():
 
 def test_plan_schema_has_the_fields_the_style_reads():
     names = [f.name for f in SCHEMAS[PlanTileRecord]]
-    assert names == ["key", "depth", "complexity", "is_leaf", "gsd_m", "source"]
-    record = PlanTileRecord("0.1", 1, 0.4, True, 0.25, Extent(0, 0, 1, 1), "scene")
-    assert [f.value(record) for f in SCHEMAS[PlanTileRecord]] == ["0.1", 1, 0.4, 1, 0.25, "scene"]
+    assert names == ["key", "depth", "complexity", "is_leaf", "gsd_m", "source", "reason", "score"]
+    record = PlanTileRecord("0.1", 1, 0.4, True, 0.25, Extent(0, 0, 1, 1), "scene", "query", 0.31)
+    assert [f.value(record) for f in SCHEMAS[PlanTileRecord]] == ["0.1", 1, 0.4, 1, 0.25, "scene", "query", 0.31]

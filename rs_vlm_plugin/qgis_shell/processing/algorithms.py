@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -148,6 +149,16 @@ class RsVlmAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterNumber.Type.Integer, PlanConfig().max_tiles, False, 1, MAX_TILE_BUDGET)
         self.addParameter(param)
 
+    def add_guide_parameter(self) -> None:
+        """GUIDE: optional text that guides the plan (refined down to native resolution where it scores)."""
+        self.addParameter(QgsProcessingParameterString(
+            "GUIDE", self.tr("Guide the tiles by this text (optional; default: by image complexity)"), "", False, True))
+
+    def add_outlines_parameter(self) -> None:
+        """OUTLINES: also outline what was found (a layer beside the tiles)."""
+        self.addParameter(QgsProcessingParameterBoolean(
+            "OUTLINES", self.tr("Outline what is found (boxes and polygons beside the tiles)"), True))
+
     def add_extent_parameter(self) -> None:
         """EXTENT: optional part of the raster (default: all of it)."""
         self.addParameter(QgsProcessingParameterExtent(
@@ -253,11 +264,15 @@ class CaptionRasterAlgorithm(RsVlmAlgorithm):
             "(caption, best concepts with scores, ground sample distance, complexity).\n\n"
             "EXTENT: the part to describe (default: the whole raster); it is transformed to the raster's "
             "CRS. MODEL: a model bundle folder (default: the plugin's model, built by "
-            "\"python3 build.py setup\")."
+            "\"python3 build.py setup\").\n\n"
+            "GUIDE (optional): a text, for example \"storage tanks\", that guides the tiles: DRIS then reads "
+            "coarse first and refines where the text scores, down to the raster's native resolution, instead "
+            "of where the image is busy. Empty: the plan by image complexity."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.add_raster_job_parameters("Captions")
+        self.add_guide_parameter()
         self.addOutput(QgsProcessingOutputString("GLOBAL_CAPTION", self.tr("Global caption")))
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of DRIS tiles")))
 
@@ -268,7 +283,9 @@ class CaptionRasterAlgorithm(RsVlmAlgorithm):
     def job_request(self, parameters, context) -> JobRequest:
         """The job of this run."""
         max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
-        return JobRequest("describe", self.source, self.extent, JobConfig(plan=PlanConfig(max_tiles=max_tiles)),
+        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles),
+                           guide_query=(self.parameterAsString(parameters, "GUIDE", context) or "").strip())
+        return JobRequest("describe", self.source, self.extent, config,
                           model_dir=self.model_dir(parameters, context), output=self.gpkg_path(parameters, context))
 
     def process(self, parameters, context, feedback) -> dict:  # noqa: D102
@@ -306,10 +323,15 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
     def shortHelpString(self) -> str:  # noqa: D102, N802
         return self.tr(
             "Finds the places in a raster that match a text, for example \"a parking lot full of cars\" "
-            "or \"storage tanks next to a river\". The raster is tiled with DRIS, each tile is compared "
-            "with the text in the model's joint space, and the best TOP_K tiles are written, best first.\n\n"
+            "or \"storage tanks next to a river\". The raster is tiled with text-guided DRIS (read coarse "
+            "first, refined where the text scores, down to the raster's native resolution), each tile is "
+            "compared with the text in the model's joint space, and the best TOP_K tiles are written, best "
+            "first.\n\n"
             "Output: a GeoPackage layer search_hits (query, rank, score = cosine similarity, level, "
-            "ground sample distance, the tile's caption). BEST_SCORE is the first hit's score."
+            "ground sample distance, the tile's caption). BEST_SCORE is the first hit's score.\n\n"
+            "OUTLINES (on by default): also outline what was found inside the finest tiles, in the layer "
+            "search_outlines (query, rank, score = calibrated relevance, shape: a box for a compact blob, "
+            "else the polygon of the merged cells, area in m²)."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
@@ -319,6 +341,7 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
         self.add_budget_parameter()
         self.addParameter(QgsProcessingParameterNumber(
             "TOP_K", self.tr("Number of hits to keep"), QgsProcessingParameterNumber.Type.Integer, 10, False, 1, 1000))
+        self.add_outlines_parameter()
         self.add_model_parameter()
         self.add_gpkg_output("Search hits")
         self.addOutput(QgsProcessingOutputNumber("N_HITS", self.tr("Number of hits")))
@@ -334,7 +357,8 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
     def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
         max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
         top_k = self.parameterAsInt(parameters, "TOP_K", context)
-        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=top_k)
+        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=top_k,
+                           outlines=self.parameterAsBool(parameters, "OUTLINES", context))
         return JobRequest("search", self.source, self.extent, config, query=self.query,
                           model_dir=self.model_dir(parameters, context), output=self.gpkg_path(parameters, context))
 
@@ -415,7 +439,9 @@ class AskRasterAlgorithm(CaptionRasterAlgorithm):
             "- \"where is the river?\": the best places;\n"
             "- \"how much of the area is forest?\": the share of the fine tiles that look like it.\n\n"
             "Output: ANSWER as text, and a GeoPackage layer evidence with the tiles that support it "
-            "(rank, score, caption)."
+            "(rank, score, caption).\n\n"
+            "OUTLINES (on by default): a \"where is X?\" question also outlines X inside the finest tiles, "
+            "in the layer evidence_outlines (boxes and polygons with a score each)."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
@@ -423,6 +449,7 @@ class AskRasterAlgorithm(CaptionRasterAlgorithm):
         self.addParameter(QgsProcessingParameterString("QUESTION", self.tr("Question")))
         self.add_extent_parameter()
         self.add_budget_parameter()
+        self.add_outlines_parameter()
         self.add_model_parameter()
         self.add_gpkg_output("Evidence")
         self.addOutput(QgsProcessingOutputString("ANSWER", self.tr("Answer")))
@@ -440,7 +467,9 @@ class AskRasterAlgorithm(CaptionRasterAlgorithm):
 
     def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
         max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
-        return JobRequest("ask", self.source, self.extent, JobConfig(plan=PlanConfig(max_tiles=max_tiles)),
+        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles),
+                           outlines=self.parameterAsBool(parameters, "OUTLINES", context))
+        return JobRequest("ask", self.source, self.extent, config,
                           query=self.question, model_dir=self.model_dir(parameters, context),
                           output=self.gpkg_path(parameters, context))
 

@@ -72,12 +72,14 @@ class BatchInput:
         source: The raster to read; None when it could not be opened.
         transform: To the merged output's CRS; None when the CRS is the same (or per-input output).
         error: Why the raster could not be opened (a sentence), when source is None.
+        path: The layer's file when it is a local file (what Dask workers can open), else None.
     """
 
     name: str
     source: QgsLayerSource | None
     transform: QgsCoordinateTransform | None = None
     error: str = ""
+    path: Path | None = None
 
 
 class BatchCaptionAlgorithm(RsVlmAlgorithm):
@@ -101,6 +103,10 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
             "- one GeoPackage per input: in OUTPUT_FOLDER, named after each raster (with _2, _3... rather "
             "than overwrite a file), with the layers captions_global, captions_region and captions_object "
             "in the raster's CRS. Files already written stay when the run is cancelled.\n\n"
+            "SCHEDULER (optional): a Dask scheduler address (tcp://host:8786, or local:N for N worker "
+            "processes here). Raster files are then captioned on the cluster, in chunks, with the same captions "
+            "as the command line's batch; layers that are not local files (web, database, memory) stay in this "
+            "process, because the workers open the files themselves. Needs dask[distributed] installed.\n\n"
             "Outputs: N_CAPTIONED, N_FAILED and FILES, the GeoPackages written."
         )
 
@@ -121,6 +127,9 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
             "OUTPUT", self.tr("Captions (merged layer)"), GPKG_FILTER, optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT_FOLDER", self.tr("Folder of GeoPackages (one per input)"), optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterString(
+            "SCHEDULER", self.tr("Dask scheduler address for raster files (tcp://host:8786 or local:N; empty: here)"),
+            "", optional=True))
         self.addOutput(QgsProcessingOutputNumber("N_CAPTIONED", self.tr("Number of rasters captioned")))
         self.addOutput(QgsProcessingOutputNumber("N_FAILED", self.tr("Number of rasters that failed")))
         self.addOutput(QgsProcessingOutputMultipleLayers("FILES", self.tr("GeoPackages written")))
@@ -133,6 +142,7 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
             raise QgsProcessingException("No rasters were given; choose raster layers (LAYERS) or a folder of "
                                          "raster files (FOLDER).")
         self.inputs: list[BatchInput] = []
+        self.scheduler = (self.parameterAsString(parameters, "SCHEDULER", context) or "").strip()
         self.crs = None
         for layer in layers:
             self.inputs.append(self.batch_input(layer, context))
@@ -166,13 +176,13 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
         except RsVlmError as exc:
             return BatchInput(layer.name(), None, error=str(exc))
         if self.mode != "merged":
-            return BatchInput(layer.name(), source)
+            return BatchInput(layer.name(), source, path=local_file(layer))
         if self.crs is None:
             self.crs = layer.crs()
         transform = None
         if layer.crs().isValid() and self.crs.isValid() and layer.crs() != self.crs:
             transform = QgsCoordinateTransform(layer.crs(), self.crs, context.transformContext())
-        return BatchInput(layer.name(), source, transform)
+        return BatchInput(layer.name(), source, transform, path=local_file(layer))
 
     def output_folder(self, parameters, context) -> Path:
         """OUTPUT_FOLDER, created and writable (per-input mode)."""
@@ -204,7 +214,24 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
         files: list[str] = []
         failed = 0
         n = len(self.inputs)
+        try:
+            remote = self._on_cluster(config, model, progress, feedback) if self.scheduler else {}
+        except CancelledError:
+            feedback.pushInfo(CANCELLED)
+            return {}
+        except RsVlmError as exc:
+            raise QgsProcessingException(str(exc)) from exc
         for index, item in enumerate(self.inputs):
+            if index in remote:
+                captions, error = remote[index]
+                if error:
+                    feedback.reportError(f"{item.name}: {error}", False)
+                    failed += 1
+                elif merged:
+                    records.extend(self._in_output_crs(record, item.transform) for record in captions)
+                else:
+                    files.append(str(self._write_one(folder, item.name, self._cluster_result(item), captions)))
+                continue
             if feedback.isCanceled():
                 feedback.pushInfo(CANCELLED if merged else f"Cancelled; {len(files)} GeoPackages were written.")
                 return {}
@@ -254,6 +281,39 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
         results["FILES"] = files
         return results
 
+    def _on_cluster(self, config, model, progress, feedback) -> dict[int, tuple[list[CaptionRecord], str]]:
+        """Caption the inputs that are local files on the Dask cluster: ``{input: (captions, error)}``."""
+        from ...core.distributed.jobs import LOCAL_ONLY, caption_files
+
+        chosen = []
+        for index, item in enumerate(self.inputs):
+            path = item.path if item.source is not None else None
+            if path is None:
+                if item.source is not None:
+                    feedback.pushInfo(LOCAL_ONLY.format(name=item.name))
+                continue
+            chosen.append((index, path))
+        if not chosen:
+            return {}
+        feedback.pushInfo(f"Captioning {len(chosen)} raster files on the Dask cluster {self.scheduler}.")
+        outcome = caption_files(self.scheduler, [(path, self.inputs[i].name) for i, path in chosen], config.plan,
+                                model, SubProgress(progress, 0.0, 0.9))
+        self._crs_of = {}
+        out = {}
+        for k, (index, _) in enumerate(chosen):
+            done = outcome.outcomes.get(k)
+            if done is not None:
+                self._crs_of[index] = done.crs_wkt
+            out[index] = (done.records if done else [], outcome.failures.get(k, ""))
+        return out
+
+    def _cluster_result(self, item):
+        """A describe-like result for one input captioned on the cluster (per-input output)."""
+        from ...core.pipeline import DescribeResult
+
+        crs = self._crs_of.get(self.inputs.index(item))
+        return DescribeResult([], None, crs, [])
+
     @staticmethod
     def _write_one(folder: Path, name: str, result, captions: list[CaptionRecord]) -> Path:
         """One input's captions as ``folder/<name>.gpkg`` (``<name>_2.gpkg``... when taken), never overwriting."""
@@ -273,6 +333,14 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
                 f"A caption of {record.source} cannot be reprojected to the output CRS ({exc}); "
                 "caption rasters of that CRS separately.") from exc
         return replace(record, extent=to_extent(box))
+
+
+def local_file(layer) -> Path | None:
+    """The file behind a GDAL raster layer, or None for web, database and memory layers."""
+    if layer is None or layer.providerType() != "gdal":
+        return None
+    path = Path(layer.source().split("|")[0])
+    return path if path.is_file() else None
 
 
 def batch_algorithms() -> list:

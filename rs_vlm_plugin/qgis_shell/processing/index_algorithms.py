@@ -17,13 +17,15 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...core.errors import RsVlmError
+from ...core.distributed.jobs import LOCAL_ONLY
+from ...core.errors import CancelledError, RsVlmError
 from ...core.gpkg import write_geopackage
 from ...core.index import TILES_LAYER
 from ...core.pipeline import SEARCH_LAYER, check_query, result_kinds, result_layers
 from ..source import layer_source_id
 from ..task import JobRequest, load_bundle, open_index
-from .algorithms import CaptionRasterAlgorithm, RsVlmAlgorithm
+from .algorithms import CANCELLED, CaptionRasterAlgorithm, FeedbackProgress, RsVlmAlgorithm
+from .batch_algorithm import local_file
 
 
 class BuildIndexAlgorithm(CaptionRasterAlgorithm):
@@ -44,16 +46,49 @@ class BuildIndexAlgorithm(CaptionRasterAlgorithm):
             "Output: a GeoPackage with the layer index_tiles (tile_id, tile_key, level, depth, gsd_m, "
             "complexity), which QGIS shows like any polygon layer, and two tables with the embeddings and "
             "the index's metadata (model, source, CRS, plan). An index answers only with the model it was "
-            "built with; re-exporting the model means building the index again."
+            "built with; re-exporting the model means building the index again.\n\n"
+            "GUIDE (optional): a text that guides the tiles (refined where it scores, down to the raster's "
+            "native resolution); empty: the plan by image complexity, which serves any query alike.\n\n"
+            "SCHEDULER (optional): a Dask scheduler address (tcp://host:8786, or local:N for N worker processes "
+            "here): the raster is planned once and encoded in chunks on the cluster, giving the same index. Only "
+            "for local raster files: the workers open the file themselves, so a web, database or memory layer "
+            "stays in this process. Needs dask[distributed] installed."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.add_raster_job_parameters("Embedding index")
+        self.add_guide_parameter()
+        self.addParameter(QgsProcessingParameterString(
+            "SCHEDULER", self.tr("Dask scheduler address (tcp://host:8786 or local:N; empty: here)"), "",
+            optional=True))
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Number of indexed tiles")))
 
     def gather(self, parameters, context, feedback) -> None:  # noqa: D102
         super().gather(parameters, context, feedback)
         self.source_id = layer_source_id(self.layer)  # the same identity the panel looks indexes up by
+        self.scheduler = (self.parameterAsString(parameters, "SCHEDULER", context) or "").strip()
+        self.file = local_file(self.layer)
+        if self.scheduler and self.file is None:
+            feedback.pushInfo(LOCAL_ONLY.format(name=self.layer.name()))
+
+    def process(self, parameters, context, feedback) -> dict:  # noqa: D102
+        if not (self.scheduler and self.file is not None):
+            return super().process(parameters, context, feedback)
+        from ...core.distributed.jobs import index_file
+
+        request = self.job_request(parameters, context)
+        feedback.pushInfo(f"Building the index on the Dask cluster {self.scheduler}.")
+        try:
+            path, n_tiles = index_file(self.scheduler, self.file, self.layer.name(), request.index_path,
+                                       request.config.plan, request.model_dir, FeedbackProgress(feedback),
+                                       self.source_id, request.extent)
+        except CancelledError:
+            feedback.pushInfo(CANCELLED)
+            return {}
+        except RsVlmError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        self.load_on_completion(context, path, [TILES_LAYER])
+        return {"OUTPUT": str(path), "N_TILES": n_tiles}
 
     def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
         request = super().job_request(parameters, context)

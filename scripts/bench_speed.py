@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rasters import make_raster  # noqa: E402
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir  # noqa: E402
+from rs_vlm_plugin.core.complexity import complexity_map  # noqa: E402
 from rs_vlm_plugin.core.dris import PlanConfig  # noqa: E402
 from rs_vlm_plugin.core.pipeline import JobConfig, describe  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
@@ -211,6 +212,13 @@ def planning_share(bundle: ModelBundle, rasters: dict[str, Path]) -> dict:
     return out
 
 
+def _seconds(fn, *args) -> float:
+    """Wall seconds of one call."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
 MEMORY_CHILD = """
 import json, sys, time
 from rs_vlm_plugin.core import cli
@@ -271,6 +279,9 @@ def main() -> int:
                    "10000": make_raster(args.work / "scene_10000.tif", 10000, scene),
                    "10000 with overviews": make_raster(args.work / "scene_10000_ovr.tif", 10000, scene, True)}
         report["planning_share"] = planning_share(bundle, rasters)
+        overview = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+        report["planning_share"]["complexity_map_512_s"] = round(min(_seconds(complexity_map, overview)
+                                                                    for _ in range(3)), 4)
         print(json.dumps(report["planning_share"], indent=1), flush=True)
     if "memory" not in args.skip:
         sizes = [int(s) for s in args.memory_sizes.split(",") if s]

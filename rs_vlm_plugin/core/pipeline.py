@@ -63,8 +63,9 @@ class JobConfig:
         knowledge: Score search queries, class names and question subjects together with what
             the knowledge base knows of the concepts they name (see :mod:`expansion`); False
             scores the texts alone.
-        seen_bias: Correct class-list scores for the model's bias towards its training classes
-            (calibrated stacking, see :mod:`seen_bias`); False ranks the raw scores.
+        seen_bias: Correct the scores of the user's class list for the model's bias towards its
+            training classes (calibrated stacking, see :mod:`seen_bias`; the default list, the
+            knowledge base's scene concepts, is always scored plain); False ranks the raw scores.
         guided: Plan with text-guided DRIS (coarse first, refined where the query scores, down to
             native resolution; :mod:`locate.guided`). None: the job's default (on for Search and
             for Ask about a subject; off for Describe, Classify and the index, which keep the
@@ -727,6 +728,7 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
     """
     config = config or JobConfig()
     progress = progress or NullProgress()
+    user_list = bool(classes)
     classes = check_classes(classes, bundle)
     for name in classes:
         for warning in text_warnings(bundle, name, f"The class name \"{name[:40]}\""):
@@ -738,7 +740,9 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
                       "and sub-concepts in the knowledge base.")
     encoding = encode_extent(source, bundle, extent, config, progress, keep=CLASSIFY_TIERS)
     progress.set_stage("Classifying tiles")
-    offsets = seen_bias_offsets(bundle, classes, CLASS_PROMPTS, config.seen_bias)
+    # The margin is calibrated for class lists like the user's (a few classes, most of them trained);
+    # the default list, the knowledge base's scene concepts, is mostly untrained names and is scored plain.
+    offsets = seen_bias_offsets(bundle, classes, CLASS_PROMPTS, config.seen_bias and user_list)
     if offsets.any() and np.ptp(offsets) > 1e-6:
         lifted = [classes[k] for k in np.argsort(-offsets)[:3] if offsets[k] > offsets.min() + 1e-6]
         progress.info(f"Scores are corrected for the model's bias towards the classes it was trained on "

@@ -26,6 +26,7 @@ from qgis.core import (
     NULL,
 )
 
+from ..core.distributed.outputs import BATCH_LAYER
 from ..core.errors import RsVlmError
 from ..core.pipeline import (CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, EVIDENCE_OUTLINE_LAYER, SEARCH_LAYER,
                              SEARCH_OUTLINE_LAYER)
@@ -39,7 +40,6 @@ CAPTION_STYLES = {
     "object": ("#1d9a8a", 0.3, 7.5, "Object captions"),
 }
 LEVEL_OF_LAYER = {layer: level for level, layer in CAPTION_LAYERS.items()}
-BATCH_LAYER = "captions"
 HIT_COLOURS = ("#ffffb2", "#bd0026")  # low score pale yellow, high score deep red
 HIT_CLASSES = 5
 HIT_OPACITY = 0.35

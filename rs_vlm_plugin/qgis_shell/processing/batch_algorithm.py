@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import traceback
 from dataclasses import dataclass, replace
-from fnmatch import fnmatch
 from pathlib import Path
 
 from qgis.core import (
@@ -26,6 +25,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
+from ...core.distributed.inputs import BATCH_PATTERN, folder_rasters
 from ...core.dris import PlanConfig
 from ...core.errors import CancelledError, RsVlmError
 from ...core.gpkg import write_geopackage
@@ -40,22 +40,8 @@ from ..task import JobRequest, execute
 from .algorithms import CANCELLED, GPKG_FILTER, FeedbackProgress, RsVlmAlgorithm
 
 
-BATCH_PATTERN = "*.tif;*.tiff;*.jp2;*.img;*.vrt"
-"""Default PATTERN of the batch algorithm: the usual raster file extensions, ';'-separated."""
 BATCH_MODES = ("merged", "per_input")
 """OUTPUT_MODE values: one merged layer (OUTPUT), or one GeoPackage per input (OUTPUT_FOLDER)."""
-
-
-def folder_rasters(folder: Path, pattern: str = BATCH_PATTERN) -> list[Path]:
-    """The files directly in ``folder`` whose names match one of the patterns, sorted by name.
-
-    Args:
-        folder: The folder to list (not its sub-folders).
-        pattern: Shell patterns separated by ";" (or ","), matched without regard to case.
-    """
-    patterns = [p.strip().lower() for p in pattern.replace(",", ";").split(";") if p.strip()]
-    matching = [p for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name.lower(), pat) for pat in patterns)]
-    return sorted(matching, key=lambda p: p.name.lower())
 
 
 def file_stem(name: str) -> str:

@@ -40,7 +40,13 @@ def test_search_json_summary(bundle_dir, generated, tmp_path, capsys):
                  "--model", str(bundle_dir)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in summary["hits"]] == [1, 2, 3]
-    assert _layers(out) == {"search_hits": 3}
+    layers = _layers(out)  # the outlines layer is written beside the hits (empty when nothing is relevant enough)
+    assert layers["search_hits"] == 3 and set(layers) <= {"search_hits", "search_outlines"}
+    plain = tmp_path / "plain.gpkg"
+    assert main(["search", str(generated["scene"]), "a road", "-o", str(plain), "--top-k", "3", "-q", "--json",
+                 "--no-outlines", "--model", str(bundle_dir)]) == 0
+    assert [h["rank"] for h in json.loads(capsys.readouterr().out)["hits"]] == [1, 2, 3]
+    assert _layers(plain) == {"search_hits": 3}
 
 
 def test_missing_file_is_a_sentence_and_writes_nothing(bundle_dir, tmp_path, capsys):

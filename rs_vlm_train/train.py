@@ -570,7 +570,8 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     txt = texts.emb[[t for rows in texts.ucm_val for t in rows]].numpy()
     out = {"retrieval": retrieval_recalls(img, txt, 5), "routing": val["routing"].tolist()}
     ucm_classes = texts.ucm_classes
-    ucm_pred = np.argmax(img @ _prompt_matrix(texts, texts.ucm_prompts, ucm_classes).T, axis=1)
+    ucm_sims = img @ _prompt_matrix(texts, texts.ucm_prompts, ucm_classes).T
+    ucm_pred = np.argmax(ucm_sims, axis=1)
     ucm_truth = np.asarray([ucm_classes.index(c) for c in sets["ucm_val"].index["classes"]])
     resisc = sets["resisc"]
     held = np.flatnonzero(np.asarray(resisc.index["held_out"]))
@@ -578,9 +579,11 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     classes = texts.resisc_classes
     labels = np.asarray([classes.index(resisc.index["classes"][i]) for i in held])
     res_img = enc["global"][:, 0].numpy()
-    out["scene_accuracy"] = scene_accuracy(res_img, _prompt_matrix(texts, texts.scene_prompts, classes), labels)
+    res_prompts = _prompt_matrix(texts, texts.scene_prompts, classes)
+    out["scene_accuracy"] = scene_accuracy(res_img, res_prompts, labels)
     out["scene_images"] = int(len(held))
-    res_pred = np.argmax(res_img @ _prompt_matrix(texts, texts.scene_prompts, classes).T, axis=1)
+    res_sims = res_img @ res_prompts.T
+    res_pred = np.argmax(res_sims, axis=1)
 
     def gzsl(ucm: np.ndarray, resisc: np.ndarray) -> dict:
         """Seen / unseen / H of predictions on UCM val and RESISC12 held-back, and their mean."""
@@ -612,8 +615,6 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     # Calibrated stacking: every class's score less gamma times its familiarity to the trained classes.
     ucm_off = stacking_offsets(class_familiarity(ucm_classes, trained, cache), 1.0)
     res_off = stacking_offsets(class_familiarity(classes, trained, cache), 1.0)
-    ucm_sims = img @ _prompt_matrix(texts, texts.ucm_prompts, ucm_classes).T
-    res_sims = res_img @ _prompt_matrix(texts, texts.scene_prompts, classes).T
     ucm_unseen = {c for c in ucm_classes if group("ucm", c) in unseen}
     sweep = {}
     if ucm_unseen:

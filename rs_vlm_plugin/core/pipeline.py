@@ -743,7 +743,7 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
     # The margin is calibrated for class lists like the user's (a few classes, most of them trained);
     # the default list, the knowledge base's scene concepts, is mostly untrained names and is scored plain.
     offsets = seen_bias_offsets(bundle, classes, CLASS_PROMPTS, config.seen_bias and user_list)
-    if offsets.any() and np.ptp(offsets) > 1e-6:
+    if np.ptp(offsets) > 1e-6:  # some classes less familiar than others: the correction changes the ranking
         lifted = [classes[k] for k in np.argsort(-offsets)[:3] if offsets[k] > offsets.min() + 1e-6]
         progress.info(f"Scores are corrected for the model's bias towards the classes it was trained on "
                       f"(calibrated stacking); the least familiar here: {', '.join(lifted)}.")

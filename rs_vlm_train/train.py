@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from rs_vlm_plugin.core.expansion import ExpandedQueries, QueryKnowledge, expand_text
 from rs_vlm_plugin.core.knowledge import KnowledgeBase
+from rs_vlm_plugin.core.locate.relevance import BACKGROUND_PROMPTS, BACKGROUND_TEXTS
 from rs_vlm_plugin.core.qa import calibrate_threshold, presence_scores, subject_prompts
 from rs_vlm_plugin.core.seen_bias import familiarity, stacking_offsets
 from rs_vlm_plugin.modeling.rsvlm import (CaptionDecoder, ImageModel, ModelConfig, box_cell_weights,
@@ -97,6 +98,10 @@ class Recipe:
         box_sentences_in_decoder: Decoder fine-tuning also on VHR-10 images with their
             box-to-caption sentences (off: those fixed phrases, "a running track around a
             football field", took over the caption of a forest with a road).
+        locate_steps: Steps of the locate stage after the alignment (:func:`locate_stage`): the
+            object head alone learns background cells of VHR-10 crops against the background
+            texts the outlines are scored against, and the cells under boxes against their
+            class (0: no such stage).
     """
 
     leave_out: bool = False
@@ -108,6 +113,7 @@ class Recipe:
     weak_captions: bool = True
     text_share: float = 0.2
     box_sentences_in_decoder: bool = False
+    locate_steps: int = 0
 
     def to_dict(self) -> dict:  # noqa: D102
         return asdict(self)
@@ -117,6 +123,7 @@ RECIPES = {
     "v2": Recipe(extra=False, box_captions=False, gsd_share=0.0, geometry=0.0, decay_to_init=0.0,
                  weak_captions=False, text_share=0.0),
     "open": Recipe(),
+    "open-locate": Recipe(locate_steps=300),
 }
 
 
@@ -183,6 +190,8 @@ class Texts:
         self.kb_rows = []
         for concept in kb["concepts"]:
             self.kb_rows.append([self.add(t) for t in concept_texts(concept)])
+        # What a cell shows when it shows no object: the texts the outlines score against (core/locate).
+        self.background_rows = [[self.add(p.format(b)) for p in BACKGROUND_PROMPTS] for b in BACKGROUND_TEXTS]
         self.emb = torch.from_numpy(feat.text_embeddings(self.items, cache, "align"))
 
     @staticmethod
@@ -471,6 +480,129 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
     return model.eval()
 
 
+def locate_cells(objects: list, grid: int, rng: np.random.Generator, per_crop: int = 8
+                 ) -> tuple[list[int], list[int], list[int]]:
+    """Cells of one VHR-10 crop for the locate stage: (object cells, their class index, background cells).
+
+    An object cell is at least half covered by one box (its class is that box's); a background
+    cell is touched by no box, nor next to one (the crops list only the boxes at least 60 %
+    inside, so a box's neighbours may hold an unlisted object's edge). At most ``per_crop`` of each.
+    """
+    cover = np.zeros((len(VHR10_CLASSES), grid * grid), np.float32)
+    touched = np.zeros((grid, grid), bool)
+    for label, box in objects:
+        x0, y0, x1, y1 = (v * grid for v in box)
+        for y in range(grid):
+            fy = max(0.0, min(y + 1, y1) - max(y, y0))
+            for x in range(grid):
+                fx = max(0.0, min(x + 1, x1) - max(x, x0))
+                if fx * fy > 0:
+                    cover[VHR10_CLASSES.index(label), y * grid + x] += fx * fy
+                    touched[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = True
+    best = cover.max(0)
+    positive = np.flatnonzero(best >= 0.5)
+    positive = rng.permutation(positive)[:per_crop]
+    background = rng.permutation(np.flatnonzero(~touched.ravel()))[:per_crop]
+    return positive.tolist(), cover.argmax(0)[positive].tolist(), background.tolist()
+
+
+def locate_loss(tokens: torch.Tensor, classes: torch.Tensor, is_object: torch.Tensor, class_emb: torch.Tensor,
+                background_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each cell's softmax over [object classes, background texts], at the model's scale:
+    an object cell's target is its class, a background cell's the background texts together (as the
+    outlines' relevance, ``core.locate.relevance``, weighs a query against the background)."""
+    logits = scale * tokens @ torch.cat([class_emb, background_emb]).t()
+    log_p = logits.log_softmax(-1)
+    n_cls = class_emb.shape[0]
+    obj = -log_p[is_object, classes[is_object]]
+    bg = -torch.logsumexp(log_p[~is_object, n_cls:], -1)
+    return torch.cat([obj, bg]).mean()
+
+
+def locate_stage(model: ImageModel, sets: dict, texts: Texts, cache: Path, tag: str, steps: int, seed: int,
+                 recipe: Recipe) -> ImageModel:
+    """Teach the object tier background: only the object head trains, on VHR-10 training crops.
+
+    Each step: 24 crops; their object cells against their class and background cells against
+    the background texts (:func:`locate_loss`, weight 1), and the box-pooled tokens against the
+    object phrases as in the alignment (weight 0.5, so the tokens stay aligned with the names the
+    caption decoder and text-to-box retrieval read). The global and region tiers do not change.
+    Cached as ``align_<tag>_locate<steps>.pt``.
+    """
+    path = cache / f"align_{tag}_locate{steps}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True), strict=False)
+        return model.eval()
+    rng = np.random.default_rng(seed + 17)
+    torch.manual_seed(seed + 17)
+    params = list(model.object_head.parameters())
+    frozen = {id(p) for p in params}
+    saved = {}
+    for p in model.parameters():
+        saved[p] = p.requires_grad
+        p.requires_grad_(id(p) in frozen)
+    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.05)
+    rows = TrainingRows(sets, texts, recipe)
+    vhr, crops = sets["vhr_train"], sets["vhr_train"].index["crops"]
+    class_emb = F.normalize(torch.stack([texts.emb[texts.object_prompts[c]].mean(0) for c in texts.object_classes]), dim=-1)
+    background_emb = F.normalize(torch.stack([texts.emb[r].mean(0) for r in texts.background_rows]), dim=-1)
+    start = time.time()
+    running: dict[str, float] = {}
+    for step in range(steps):
+        model.train()
+        model.top.eval()
+        for g in opt.param_groups:
+            g["lr"] = 2e-4 * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        o = rng.choice(rows.crops, min(24, len(rows.crops)), replace=False)
+        fine, mid = vhr.take(o, np.zeros(len(o), int))
+        with torch.no_grad():
+            fine_f, coarse_f = model.features(fine, mid)
+        crop_rows, cells, classes, is_object = [], [], [], []
+        box_w, box_rows, obj_tids, obj_keys = [], [], [], []
+        for k, i in enumerate(o):
+            objects = crops[i]["objects"]
+            pos, cls, bg = locate_cells(objects, model.grid, rng)
+            crop_rows += [k] * (len(pos) + len(bg))
+            cells += pos + bg
+            classes += cls + [0] * len(bg)
+            is_object += [True] * len(pos) + [False] * len(bg)
+            for idx in rng.permutation(len(objects))[:2]:
+                label, box = objects[idx]
+                box_w.append(box_cell_weights(tuple(box), model.grid))
+                box_rows.append(k)
+                obj_tids.append(int(rng.choice(texts.object_prompts[label])))
+                obj_keys.append(texts.object_classes.index(label))
+        # every cell of every crop through the object head once: the cells for the locate loss and
+        # the box-pooled tokens for the phrase loss both come from these
+        n, cells_per = len(o), model.grid * model.grid
+        every = torch.arange(cells_per).repeat(n)
+        owner = torch.arange(n).repeat_interleave(cells_per)
+        tok, _ = model.object_tokens(torch.cat([fine_f[owner, every], coarse_f[owner, model.up_index[every]]], -1))
+        tok = tok.reshape(n, cells_per, -1)
+        scale = model.logit_scale.exp().clamp(max=100.0).detach()
+        losses = {"locate": locate_loss(tok[torch.tensor(crop_rows), torch.tensor(cells)], torch.tensor(classes),
+                                        torch.tensor(is_object), class_emb, background_emb, scale)}
+        pooled = F.normalize(torch.einsum("bc,bcd->bd", torch.stack(box_w), tok[torch.tensor(box_rows)]), dim=-1)
+        losses["object"] = multi_positive_loss(pooled, texts.emb[obj_tids], torch.tensor(obj_keys), scale)
+        model.fusion.seen.clear()
+        total = losses["locate"] + 0.5 * losses["object"]
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        for k, v in losses.items():
+            running[k] = running.get(k, 0.0) + float(v.detach())
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            n = 50 if (step + 1) % 50 == 0 else (step + 1) % 50
+            print(f"[{tag} locate] step {step + 1}/{steps} " + " ".join(f"{k} {v / n:.3f}" for k, v in running.items())
+                  + f" ({time.time() - start:.0f} s)", flush=True)
+            running = {}
+    for p, flag in saved.items():
+        p.requires_grad_(flag)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
 # --------------------------------------------------------------------------- token caches
 
 
@@ -707,6 +839,9 @@ def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts,
     tag = name.replace(" ", "_") + f"_{steps}"
     t0 = time.time()
     model = align(sets, texts, kb, config, cache, tag, steps, seed, drop_tier=drop, recipe=recipe)
+    if recipe.locate_steps and not drop:
+        model = locate_stage(model, sets, texts, cache, tag, recipe.locate_steps, seed, recipe)
+        tag = f"{tag}_locate{recipe.locate_steps}"  # the decoder reads the object tokens: its own cache
     align_s = time.time() - t0
     rows = TrainingRows(sets, texts, recipe)
     unseen = rows.unseen  # the leave-classes-out groups, or none
@@ -834,6 +969,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-final", action="store_true", help="stop after the leave-classes-out stages")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--mosaics", type=int, default=4000, help="2x2 and 3x3 mosaics built for the region tier")
+    parser.add_argument("--locate-steps", type=int, default=None,
+                        help="steps of the final model's locate stage (default: its recipe's; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=Path("out/train"))
     args = parser.parse_args(argv)
@@ -912,6 +1049,8 @@ def main(argv=None) -> int:
     print("stage align + decoder (final model)", flush=True)
     full = decoder_data(False)
     recipe = RECIPES[args.recipe]
+    if args.locate_steps is not None:
+        recipe = dataclasses.replace(recipe, locate_steps=args.locate_steps)
     res = run_variant("final", {}, args.data, sets, texts, kb, base, args.cache, args.steps, full,
                       args.decoder_epochs, args.seed, args.decoder_views, meteor=True, recipe=recipe, gamma=0.0)
     # Every class is seen here, so the margin is the one the same recipe calibrated without the

@@ -164,7 +164,7 @@ def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_
         for label, text in queries.items():
             scorer = expand_queries(bundle, [text]).scorer(0)
             t0 = time.perf_counter()
-            guided = guided_encoding(source, bundle, extent, guided_config, scorer, progress)
+            guided = guided_encoding(source, bundle, extent, guided_config, scorer, progress, text=text)
             guided_s = time.perf_counter() - t0
             row = {}
             for method, encoding in (("guided", guided), ("complexity", complexity), ("native", native)):

@@ -235,8 +235,13 @@ def result_kinds(result: AnyResult) -> dict[str, type]:
     return {name: kinds.get(name, CaptionRecord) for name in result_layers(result)}
 
 
-def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_size: int) -> TilePlan:
+def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_size: int,
+              timings: dict | None = None) -> TilePlan:
     """Read the extent coarsely and plan the tiles with DRIS (or the uniform grid).
+
+    Args:
+        timings: Receives ``overview_s``, the seconds of the overview read (on a raster without
+            overviews, the first pass over every pixel: the tile reads after it hit GDAL's cache).
 
     Raises:
         RsVlmError: The extent is under a few pixels on a side, or has no valid pixels.
@@ -245,7 +250,10 @@ def make_plan(source: RasterSource, extent: Extent, config: PlanConfig, tile_siz
     g = source.georef
     check_pixel_size(extent.width / g.pixel_width, extent.height / g.pixel_height, source.name)
     width, height = config.coarse_shape(extent)
+    start = time.perf_counter()
     coarse, valid = source.read_masked(extent, max(8, width), max(8, height))
+    if timings is not None:
+        timings["overview_s"] = time.perf_counter() - start
     if not valid.any():
         raise no_valid_pixels(source)
     return plan_tiles(extent, g.native_gsd, coarse, config)
@@ -332,9 +340,9 @@ def encode_extent(source: RasterSource, bundle: ModelBundle, extent: Extent | No
     start = time.perf_counter()
     extent = source.georef.clip(extent or source.georef.extent)
     progress.set_stage("Reading an overview and planning tiles")
-    plan = make_plan(source, extent, config.plan, bundle.image_size)
+    plan = make_plan(source, extent, config.plan, bundle.image_size, timings)
     check_canceled(progress)
-    timings["plan_s"] = time.perf_counter() - start
+    timings["plan_s"] = time.perf_counter() - start  # the overview read included
     tiles = mask_tiles(tiles_to_encode(plan, source.georef.metres_per_unit, bundle.image_size), config.mask_wkb)
     progress.set_fraction(0.05)
     progress.set_stage(f"Encoding {len(tiles)} tiles")
@@ -492,7 +500,8 @@ def describe(source: RasterSource, bundle: ModelBundle, extent: Extent | None = 
     if guide is not None:  # a text guides the plan (JobConfig.guide_query): coarse first, refined where it scores
         from .locate.guided import guided_encoding
 
-        encoding = guided_encoding(source, bundle, extent, config, guide, progress, every_tier=True)
+        encoding = guided_encoding(source, bundle, extent, config, guide, progress, every_tier=True,
+                                   text=config.guide_query.strip())
     else:
         encoding = encode_extent(source, bundle, extent, config, progress, on_batch=stream.add)
     progress.set_stage("Composing captions")
@@ -619,7 +628,7 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     note = describe_expansions(queries, 0, "searched")
     if note:
         progress.info(note)
-    encoding = query_encoding(source, bundle, extent, config, progress, queries.scorer(0))
+    encoding = query_encoding(source, bundle, extent, config, progress, queries.scorer(0), text)
     progress.set_stage("Scoring tiles")
     scores = tile_scores(encoding, queries.scorer(0))
     candidates = []
@@ -664,13 +673,14 @@ def guided_job(config: JobConfig) -> bool:
 
 
 def query_encoding(source: RasterSource, bundle: ModelBundle, extent: Extent | None, config: JobConfig,
-                   progress: ProgressBackend, scorer: QueryScorer) -> Encoding:
+                   progress: ProgressBackend, scorer: QueryScorer, text: str | None = None) -> Encoding:
     """The encoding of a query job (search, ask about a subject): text-guided DRIS
-    (:func:`locate.guided.guided_encoding`) or the complexity plan / uniform grid."""
+    (:func:`locate.guided.guided_encoding`, guided by ``text``'s relevance maps where given) or
+    the complexity plan / uniform grid."""
     if guided_job(config):
         from .locate.guided import guided_encoding
 
-        return guided_encoding(source, bundle, extent, config, scorer, progress)
+        return guided_encoding(source, bundle, extent, config, scorer, progress, text=text)
     return encode_extent(source, bundle, extent, config, progress, keep=None if config.outlines else SEARCH_TIERS)
 
 
@@ -789,7 +799,7 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
             progress.info(note)
     if parsed.subject:  # "where is X?" outlines X; the other kinds only need the tiles' scores
         config = config if parsed.kind == "where" else dataclasses.replace(config, outlines=False)
-        encoding = query_encoding(source, bundle, extent, config, progress, query)
+        encoding = query_encoding(source, bundle, extent, config, progress, query, parsed.subject)
     else:
         encoding = encode_extent(source, bundle, extent, config, progress, keep=SEARCH_TIERS)
     progress.set_stage("Answering")

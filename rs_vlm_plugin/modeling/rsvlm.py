@@ -265,12 +265,38 @@ class ImageModel(nn.Module):
         """Object tokens of cell features (..., 1392) from :meth:`cells`."""
         return self.fusion(self.object_head(cells))
 
+    def object_hidden(self, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The object head's first layer on every cell, without building the (N, G*G, 1392) cell map.
+
+        A cell is [fine (112), coarse (1280)], and each coarse vector is shared by four cells, so
+        LayerNorm then ``fc1`` is rewritten exactly: with ``W' = W diag(gamma)``,
+        ``fc1(LN(x)) = (W'x - mean(x) W'1) / std(x) + (W beta + b)``, where ``W'x`` is the fine
+        part on 196 cells plus the coarse part on 49 cells (gathered), and the mean and variance
+        come from the two parts' sums. It is 3.2x fewer multiply-adds than the plain layer (the
+        largest matrix of the image graph) for the same values up to float rounding.
+        """
+        fine, coarse = feats
+        norm, fc1 = self.object_head.norm, self.object_head.fc1
+        n_fine = fine.shape[-1]
+        weight = fc1.weight * norm.weight  # (H, C): W diag(gamma)
+        w_fine, w_coarse = weight[:, :n_fine], weight[:, n_fine:]
+        total = weight.shape[1]
+        coarse_part = (coarse @ w_coarse.t())[:, self.up_index]  # (N, G*G, H) from (N, (G/2)^2, H)
+        sums = fine.sum(-1) + coarse.sum(-1)[:, self.up_index]
+        squares = (fine * fine).sum(-1) + (coarse * coarse).sum(-1)[:, self.up_index]
+        mean = sums / total
+        var = (squares / total - mean * mean).clamp(min=0.0)
+        inv_std = torch.rsqrt(var + norm.eps)
+        projected = fine @ w_fine.t() + coarse_part - mean.unsqueeze(-1) * weight.sum(1)
+        return projected * inv_std.unsqueeze(-1) + (fc1.weight @ norm.bias + fc1.bias)
+
     def forward(self, fine: torch.Tensor, mid: torch.Tensor):
         """All tiers: global (N, D), regions (N, 13, D), objects (N, 196, D), routing (N, 210, E)."""
         feats = self.features(fine, mid)
         g, rg = self.global_tokens(feats)
         r, rr = self.region_tokens(feats)
-        o, ro = self.object_tokens(self.cells(feats))
+        head = self.object_head
+        o, ro = self.fusion(head.fc2(F.gelu(self.object_hidden(feats))))
         return g, r, o, torch.cat([rg.unsqueeze(1), rr, ro], 1)
 
 

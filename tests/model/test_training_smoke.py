@@ -31,10 +31,11 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     weights, cache, report = tmp_path / "w.npz", tmp_path / "cache", tmp_path / "report"
     args = ["--data", str(data), "--out", str(weights), "--cache", str(cache), "--report", str(report),
             "--steps", "3", "--pretrain-epochs", "1", "--decoder-epochs", "1", "--decoder-views", "2",
-            "--mosaics", "6", "--leave-out"]
+            "--mosaics", "6", "--leave-out", "--locate-steps", "2"]
     assert main(args) == 0
     log = capsys.readouterr().out
     assert "[final_3] step 3/3" in log and "routing" in log and "[decoder-pretrain] epoch 1/1" in log
+    assert "[final_3 locate] step 2/2 locate" in log and (cache / "align_final_3_locate2.pt").exists()
     # The leave-classes-out runs: issue 3's recipe and the open-vocabulary one, without the drawn classes.
     assert "[lco_v2_3] step 3/3" in log and "[lco_open_3] step 3/3" in log
     lco = json.loads((report / "open_vocabulary.json").read_text())

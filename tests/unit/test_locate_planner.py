@@ -1,5 +1,5 @@
 """Native-grid and query-guided planning, table-driven: native leaves, never finer than native, the
-budget a hard bound, refinement where the query scores, reasons recorded."""
+budget a hard bound, refinement where the query scores (only the quadrants worth it), reasons recorded."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from shapely import unary_union
 
-from rs_vlm_plugin.core.dris import PlanConfig, QuadTree, plan_tiles, refinement_order
+from rs_vlm_plugin.core.dris import PlanConfig, QuadTree, plan_tiles
 from rs_vlm_plugin.core.geometry import Extent
-from rs_vlm_plugin.core.locate.guided import GuideConfig, _next_round
+from rs_vlm_plugin.core.locate.guided import GuideConfig, _next_round, guided_root_count, outline_parts, quadrant_estimates
+from rs_vlm_plugin.core.pipeline import EncodedTile
 
 
 def noise(height: int = 256, width: int = 256, seed: int = 0) -> np.ndarray:
@@ -66,93 +67,134 @@ def test_old_quadtree_stops_coarser_than_native_the_native_one_does_not():
     assert new.summary()["native_leaves"] == new.n_tiles == 144
 
 
-# (query scores by key, complexity of every cell, prior weight, expected order of keys, reasons)
-ORDER_CASES = {
-    "query-wins": ({"a": 0.9, "b": 0.1, "c": 0.5}, 0.5, 0.25, ["a", "c", "b"], ["query", "query", "complexity"]),
-    "no-prior": ({"a": 0.2, "b": 0.3}, 0.9, 0.0, ["b", "a"], ["query", "query"]),
-    "ties-by-key": ({"b": 0.4, "a": 0.4}, 0.1, 0.25, ["a", "b"], ["query", "query"]),
-}
-
-
-class _Cell:
-    def __init__(self, key: str, complexity: float) -> None:
-        self.key, self.complexity = key, complexity
-
-
-@pytest.mark.parametrize("scores,complexity,prior,order,reasons", ORDER_CASES.values(), ids=ORDER_CASES.keys())
-def test_refinement_order_follows_the_query_scores(scores, complexity, prior, order, reasons):
-    keys = {"a": "0", "b": "1", "c": "2"}
-    cells = [_Cell(keys[k], complexity) for k in scores]
-    ranked = refinement_order(cells, {keys[k]: v for k, v in scores.items()}, prior)
-    back = {v: k for k, v in keys.items()}
-    assert [back[key] for key, _, _ in ranked] == order
-    assert [reason for _, reason, _ in ranked] == reasons
-
-
-def test_refinement_order_leaves_out_flat_and_unscored_cells():
-    cells = [_Cell("0", 0.0), _Cell("1", 0.5), _Cell("2", 0.5)]
-    ranked = refinement_order(cells, {"0": 0.9, "1": 0.1}, 0.25, min_complexity=0.02)
-    assert [key for key, _, _ in ranked] == ["1"]
-
-
-def test_complexity_prior_decides_between_equal_query_scores():
-    cells = [_Cell("0", 0.1), _Cell("1", 0.8)]
-    ranked = refinement_order(cells, {"0": 0.5, "1": 0.5}, 0.25)
-    assert ranked[0][0] == "1"
+def assert_nested(plan) -> None:
+    """A guided plan: the roots partition the extent; every child lies in its parent and siblings do not overlap
+    (a split tile may have fewer than four children: the rest of it stays covered by the tile)."""
+    target = plan.extent.to_polygon()
+    roots = [t.extent.to_polygon() for t in plan.roots]
+    assert math.isclose(sum(p.area for p in roots), target.area, rel_tol=1e-9)
+    assert math.isclose(unary_union(roots).area, target.area, rel_tol=1e-9)
+    for tile in plan.nodes:
+        kids = [c.extent.to_polygon() for c in plan.children_of(tile.key)]
+        parent = tile.extent.to_polygon()
+        assert all(parent.buffer(1e-9).contains(k) for k in kids)
+        assert math.isclose(sum(k.area for k in kids), unary_union(kids).area if kids else 0.0, rel_tol=1e-9)
 
 
 def grow(extent, native, budget, score_of, guide=GuideConfig(min_complexity=0.0)):
-    """Run the guided rounds with a synthetic score of each tile (no model): scores follow ``score_of``."""
-    tree = QuadTree(extent, native, noise(), PlanConfig(native=True, max_tiles=budget))
+    """Run the guided rounds with a synthetic estimate of each quadrant (no model): ``score_of`` its footprint."""
+    roots = guided_root_count(extent, native, 224, budget, guide, 12)
+    tree = QuadTree(extent, native, noise(), PlanConfig(native=True, max_tiles=budget, native_roots=roots))
     encoded = list(tree.roots)
-    scores = {n.key: score_of(n.extent) for n in encoded}
+    frontier = list(tree.roots)
     while True:
-        children = _next_round(tree, scores, budget - len(encoded), native, guide)
+        estimates = {(n.key, q): score_of(footprint) for n in frontier if tree.can_split(n)
+                     for q, _, footprint in tree.child_cells(n)}
+        children = _next_round(tree, estimates, budget - len(encoded), native, guide)
         if not children:
             break
         encoded += children
-        scores.update((c.key, score_of(c.extent)) for c in children)
+        frontier = children
     return tree.plan(), encoded
 
 
 def near(point):
-    """A query that scores 1 on the tiles holding ``point``, 0.1 elsewhere."""
+    """A query that scores 1 on the cells holding ``point``, 0.1 elsewhere."""
     def score(extent: Extent) -> float:
         return 1.0 if extent.xmin <= point[0] <= extent.xmax and extent.ymin <= point[1] <= extent.ymax else 0.1
     return score
+
+
+def holds(tile, point) -> bool:
+    return tile.extent.xmin <= point[0] <= tile.extent.xmax and tile.extent.ymin <= point[1] <= tile.extent.ymax
 
 
 @pytest.mark.parametrize("budget", [9, 12, 20, 40, 97])
 def test_guided_rounds_keep_the_budget_of_encoded_tiles(budget):
     plan, encoded = grow(Extent(0, 0, 4000, 4000), 1.0, budget, near((3100, 700)))
     assert len(encoded) <= budget
+    assert len(plan.nodes) == len(encoded)  # the plan holds what was encoded, nothing more
     assert all(t.gsd >= 1.0 * (1 - 1e-9) for t in plan.nodes)
-    assert_partition(plan)
+    assert_nested(plan)
 
 
 def test_guided_rounds_refine_down_to_native_where_the_query_scores():
     target = (3100.0, 700.0)
-    plan, encoded = grow(Extent(0, 0, 4000, 4000), 1.0, 60, near(target))
-    native = [t for t in plan.leaves if t.gsd == pytest.approx(1.0)]
-    assert native, plan.summary()
-    assert any(t.extent.xmin <= target[0] <= t.extent.xmax and t.extent.ymin <= target[1] <= t.extent.ymax
-               for t in native)  # the cell with the object is read at native resolution
-    # every split on the way was made for the query, and recorded
+    plan, encoded = grow(Extent(0, 0, 4000, 4000), 1.0, 40, near(target))
+    native = [t for t in plan.nodes if t.gsd == pytest.approx(1.0)]
+    holder = [t for t in native if holds(t, target)]
+    assert [t.reason for t in holder] == ["query"]  # the cell with the object is read at native resolution
+    chain = [t for t in plan.nodes if holds(t, target) and not t.is_leaf]
+    assert chain and all(t.split_reason == "query" for t in chain)
+    # elsewhere the query does not score: what was encoded there was chosen by the complexity tie-break
+    assert all(t.reason == "complexity" for t in plan.nodes if t.depth > 0 and not holds(t, target))
+
+
+def test_guided_rounds_encode_only_the_quadrants_worth_it():
+    # a budget that cannot afford every quadrant of the tiles on the way: the best quadrants only
+    target = (3100.0, 700.0)
+    plan, encoded = grow(Extent(0, 0, 4000, 4000), 1.0, 12, near(target))
     split = [t for t in plan.nodes if not t.is_leaf]
-    assert split and all(t.split_reason in ("query", "complexity") for t in split)
-    chain = [t for t in split if t.extent.xmin <= target[0] <= t.extent.xmax and t.extent.ymin <= target[1] <= t.extent.ymax]
-    assert all(t.split_reason == "query" for t in chain)
-    holder = [t for t in native if t.extent.xmin <= target[0] <= t.extent.xmax
-              and t.extent.ymin <= target[1] <= t.extent.ymax]
-    assert [t.reason for t in holder] == ["query"]
-    # far from the target, what went down to native did so for the complexity prior (budget left over)
-    far = [t for t in native if math.hypot(t.extent.center[0] - target[0], t.extent.center[1] - target[1]) > 2000]
-    assert all(t.reason == "complexity" for t in far)
-    assert len(far) < len(native) - len(far)
+    assert split and any(len(plan.children_of(t.key)) < 4 for t in split)
+    assert any(t.gsd == pytest.approx(1.0) and holds(t, target) for t in plan.nodes)
 
 
 def test_guided_rounds_spread_the_budget_over_the_levels():
     plan, encoded = grow(Extent(0, 0, 4000, 4000), 1.0, 97, lambda e: 0.5 + 0.4 * math.sin(e.xmin / 500.0))
     depths = {t.depth for t in encoded}
-    assert max(depths) == 3  # 4000 px, roots of 1792: three halvings to native
-    assert plan.summary()["native_leaves"] > 0
+    assert depths == {0, 1, 2}  # roots two halvings above native (896 px), then 448 px, then native
+    native = [t for t in encoded if t.gsd == pytest.approx(1.0)]
+    roots = [t for t in encoded if t.depth == 0]
+    assert len(encoded) == 97  # the whole budget is spent
+    # the 448 px round left final_share of what remained after the roots to the native level
+    assert len(native) >= math.floor(GuideConfig().final_share * (97 - len(roots)))
+
+
+# (extent, native GSD, budget, expected roots): two halvings above native unless a third of the budget is less
+ROOT_CASES = {
+    "mosaic": (Extent(0, 0, 4624, 3076), 1.0, 88, 6 * 4),  # 896 px roots
+    "small-budget": (Extent(0, 0, 4624, 3076), 1.0, 30, 3 * 2),  # 24 > 10: 1792 px roots
+    "2560-default": (Extent(0, 0, 2560, 2560), 1.0, 48, 3 * 3),
+    "tiny": (Extent(0, 0, 100, 80), 1.0, 48, 1),
+}
+
+
+@pytest.mark.parametrize("extent,native,budget,expected", ROOT_CASES.values(), ids=ROOT_CASES.keys())
+def test_guided_roots_start_two_levels_above_native_within_the_budget(extent, native, budget, expected):
+    count = guided_root_count(extent, native, 224, budget, GuideConfig(), 12)
+    assert count == expected
+    tree = QuadTree(extent, native, noise(), PlanConfig(native=True, max_tiles=budget, native_roots=count))
+    assert len(tree.roots) == expected
+
+
+def test_quadrant_estimates_read_the_parent_relevance_map_under_each_quadrant():
+    tree = QuadTree(Extent(0, 0, 896, 896), 1.0, noise(), PlanConfig(native=True, max_tiles=48, native_roots=1))
+    root = tree.roots[0]
+    values = np.zeros((14, 14), np.float32)
+    values[10, 12] = 0.9  # south-east quadrant (rows 7-13, columns 7-13)
+    values[2, 3] = 0.4  # north-west
+    got = quadrant_estimates(tree, root, root.window, np.zeros((13, 4), np.float32), None, values)
+    assert got == {0: pytest.approx(0.4), 1: 0.0, 2: 0.0, 3: pytest.approx(0.9)}
+
+
+def test_quadrant_estimates_without_text_score_the_region_tokens_of_the_quadrants():
+    tree = QuadTree(Extent(0, 0, 896, 896), 1.0, noise(), PlanConfig(native=True, max_tiles=48, native_roots=1))
+    root = tree.roots[0]
+    regions = np.zeros((13, 4), np.float32)
+    regions[2] = [1, 0, 0, 0]  # the south-west quadrant's token points at the query
+    query = np.array([1.0, 0, 0, 0], np.float32)
+    got = quadrant_estimates(tree, root, root.window, regions, lambda tokens: tokens @ query, None)
+    assert max(got, key=got.get) == 2 and got[2] == pytest.approx(1.0)
+
+
+def test_outline_parts_cover_what_the_children_do_not():
+    tree = QuadTree(Extent(0, 0, 896, 896), 1.0, noise(), PlanConfig(native=True, max_tiles=48, native_roots=1))
+    root = tree.roots[0]
+    kids = tree.split(root, "query", {3: "query"})
+    tiles = [EncodedTile(n.key, n.extent, n.depth, n.gsd, n.complexity, ("object",)) for n in [root, *kids]]
+    parts = outline_parts(tree, tiles, {0: np.zeros(1), 1: np.zeros(1)})
+    assert [row for row, _ in parts] == [0, 0, 0, 1]
+    covered = unary_union([footprint.to_polygon() for _, footprint in parts])
+    assert math.isclose(covered.area, root.extent.width * root.extent.height, rel_tol=1e-9)
+    assert all(not footprint.to_polygon().intersection(kids[0].extent.to_polygon()).area > 1e-6
+               for row, footprint in parts if row == 0)

@@ -20,9 +20,9 @@ def find_outlines(encoding: "Encoding", bundle: "ModelBundle", text: str, metres
                   source_name: str = "", config: LocateConfig | None = None) -> list[OutlineRecord]:
     """Outlines of what ``text`` names, from the object tokens of the encoding's finest tiles.
 
-    The finest tiles are those read at native resolution in a guided encoding
-    (:class:`~.guided.GuidedEncoding`), else the plan's leaves (they cover the extent once);
-    coarser tiles that were split are left out: their children saw the same ground closer.
+    In a guided encoding (:class:`~.guided.GuidedEncoding`) each part of the extent is outlined
+    by the finest tile encoded over it (native tiles, and coarser ones over the quadrants that
+    were not read closer); otherwise by the plan's leaves (they cover the extent once).
 
     Args:
         encoding: Tiles and tiers of a job (with object tokens for its finest tiles).
@@ -40,8 +40,9 @@ def find_outlines(encoding: "Encoding", bundle: "ModelBundle", text: str, metres
         return []
     rows = sorted(tokens)
     maps = relevance_maps(np.stack([tokens[i] for i in rows]), bundle, text, config)
-    grids = [CellGrid(encoding.tiles[i].read_extent, encoding.tiles[i].extent, maps[k], encoding.tiles[i].depth,
-                      encoding.tiles[i].gsd_m / metres_per_unit) for k, i in enumerate(rows)]
+    by_row = dict(zip(rows, maps))
+    grids = [CellGrid(encoding.tiles[i].read_extent, footprint, by_row[i], encoding.tiles[i].depth,
+                      encoding.tiles[i].gsd_m / metres_per_unit) for i, footprint in outline_parts(encoding)]
     named = class_size(bundle, text) if config.size_prior else None
     size = None if named is None else (named[1][0] / metres_per_unit, named[1][1] / metres_per_unit)
     found = vectorise(grids, config.threshold, config.max_box_cells, config.min_box_fill, config.min_cells, size)
@@ -49,7 +50,8 @@ def find_outlines(encoding: "Encoding", bundle: "ModelBundle", text: str, metres
 
 
 def finest_objects(encoding: "Encoding") -> dict[int, np.ndarray]:
-    """Object tokens (G*G, D) of the finest tiles by row: a guided encoding's native tiles, else the leaves."""
+    """Object tokens (G*G, D) by row of the tiles that outline: a guided encoding's tiles near native
+    resolution, else the leaves."""
     guided = getattr(encoding, "objects", None)
     if guided is not None:
         return guided
@@ -57,6 +59,15 @@ def finest_objects(encoding: "Encoding") -> dict[int, np.ndarray]:
     if objects is None:
         return {}
     return {i: objects[i] for i, t in enumerate(encoding.tiles) if "object" in t.levels}
+
+
+def outline_parts(encoding: "Encoding") -> list:
+    """(row, footprint) of what each tile outlines: a guided encoding's
+    :attr:`~.guided.GuidedEncoding.outline_parts`, else every leaf over its footprint."""
+    parts = getattr(encoding, "outline_parts", None)
+    if parts is not None:
+        return parts
+    return [(i, encoding.tiles[i].extent) for i in sorted(finest_objects(encoding))]
 
 
 def outline_records(outlines: list[Outline], text: str, metres_per_unit: float,

@@ -488,6 +488,17 @@ def locate_cells(objects: list, grid: int, rng: np.random.Generator, per_crop: i
     cell is touched by no box, nor next to one (the crops list only the boxes at least 60 %
     inside, so a box's neighbours may hold an unlisted object's edge). At most ``per_crop`` of each.
     """
+    cover, touched = cell_cover(objects, grid)
+    best = cover.max(0)
+    positive = np.flatnonzero(best >= 0.5)
+    positive = rng.permutation(positive)[:per_crop]
+    background = rng.permutation(np.flatnonzero(~touched.ravel()))[:per_crop]
+    return positive.tolist(), cover.argmax(0)[positive].tolist(), background.tolist()
+
+
+def cell_cover(objects: list, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each cell each class's boxes cover, (classes, G*G), and the (G, G) cells a box
+    touches or borders."""
     cover = np.zeros((len(VHR10_CLASSES), grid * grid), np.float32)
     touched = np.zeros((grid, grid), bool)
     for label, box in objects:
@@ -499,11 +510,7 @@ def locate_cells(objects: list, grid: int, rng: np.random.Generator, per_crop: i
                 if fx * fy > 0:
                     cover[VHR10_CLASSES.index(label), y * grid + x] += fx * fy
                     touched[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = True
-    best = cover.max(0)
-    positive = np.flatnonzero(best >= 0.5)
-    positive = rng.permutation(positive)[:per_crop]
-    background = rng.permutation(np.flatnonzero(~touched.ravel()))[:per_crop]
-    return positive.tolist(), cover.argmax(0)[positive].tolist(), background.tolist()
+    return cover, touched
 
 
 def locate_loss(tokens: torch.Tensor, classes: torch.Tensor, is_object: torch.Tensor, class_emb: torch.Tensor,
@@ -601,6 +608,54 @@ def locate_stage(model: ImageModel, sets: dict, texts: Texts, cache: Path, tag: 
         p.requires_grad_(flag)
     torch.save(model.state_dict(), path)
     return model.eval()
+
+
+@torch.no_grad()
+def calibrate_locate(model: ImageModel, sets: dict, texts: Texts, beta: float = 2.0, max_crops: int = 400,
+                     seed: int = 0) -> dict:
+    """The outline threshold of a model: the relevance (``core.locate.relevance``, the query's softmax
+    against the background texts) that maximises F-beta of cells under boxes of the queried class
+    against every other cell, on VHR-10 training crops, each of the ten class names a query in turn.
+
+    Returns ``{"threshold", "f_beta", "beta", "auc", "cells"}`` (the bundle's manifest keeps it
+    under ``"locate"``; recall weighs more than precision at ``beta=2``: an outline is a lead).
+    """
+    from rs_vlm_plugin.core.locate.relevance import relevance
+
+    vhr, crops = sets["vhr_train"], sets["vhr_train"].index["crops"]
+    rows = np.flatnonzero([bool(c["objects"]) for c in crops])
+    rows = np.random.default_rng(seed).permutation(rows)[:max_crops]
+    grid = model.grid
+    tokens, labels = [], []
+    for k in range(0, len(rows), 32):
+        part = rows[k:k + 32]
+        fine, mid = vhr.take(part, np.zeros(len(part), int))
+        _, _, objects, _ = model(fine, mid)
+        tokens.append(objects.numpy().reshape(-1, objects.shape[-1]))
+        labels += [cell_cover(crops[i]["objects"], grid)[0] >= 0.5 for i in part]
+    tokens = np.concatenate(tokens)
+    labels = np.concatenate(labels, axis=1)  # (classes, cells)
+    background = F.normalize(torch.stack([texts.emb[r].mean(0) for r in texts.background_rows]), dim=-1).numpy()
+    scale = float(model.logit_scale.exp())
+    scores, truth = [], []
+    for c, name in enumerate(texts.object_classes):
+        query = F.normalize(texts.emb[texts.object_prompts[name]].mean(0), dim=-1).numpy()
+        scores.append(relevance(tokens, query, background, scale))
+        truth.append(labels[VHR10_CLASSES.index(name)])
+    scores, truth = np.concatenate(scores).astype(np.float64), np.concatenate(truth)
+    order = np.argsort(-scores, kind="stable")
+    hits = np.cumsum(truth[order])
+    precision = hits / np.arange(1, len(order) + 1)
+    recall = hits / max(1, truth.sum())
+    f = (1 + beta ** 2) * precision * recall / np.maximum(beta ** 2 * precision + recall, 1e-12)
+    best = int(np.argmax(f))
+    negatives = (~truth).sum()
+    ranks = np.empty(len(scores))
+    ranks[order[::-1]] = np.arange(1, len(scores) + 1)  # ascending ranks (ties broken by order)
+    auc = float((ranks[truth].sum() - truth.sum() * (truth.sum() + 1) / 2) / max(1, truth.sum() * negatives))
+    threshold = float(np.clip(scores[order[best]], 1e-4, 1 - 1e-6))
+    return {"threshold": round(threshold, 6), "f_beta": round(float(f[best]), 4), "beta": beta,
+            "auc": round(auc, 4), "cells": int(len(truth) // len(texts.object_classes))}
 
 
 # --------------------------------------------------------------------------- token caches
@@ -1067,6 +1122,7 @@ def main(argv=None) -> int:
             "query_knowledge": res["metrics"]["query_knowledge"],
             "seen_bias": {k: v for k, v in res["metrics"]["seen_bias"].items() if k != "ucm_val_H_by_gamma"},
             "logit_scale": float(res["model"].logit_scale.exp()),
+            "locate": calibrate_locate(res["model"], sets, texts, seed=args.seed),
             "val": {k: v for k, v in res["metrics"].items() if k != "examples"},
             "data": ["UCM train (captions)", "RESISC12 train minus 20% held back (class prompts)",
                      "RESISC45 airplane and airport minus 20% held back (class prompts)",

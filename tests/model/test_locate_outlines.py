@@ -28,7 +28,8 @@ def features(path, layer_name):
 @pytest.fixture(scope="module")
 def found(bundle, generated):
     # A low threshold: the generated scene holds no real objects, and the test is of the layer, not the model.
-    # One root cell, so that the small scene is refined level by level down to native resolution.
+    # The guided plan starts two halvings above native: one root cell on this small scene, refined
+    # level by level down to native resolution.
     config = JobConfig(plan=PlanConfig(max_tiles=24, native_roots=1), locate=LocateConfig(threshold=0.05))
     with open_raster(generated["scene"]) as source:
         return search(source, bundle, "buildings", config=config), source.georef
@@ -86,3 +87,34 @@ def test_ask_where_outlines_and_the_uniform_search_does_too(bundle, generated, t
     assert answer.outlines and EVIDENCE_OUTLINE_LAYER in result_layers(answer)
     assert presence.outlines is None and EVIDENCE_OUTLINE_LAYER not in result_layers(presence)
     assert not uniform.plan.config.native and uniform.outlines  # --uniform keeps the old grid, outlines from leaves
+
+
+def test_guided_outlines_come_from_the_finest_tile_encoded_over_each_part(bundle, generated):
+    from shapely.ops import unary_union
+
+    from rs_vlm_plugin.core.expansion import expand_queries
+    from rs_vlm_plugin.core.locate.guided import guided_encoding
+    from rs_vlm_plugin.core.progress import NullProgress
+
+    # 6 tiles for a 512 px scene (one 896 px root, four 448 px quadrants, nine native cells): the
+    # budget cannot afford every quadrant, so splits are partial and coarser tiles outline the rest
+    config = JobConfig(plan=PlanConfig(max_tiles=6))
+    with open_raster(generated["scene"]) as source:
+        scorer = expand_queries(bundle, ["buildings"]).scorer(0)
+        encoding = guided_encoding(source, bundle, None, config, scorer, NullProgress(), text="buildings")
+        extent = source.georef.extent
+    plan = encoding.plan
+    assert len(encoding.tiles) <= 6 and len(plan.nodes) == len(encoding.tiles)
+    assert any(0 < len(plan.children_of(t.key)) < 4 for t in plan.nodes)  # only the quadrants worth it
+    parts = encoding.outline_parts
+    assert parts and all(row in encoding.objects for row, _ in parts)
+    polygons = [footprint.to_polygon() for _, footprint in parts]
+    union = unary_union(polygons)
+    assert union.area == pytest.approx(sum(p.area for p in polygons))  # no part outlined twice
+    assert union.area == pytest.approx(extent.width * extent.height)  # every part by its finest tile
+    keys = {t.key: i for i, t in enumerate(encoding.tiles)}
+    for row, footprint in parts:
+        tile = encoding.tiles[row]
+        assert tile.extent.to_polygon().buffer(1e-6).contains(footprint.to_polygon())
+        for child in plan.children_of(tile.key):
+            assert child.key in keys and footprint.to_polygon().intersection(child.extent.to_polygon()).area < 1e-6

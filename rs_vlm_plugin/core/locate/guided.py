@@ -128,7 +128,9 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
     progress.set_stage("Reading an overview")
     check_pixel_size(extent.width / g.pixel_width, extent.height / g.pixel_height, source.name)
     width, height = plan_config.coarse_shape(extent)
+    t0 = time.perf_counter()
     coarse, valid = source.read_masked(extent, max(8, width), max(8, height))
+    overview_s = time.perf_counter() - t0
     if not valid.any():
         raise no_valid_pixels(source)
     tree = QuadTree(extent, g.native_gsd, coarse, plan_config)
@@ -194,7 +196,8 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         if tile.levels != ("global",):
             tile.levels = ("object",) if tile.key in leaves else ("region",)
     tiers = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    timings = {"plan_s": plan_s, "read_s": read_s, "encode_s": encode_s, "tiles": len(tiles), "rounds": rounds}
+    timings = {"plan_s": plan_s, "overview_s": overview_s, "read_s": read_s, "encode_s": encode_s,
+               "tiles": len(tiles), "rounds": rounds}
     return GuidedEncoding(plan, tiles, tiers["embedding"], timings, tiers, source, config.batch_size, objects,
                           outline_parts(tree, tiles, objects))
 

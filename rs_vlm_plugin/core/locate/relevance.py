@@ -37,9 +37,11 @@ class LocateConfig:
     """How relevance maps become outlines.
 
     Attributes:
-        threshold: Cells at least this relevant are part of an outline. 0.99 maximised the
-            F2 score (recall weighted) of cells inside boxes on 60 VHR-10 training images
-            (135,664 cells, 10 class queries; ``scripts/calibrate_locate.py``).
+        threshold: Cells at least this relevant are part of an outline. A bundle's manifest
+            gives its own (``"locate"``: the relevance that maximised F2, recall weighted, of
+            cells under boxes of the queried class on VHR-10 training crops,
+            ``rs_vlm_train.train.calibrate_locate``); 0.99 did so for version 3 on 60 VHR-10
+            training images (135,664 cells, 10 class queries).
         temperature: Multiplies the model's logit scale in the softmax against background.
         max_box_cells: Blobs of at most this many cells may be drawn as a box ...
         min_box_fill: ... when they fill at least this share of their bounding box (compact).

@@ -157,9 +157,14 @@ class ModelBundle:
 
     # Sessions ---------------------------------------------------------------------------
 
-    def _session(self, file: str):
+    def _session(self, file: str, stop_spinning: bool = False):
         """The session of one ONNX file of the bundle, shared by every bundle of the process that
-        opens the same file (same path, size and modification time) with the same options."""
+        opens the same file (same path, size and modification time) with the same options.
+
+        ``stop_spinning``: the session's threads stop spinning when a run ends. For the image
+        tower, whose runs are long: the work between two batches (relevance maps, a round of the
+        guided planner, captions) otherwise shares the cores with threads spinning for the next
+        run; a guided search of a VHR-10 mosaic spent 0.26 s instead of 0.09 s in its planning."""
         path = self.folder / file
         try:
             stat = path.stat()
@@ -169,7 +174,7 @@ class ModelBundle:
         with _SESSIONS_LOCK:
             session = _SESSIONS.pop(key, None) if key else None
             if session is None:
-                session = self._new_session(path)
+                session = self._new_session(path, stop_spinning)
                 SESSION_STATS["created"] += 1
             if key:
                 _SESSIONS[key] = session  # the most recently used last
@@ -177,7 +182,7 @@ class ModelBundle:
                     _SESSIONS.pop(next(iter(_SESSIONS)))
             return session
 
-    def _new_session(self, path: Path):
+    def _new_session(self, path: Path, stop_spinning: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -186,6 +191,8 @@ class ModelBundle:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.options.threads:
             options.intra_op_num_threads = self.options.threads
+        if stop_spinning:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         providers = available_providers()
         if self.options.device == "cpu":
             providers = ["CPUExecutionProvider"]
@@ -205,7 +212,7 @@ class ModelBundle:
     def image_session(self):
         """The image tower's onnxruntime session."""
         if self._image_session is None:
-            self._image_session = self._session(self.manifest["image_encoder"]["file"])
+            self._image_session = self._session(self.manifest["image_encoder"]["file"], stop_spinning=True)
         return self._image_session
 
     @property

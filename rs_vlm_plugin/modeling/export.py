@@ -285,6 +285,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
 
         _progress(15, "Exporting the image tower (three tiers, knowledge fusion, experts)")
         image_path = work / "image_encoder.onnx"
+        image_tower.model.freeze_object_fold()  # the object head's folded matrices as initializers
         torch.onnx.export(image_tower, (torch.zeros(2, 3, size, size),), str(image_path),
                           input_names=["images"], output_names=IMAGE_OUTPUTS,
                           dynamic_axes={"images": {0: "batch"}} | {k: {0: "batch"} for k in IMAGE_OUTPUTS},

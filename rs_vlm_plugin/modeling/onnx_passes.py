@@ -251,16 +251,48 @@ def sort_nodes(graph) -> None:
     graph.node.extend(nodes)
 
 
+def hoist_branch_constants(model, min_elements: int = 1024) -> int:
+    """Move large Constant nodes out of the If branches into the main graph's initializers.
+
+    A branch may read outer-scope names, so the values are unchanged; as initializers they are
+    seen by the passes that work on weights (float16 storage, int8), which look at the main
+    graph's initializers only. Returns how many were moved.
+    """
+    from onnx import numpy_helper
+
+    moved = 0
+    for node in model.graph.node:
+        if node.op_type != "If":
+            continue
+        for attr in node.attribute:
+            branch = attr.g
+            keep = []
+            for inner in branch.node:
+                value = inner.attribute[0].t if inner.op_type == "Constant" and inner.attribute and \
+                    inner.attribute[0].name == "value" else None
+                if value is not None and int(np.prod(value.dims)) >= min_elements:
+                    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(value),
+                                                                           inner.output[0]))
+                    moved += 1
+                else:
+                    keep.append(inner)
+            del branch.node[:]
+            branch.node.extend(keep)
+    return moved
+
+
 def optimise_image_graph(path) -> dict:
-    """Apply both passes to the image tower's ONNX file in place.
+    """Apply the passes to the image tower's ONNX file in place.
 
     Returns:
-        What was done: ``{"pads_folded": n, "object_tier_nodes": m}``.
+        What was done: ``{"pads_folded": n, "object_tier_nodes": m, "constants_hoisted": k}``.
     """
     import onnx
 
     model = onnx.load(str(path))
     folded = fold_pads_into_convs(model)
     moved = gate_object_tier(model)
+    hoisted = hoist_branch_constants(model)
+    onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return {"pads_folded": folded, "object_tier_nodes": moved}
+    return {"pads_folded": folded, "object_tier_nodes": moved, "constants_hoisted": hoisted}

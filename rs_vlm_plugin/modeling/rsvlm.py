@@ -221,6 +221,8 @@ class ImageModel(nn.Module):
         self.cell_dim = cell_dim
         d, h = config.embed_dim, config.head_hidden
         self.object_head = TierHead(cell_dim, h, d)
+        self.object_head_coarse_dim = net.num_features
+        self._object_fold: tuple | None = None  # see freeze_object_fold
         self.region_head = TierHead(cell_dim, h, d)
         self.global_head = TierHead(cell_dim, h, d)
         self.fusion = KnowledgeFusion(config, kb_embeddings, kb_levels)
@@ -276,20 +278,32 @@ class ImageModel(nn.Module):
         largest matrix of the image graph) for the same values up to float rounding.
         """
         fine, coarse = feats
-        norm, fc1 = self.object_head.norm, self.object_head.fc1
-        n_fine = fine.shape[-1]
-        weight = fc1.weight * norm.weight  # (H, C): W diag(gamma)
-        w_fine, w_coarse = weight[:, :n_fine], weight[:, n_fine:]
-        total = weight.shape[1]
-        coarse_part = (coarse @ w_coarse.t())[:, self.up_index]  # (N, G*G, H) from (N, (G/2)^2, H)
+        w_fine, w_coarse, w_sum, bias = self._object_fold or self.object_fold()
+        norm = self.object_head.norm
+        total = fine.shape[-1] + coarse.shape[-1]
+        coarse_part = (coarse @ w_coarse)[:, self.up_index]  # (N, G*G, H) from (N, (G/2)^2, H)
         sums = fine.sum(-1) + coarse.sum(-1)[:, self.up_index]
         squares = (fine * fine).sum(-1) + (coarse * coarse).sum(-1)[:, self.up_index]
         mean = sums / total
         var = (squares / total - mean * mean).clamp(min=0.0)
         inv_std = torch.rsqrt(var + norm.eps)
-        projected = fine @ w_fine.t() + coarse_part - mean.unsqueeze(-1) * weight.sum(1)
-        bias = (fc1.weight * norm.bias).sum(1) + fc1.bias  # W beta + b, without a vector MatMul (int8 export)
+        projected = fine @ w_fine + coarse_part - mean.unsqueeze(-1) * w_sum
         return projected * inv_std.unsqueeze(-1) + bias
+
+    def object_fold(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The folded weights of :meth:`object_hidden` from the live parameters: the fine and coarse
+        parts of ``W'`` (transposed), ``W'1`` and ``W beta + b``."""
+        norm, fc1 = self.object_head.norm, self.object_head.fc1
+        n_fine = fc1.weight.shape[1] - self.object_head_coarse_dim
+        weight = fc1.weight * norm.weight
+        return (weight[:, :n_fine].t(), weight[:, n_fine:].t(), weight.sum(1),
+                (fc1.weight * norm.bias).sum(1) + fc1.bias)
+
+    def freeze_object_fold(self) -> None:
+        """Compute :meth:`object_fold` once and keep it (for export: the graph then holds the folded
+        matrices as plain initializers, not the ops that make them)."""
+        with torch.no_grad():
+            self._object_fold = tuple(t.detach().clone().contiguous() for t in self.object_fold())
 
     def forward(self, fine: torch.Tensor, mid: torch.Tensor):
         """All tiers: global (N, D), regions (N, 13, D), objects (N, 196, D), routing (N, 210, E)."""

@@ -14,7 +14,8 @@ import onnxruntime as ort  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from rs_vlm_plugin.modeling.onnx_passes import OBJECTS_GATE, fold_pads_into_convs, gate_object_tier  # noqa: E402
+from rs_vlm_plugin.modeling.onnx_passes import (OBJECTS_GATE, fold_pads_into_convs, gate_object_tier,  # noqa: E402
+                                                hoist_branch_constants)
 
 OUTPUTS = ["embedding", "regions", "objects", "routing"]
 
@@ -94,7 +95,32 @@ def test_gate_skips_the_object_tier_and_keeps_the_rest(toy, tmp_path):
     np.testing.assert_array_equal(off[3], on[3][:, :3])
 
 
+def test_large_branch_constants_move_to_the_initializers_with_the_same_outputs(toy, tmp_path):
+    _, path = toy
+    model = onnx.load(str(path))
+    gate_object_tier(model)
+    # a constant inside the branch, as the export leaves the object head's folded matrices
+    branch = next(a.g for n in model.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch")
+    linear = next(n for n in branch.node if n.op_type == "MatMul")
+    weight = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)
+    branch.node.insert(0, onnx.helper.make_node("Constant", [], ["extra_w"],
+                                                value=onnx.numpy_helper.from_array(weight)))
+    linear.input[1] = "extra_w"
+    feeds = {"images": np.random.default_rng(1).random((3, 3, 16, 16), np.float32), OBJECTS_GATE: np.array(True)}
+    onnx.save(model, str(tmp_path / "with_constant.onnx"))
+    before = _run(tmp_path / "with_constant.onnx", feeds)
+    assert hoist_branch_constants(model, min_elements=64) >= 1
+    assert not [n for n in branch.node if n.op_type == "Constant" and np.prod(n.attribute[0].t.dims) >= 64]
+    assert "extra_w" in {i.name for i in model.graph.initializer}
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "hoisted.onnx"))
+    for a, b in zip(before, _run(tmp_path / "hoisted.onnx", feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_shipped_graph_is_gated_and_its_tokens_do_not_depend_on_the_gate(bundle):
+    graph = bundle.manifest["image_encoder"].get("graph_passes", {})
+    assert graph.get("constants_hoisted", 0) >= 2  # the object head's folded matrices (and the knowledge base)
     assert bundle.object_gate == OBJECTS_GATE
     rng = np.random.default_rng(3)
     tiles = rng.integers(0, 256, (5, bundle.image_size, bundle.image_size, 3), dtype=np.uint8)

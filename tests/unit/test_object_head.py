@@ -39,6 +39,12 @@ def test_rewritten_object_head_equals_layer_norm_then_fc1(model, seed):
         tokens, _ = image.object_tokens(cells)
         _, _, objects, _ = image(fine, mid)  # the exported forward uses the rewrite
         assert torch.allclose(objects, tokens, atol=1e-5)
+        image.freeze_object_fold()  # as the export does: the folded matrices computed once
+        try:
+            _, _, frozen, _ = image(fine, mid)
+        finally:
+            image._object_fold = None
+        assert torch.equal(frozen, objects)
 
 
 def test_locate_cells_split_object_cells_from_background_away_from_every_box():

@@ -6,7 +6,8 @@ probability against background: a softmax, at the model's temperature, of the ce
 with the query against its similarities with a set of background texts (ground cover and
 land-use words), the query's own near-synonyms among them counting for the query. Background
 cells then score low, and one threshold serves every query; it was calibrated on the VHR-10
-training boxes (cells inside boxes against cells outside, ``scripts/calibrate_locate.py``).
+training boxes (cells inside boxes against cells outside; a trained model's own threshold comes
+with its manifest, ``rs_vlm_train.train.calibrate_locate``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How big the object classes the object tier knows are: a size prior for the boxes of outlines.
 
 The sizes are the median width and height of the NWPU VHR-10 boxes of the images training uses
-(the 80 % it does not hold back; ``scripts/calibrate_locate.py --sizes`` prints them), in that
-set's image pixels, taken as metres: VHR-10's images have no stated pixel size, and the locate
+(the 80 % it does not hold back, ``rs_vlm_train.data.read_object_boxes``), in that set's image
+pixels, taken as metres: VHR-10's images have no stated pixel size, and the locate
 benchmark's mosaics of them are written with 1 m pixels. On a raster of another scale the prior
 is used in metres all the same (``LocateConfig.size_prior=False`` turns it off).
 

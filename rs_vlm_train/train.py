@@ -293,6 +293,19 @@ def _sample_scene_rows(rng, sets, fs_native: str, fs_coarse: str, rows: np.ndarr
     return picks, torch.cat([fb, fa]), torch.cat([mb, ma])
 
 
+def sample_boxes(rng: np.random.Generator, objects: list, n: int, crop: int, grid: int, texts: Texts,
+                 into: tuple[list, list, list, list]) -> None:
+    """Up to ``n`` boxes of one crop for the phrase loss, appended to ``into``: (cell weights, the
+    crop's row, a prompt of the box's class, the class index)."""
+    weights, rows, tids, keys = into
+    for idx in rng.permutation(len(objects))[:n]:
+        label, box = objects[idx]
+        weights.append(box_cell_weights(tuple(box), grid))
+        rows.append(crop)
+        tids.append(int(rng.choice(texts.object_prompts[label])))
+        keys.append(texts.object_classes.index(label))
+
+
 def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, tag: str, steps: int, seed: int,
           drop_tier: str | None = None, log_every: int = 100, recipe: Recipe | None = None) -> ImageModel:
     """MS-VLAM alignment; resumes from ``cache/align_{tag}.ckpt``."""
@@ -422,12 +435,7 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         box_w, box_crop, obj_tids, obj_keys = [], [], [], []
         for k, i in enumerate(o):
             objects = crops[i]["objects"]
-            for idx in rng.permutation(len(objects))[:4]:
-                label, box = objects[idx]
-                box_w.append(box_cell_weights(tuple(box), model.grid))
-                box_crop.append(k)
-                obj_tids.append(int(rng.choice(texts.object_prompts[label])))
-                obj_keys.append(texts.object_classes.index(label))
+            sample_boxes(rng, objects, 4, k, model.grid, texts, (box_w, box_crop, obj_tids, obj_keys))
         box_w = torch.stack(box_w)
         flat_rows, flat_cells, columns = [], [], {}
         for b, k in enumerate(box_crop):
@@ -573,12 +581,7 @@ def locate_stage(model: ImageModel, sets: dict, texts: Texts, cache: Path, tag: 
             cells += pos + bg
             classes += cls + [0] * len(bg)
             is_object += [True] * len(pos) + [False] * len(bg)
-            for idx in rng.permutation(len(objects))[:2]:
-                label, box = objects[idx]
-                box_w.append(box_cell_weights(tuple(box), model.grid))
-                box_rows.append(k)
-                obj_tids.append(int(rng.choice(texts.object_prompts[label])))
-                obj_keys.append(texts.object_classes.index(label))
+            sample_boxes(rng, objects, 2, k, model.grid, texts, (box_w, box_rows, obj_tids, obj_keys))
         # every cell of every crop through the object head once: the cells for the locate loss and
         # the box-pooled tokens for the phrase loss both come from these
         n, cells_per = len(o), model.grid * model.grid

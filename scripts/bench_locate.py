@@ -42,7 +42,7 @@ from rs_vlm_plugin.core.locate.guided import guided_encoding  # noqa: E402
 from rs_vlm_plugin.core.locate.metrics import average_precision  # noqa: E402
 from rs_vlm_plugin.core.locate.outlines import find_outlines  # noqa: E402
 from rs_vlm_plugin.core.locate.relevance import LocateConfig  # noqa: E402
-from rs_vlm_plugin.core.pipeline import JobConfig, encode_extent, tile_scores  # noqa: E402
+from rs_vlm_plugin.core.pipeline import JobConfig, encode_extent, refined_rows, tile_scores  # noqa: E402
 from rs_vlm_plugin.core.progress import NullProgress  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 
@@ -105,7 +105,8 @@ def write_mosaics(images, per_side: int, work: Path) -> list[tuple[Path, list[tu
 def answer(encoding, bundle, text: str, scorer, mpu: float) -> dict:
     """Hits (10 best tiles), outlines and the cost of one query on one encoding."""
     scores = tile_scores(encoding, scorer)
-    rows = [i for i, t in enumerate(encoding.tiles) if "global" not in t.levels]
+    refined = refined_rows(encoding)  # as search does: a guided plan's tiles read closer are not hits
+    rows = [i for i, t in enumerate(encoding.tiles) if "global" not in t.levels and i not in refined]
     rows.sort(key=lambda i: -scores[i])
     hits = [encoding.tiles[i].extent for i in rows[:HITS]]
     outlines = find_outlines(encoding, bundle, text, mpu)

@@ -608,6 +608,16 @@ def _tile_level(tile: EncodedTile) -> str | None:
     return "object" if "object" in tile.levels else ("region" if "region" in tile.levels else None)
 
 
+def refined_rows(encoding: Encoding) -> set[int]:
+    """Rows of a text-guided encoding's tiles that were read closer (some quadrant encoded): they are
+    not answers, their children saw the same ground at a finer pixel size (a 896 px root as a hit
+    covered 16 native tiles). Empty for other encodings, whose region tiles are answers of their own level."""
+    if getattr(encoding, "outline_parts", None) is None:
+        return set()
+    parents = {t.key.rsplit(".", 1)[0] for t in encoding.tiles if "." in t.key}
+    return {i for i, t in enumerate(encoding.tiles) if t.key in parents}
+
+
 def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent | None = None,
            config: JobConfig | None = None, progress: ProgressBackend | None = None) -> SearchResult:
     """Rank the tiles of an extent by similarity to a text query.
@@ -632,9 +642,10 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     progress.set_stage("Scoring tiles")
     scores = tile_scores(encoding, queries.scorer(0))
     candidates = []
+    refined = refined_rows(encoding)
     for i, tile in enumerate(encoding.tiles):
         level = _tile_level(tile)
-        if level is None:
+        if level is None or i in refined:
             continue
         if config.min_score is not None and scores[i] < config.min_score:
             continue
@@ -816,7 +827,9 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
     else:
         scores = tile_scores(encoding, query, bundle)
         fine = [(float(scores[i]), i, _tile_level(t)) for i, t in enumerate(tiles) if "object" in t.levels]
-        regions = [(float(scores[i]), i, "region") for i, t in enumerate(tiles) if "region" in t.levels]
+        refined = refined_rows(encoding)
+        regions = [(float(scores[i]), i, "region") for i, t in enumerate(tiles) if "region" in t.levels
+                   and i not in refined]
         fine.sort(key=lambda c: -c[0])
         if parsed.kind == "presence":
             best = max(fine + regions, key=lambda c: c[0])

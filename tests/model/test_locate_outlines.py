@@ -118,3 +118,11 @@ def test_guided_outlines_come_from_the_finest_tile_encoded_over_each_part(bundle
         assert tile.extent.to_polygon().buffer(1e-6).contains(footprint.to_polygon())
         for child in plan.children_of(tile.key):
             assert child.key in keys and footprint.to_polygon().intersection(child.extent.to_polygon()).area < 1e-6
+
+
+def test_guided_search_answers_with_tiles_that_were_not_read_closer(found):
+    result, _ = found
+    plan = result.plan
+    split = {(t.extent.as_tuple(), t.depth) for t in plan.nodes if plan.children_of(t.key)}
+    assert split  # the plan refined some tiles
+    assert result.hits and not [h for h in result.hits if (h.extent.as_tuple(), h.depth) in split]

@@ -1,9 +1,10 @@
 """Text-guided DRIS: read and encode coarse first, then refine where the query scores, down to native resolution.
 
     native-grid roots (two halvings above native) -> encode -> each child quadrant's estimate
-    (the query's relevance map of the parent's object tokens over the quadrant) -> encode the
-    best quadrants only -> their quadrants ... until the budget of encoded tiles is spent or
-    every chosen tile is read at the raster's native resolution.
+    (the query's relevance map of the parent's object tokens over the quadrant when the query
+    names an object class the object tier knows, else the parent's region token of the quadrant)
+    -> encode the best quadrants only -> their quadrants ... until the budget of encoded tiles is
+    spent or every chosen tile is read at the raster's native resolution.
 
 The budget counts every tile encoded, the coarse ones too, so it is a hard bound on the work.
 A coarser round may spend ``(1 - final_share) / levels_left`` of what remains, so the native
@@ -36,6 +37,7 @@ from ..qa import QueryScorer, presence_scores
 from ..raster import RasterSource
 from ..validation import check_pixel_size
 from .relevance import relevance_maps
+from .sizes import class_size
 
 
 SCORE_TIERS = ("embedding", "regions")
@@ -104,9 +106,10 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         every_tier: Keep every tier of every tile and add the global view of the whole extent
             first (Describe guided by a text captions every tile); False keeps what scores the
             tiles, plus the object tokens of the tiles near native resolution.
-        text: The query's words: a quadrant's estimate is then the best relevance of the parent's
-            object tokens over it (:mod:`.relevance`, calibrated against background); None:
-            ``scorer`` on the parent's region token of that quadrant.
+        text: The query's words: when they name one of the object classes the object tier knows
+            (:func:`.sizes.class_size`), a quadrant's estimate is the best relevance of the parent's
+            object tokens over it (:mod:`.relevance`, calibrated against background); otherwise,
+            or None: ``scorer`` on the parent's region token of that quadrant.
 
     Returns:
         A :class:`GuidedEncoding` of every tile encoded (coarse ones included; tiles without
@@ -135,6 +138,10 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         raise no_valid_pixels(source)
     tree = QuadTree(extent, g.native_gsd, coarse, plan_config)
     budget = plan_config.leaf_budget
+    # The object tier knows the ten VHR-10 classes: it guides a query that names one; the region
+    # tokens guide the others (on the demo scene, "a paved road" by object relevance chose quadrants
+    # off the road, by region tokens along it).
+    object_guide = bool(text) and class_size(bundle, text) is not None
     mpu = g.metres_per_unit
     plan_s = time.perf_counter() - start
 
@@ -172,7 +179,7 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         if encoded:
             values = presence_scores(tiers["embedding"], tiers["regions"], scorer)
             scores.update((t.key, float(v)) for t, v in zip(encoded, values))
-            maps = relevance_maps(tiers["objects"], bundle, text) if text else None
+            maps = relevance_maps(tiers["objects"], bundle, text) if object_guide else None
             for k, tile in enumerate(encoded):
                 node = tree.nodes[tile.key]
                 if levels_to_native(node.gsd, g.native_gsd) <= guide.outline_levels:

@@ -54,7 +54,8 @@ class PlanConfig:
         complexity_threshold: Tiles less complex than this are never split.
         coarse_size: Long side in pixels of the overview read that complexity comes from
             (512: its complexity map and the quadtree take 0.1 s; 768 took 0.2-0.4 s, 10-15 %
-            of a 2560 px caption, and planned the sample scenes the same way).
+            of a 2560 px caption. The two small sample scenes get the same plans; the large
+            NEON scene the same number of leaves, 64 % of them the same tiles).
         uniform: Split every tile down to native resolution (the baseline grid), ignoring
             complexity and budget.
         max_depth: Deepest quadtree level.

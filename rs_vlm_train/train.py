@@ -551,11 +551,11 @@ def locate_stage(model: ImageModel, sets: dict, texts: Texts, cache: Path, tag: 
     rng = np.random.default_rng(seed + 17)
     torch.manual_seed(seed + 17)
     params = list(model.object_head.parameters())
-    frozen = {id(p) for p in params}
+    trainable = {id(p) for p in params}
     saved = {}
     for p in model.parameters():
         saved[p] = p.requires_grad
-        p.requires_grad_(id(p) in frozen)
+        p.requires_grad_(id(p) in trainable)
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.05)
     rows = TrainingRows(sets, texts, recipe)
     vhr, crops = sets["vhr_train"], sets["vhr_train"].index["crops"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -356,10 +355,6 @@ class QuadTree:
         """Mean complexity of the overview over part of the extent (0 without an overview)."""
         return cell_complexity(self.cmap, _fraction(footprint, self.extent)) if self.cmap is not None else 0.0
 
-    def leaves(self) -> list["_Node"]:
-        """The current leaves, by depth then key."""
-        return sorted((n for n in self.nodes.values() if n.children is None), key=lambda n: (n.depth, n.order))
-
     def check_uniform_size(self) -> None:
         """Refuse a uniform grid with more than ``config.max_uniform_tiles`` tiles, before any split."""
         config = self.config
@@ -386,6 +381,12 @@ class QuadTree:
         return TilePlan(self.extent, self.native_gsd, self.config, _flatten(self.roots))
 
 
+def native_grid_count(extent: Extent, native_gsd: float, tile_size: int, depth: int) -> int:
+    """How many cells of ``tile_size * 2**depth`` native pixels a side cover ``extent`` from its north-west corner."""
+    side = tile_size * native_gsd * 2 ** depth
+    return math.ceil(extent.width / side - 1e-9) * math.ceil(extent.height / side - 1e-9)
+
+
 def native_root_cells(extent: Extent, native_gsd: float, config: PlanConfig) -> list[tuple[Extent, Extent]]:
     """Square root cells whose quadtree reaches exactly the native resolution: (window, footprint).
 
@@ -396,11 +397,10 @@ def native_root_cells(extent: Extent, native_gsd: float, config: PlanConfig) -> 
     never more than the budget for DRIS).
     """
     limit = config.native_roots if config.uniform else min(config.native_roots, config.leaf_budget)
-    side = config.tile_size * native_gsd
     depth = 0
-    while (math.ceil(extent.width / side - 1e-9) * math.ceil(extent.height / side - 1e-9) > max(1, limit)
-           and depth < config.max_depth):
-        side, depth = side * 2, depth + 1
+    while native_grid_count(extent, native_gsd, config.tile_size, depth) > max(1, limit) and depth < config.max_depth:
+        depth += 1
+    side = config.tile_size * native_gsd * 2 ** depth
     nx, ny = math.ceil(extent.width / side - 1e-9), math.ceil(extent.height / side - 1e-9)
     cells = []
     for row in range(ny):

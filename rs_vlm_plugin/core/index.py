@@ -143,7 +143,8 @@ def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, ext
     if guide is not None:  # JobConfig.guide_query: refined where that text scores (tiles elsewhere stay coarse)
         from .locate.guided import guided_encoding
 
-        encoding = guided_encoding(source, bundle, extent, config, guide, progress, text=config.guide_query.strip())
+        encoding = guided_encoding(source, bundle, extent, dataclasses.replace(config, outlines=False), guide, progress,
+                                   text=config.guide_query.strip())  # an index keeps no object tokens
     else:
         encoding = encode_extent(source, bundle, extent, config, progress, keep=("embedding", "regions"))
     tiles, arrays = index_tables(encoding.tiles, encoding.tiers, dtype)

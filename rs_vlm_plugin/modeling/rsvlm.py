@@ -152,7 +152,11 @@ class TierHead(nn.Module):
         self.fc2 = nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return self.from_hidden(self.fc1(self.norm(x)))
+
+    def from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The rest of the head after its first layer (``fc1(norm(x))``, see :meth:`ImageModel.object_hidden`)."""
+        return self.fc2(F.gelu(hidden))
 
 
 class KnowledgeFusion(nn.Module):
@@ -310,8 +314,7 @@ class ImageModel(nn.Module):
         feats = self.features(fine, mid)
         g, rg = self.global_tokens(feats)
         r, rr = self.region_tokens(feats)
-        head = self.object_head
-        o, ro = self.fusion(head.fc2(F.gelu(self.object_hidden(feats))))
+        o, ro = self.fusion(self.object_head.from_hidden(self.object_hidden(feats)))
         return g, r, o, torch.cat([rg.unsqueeze(1), rr, ro], 1)
 
 

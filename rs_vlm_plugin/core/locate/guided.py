@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dris import QuadTree
+from ..dris import QuadTree, native_grid_count
 from ..geometry import Extent
 from ..pipeline import EncodedTile, Encoding, encode_tiles, mask_tiles, no_valid_pixels
 from ..progress import ProgressBackend, SubProgress, check_canceled
@@ -105,7 +105,8 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         guide: The planner's settings.
         every_tier: Keep every tier of every tile and add the global view of the whole extent
             first (Describe guided by a text captions every tile); False keeps what scores the
-            tiles, plus the object tokens of the tiles near native resolution.
+            tiles, plus, with ``config.outlines``, the object tokens of the tiles near native
+            resolution.
         text: The query's words: when they name one of the object classes the object tier knows
             (:func:`.sizes.class_size`), a quadrant's estimate is the best relevance of the parent's
             object tokens over it (:mod:`.relevance`, calibrated against background); otherwise,
@@ -170,8 +171,13 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
     while frontier:
         rounds += 1
         progress.set_stage(f"Encoding {len(frontier)} tiles (level {rounds}, {len(tiles)} of at most {budget} so far)")
-        # Every tier: the object tokens choose the quadrants to encode next and outline the query.
-        encoded, tiers, r_s, e_s = encode_tiles(source, bundle, frontier, config.batch_size, progress)
+        # The object tier only where its tokens choose the quadrants to encode next (a query the
+        # object tier knows) or outline the query (tiles near native resolution, when outlines are made).
+        levels = [levels_to_native(tree.nodes[t.key].gsd, g.native_gsd) for t in frontier]
+        outline = config.outlines and min(levels) <= guide.outline_levels
+        with_objects = every_tier or outline or (object_guide and max(levels) > 0)
+        encoded, tiers, r_s, e_s = encode_tiles(source, bundle, frontier, config.batch_size, progress, None,
+                                                None if with_objects else SCORE_TIERS)
         read_s, encode_s = read_s + r_s, encode_s + e_s
         check_canceled(progress)
         t0 = time.perf_counter()
@@ -179,10 +185,10 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         if encoded:
             values = presence_scores(tiers["embedding"], tiers["regions"], scorer)
             scores.update((t.key, float(v)) for t, v in zip(encoded, values))
-            maps = relevance_maps(tiers["objects"], bundle, text) if object_guide else None
+            maps = relevance_maps(tiers["objects"], bundle, text) if object_guide and "objects" in tiers else None
             for k, tile in enumerate(encoded):
                 node = tree.nodes[tile.key]
-                if levels_to_native(node.gsd, g.native_gsd) <= guide.outline_levels:
+                if outline and levels_to_native(node.gsd, g.native_gsd) <= guide.outline_levels:
                     objects[len(tiles) + k] = tiers["objects"][k]
                 if tree.can_split(node):
                     estimates.update(((tile.key, q), value) for q, value in
@@ -213,14 +219,11 @@ def guided_root_count(extent: Extent, native_gsd: float, tile_size: int, budget:
                       max_depth: int) -> int:
     """How many native-grid roots the guided plan starts from: those ``guide.root_levels`` halvings
     above native, or coarser until they are at most ``guide.root_share`` of the budget."""
-    def count(depth: int) -> int:
-        side = tile_size * native_gsd * 2 ** depth
-        return math.ceil(extent.width / side - 1e-9) * math.ceil(extent.height / side - 1e-9)
-
     depth = min(guide.root_levels, max_depth)
-    while count(depth) > max(1.0, budget * guide.root_share) and depth < max_depth:
+    while native_grid_count(extent, native_gsd, tile_size, depth) > max(1.0, budget * guide.root_share) \
+            and depth < max_depth:
         depth += 1
-    return count(depth)
+    return native_grid_count(extent, native_gsd, tile_size, depth)
 
 
 def quadrant_estimates(tree: QuadTree, node, window: Extent, regions: np.ndarray, scorer: QueryScorer,
@@ -265,13 +268,15 @@ def _next_round(tree: QuadTree, estimates: dict[tuple[str, int], float], remaini
     """
     if remaining < 1:
         return []
-    cells = {(key, q): footprint for key, q in estimates if tree.can_split(tree.nodes[key])
-             for quadrant, _, footprint in tree.child_cells(tree.nodes[key]) if quadrant == q}
     candidates = []
-    for (key, q), footprint in cells.items():
-        complexity = tree.footprint_complexity(footprint)
-        if complexity >= guide.min_complexity:
-            candidates.append((key, q, estimates[(key, q)], complexity))
+    for key in dict.fromkeys(key for key, _ in estimates):  # each tile once, in the estimates' order
+        node = tree.nodes[key]
+        if not tree.can_split(node):
+            continue
+        for q, _, footprint in tree.child_cells(node):
+            complexity = tree.footprint_complexity(footprint)
+            if (key, q) in estimates and complexity >= guide.min_complexity:
+                candidates.append((key, q, estimates[(key, q)], complexity))
     if not candidates:
         return []
     levels_left = min(levels_to_native(tree.nodes[key].gsd / 2, native_gsd) for key, *_ in candidates)
@@ -286,7 +291,7 @@ def _next_round(tree: QuadTree, estimates: dict[tuple[str, int], float], remaini
                        "query" if query_part >= prior_part else "complexity"))
     ranked.sort()
     chosen: dict[str, dict[int, str]] = {}
-    for _, _, q, key, reason in ranked[:min(quota, remaining)]:
+    for _, _, q, key, reason in ranked[:quota]:
         chosen.setdefault(key, {})[q] = reason
     children = []
     for key in sorted(chosen, key=lambda k: tree.nodes[k].order):

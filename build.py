@@ -276,14 +276,15 @@ def cmd_screenshots(args) -> int:
     return 0
 
 
-def package(bundle: Path = BUNDLE, dist: Path | None = None) -> dict:
-    """The three artefacts (scripts/package_plugin.py): repository zip, model package, offline zip."""
+def package(bundle: Path = BUNDLE, dist: Path | None = None, record: bool = True) -> dict:
+    """The three artefacts (scripts/package_plugin.py): repository zip, model package, offline zip
+    (``record``: the registry keeps the new package's size and checksum, see ``package_all``)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from package_plugin import package_all
 
     # open_clip's BPE vocabulary (MIT), so an installed plugin can import CLIP checkpoints; fetched, never committed
     extra = {f"resources/open_clip/{CLIP_BPE.name}": CLIP_BPE} if CLIP_BPE.exists() else {}
-    return package_all(PLUGIN, bundle, dist or ROOT / "dist", extra)
+    return package_all(PLUGIN, bundle, dist or ROOT / "dist", extra, record)
 
 
 SHIPPED_FORMATS = {"image": "fp16", "text": "fp16", "decoder": "fp16"}  # float16 storage, float32 compute
@@ -325,7 +326,8 @@ def qgis_profile_dir(profile: str) -> Path:
 def cmd_install_plugin(args) -> int:
     """Unpack the plugin zip into a QGIS profile and enable it there."""
     setup()
-    offline = package(shrunk_bundle())["offline"]  # plugin and model as shipped: works without a download
+    # plugin and model as shipped: works without a download; the checkout's registry stays the release's
+    offline = package(shrunk_bundle(), record=False)["offline"]
     profile = Path(args.profile_dir) if args.profile_dir else qgis_profile_dir(args.profile)
     plugins = profile / "python" / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,8 @@ def _add(zf: zipfile.ZipFile, path: Path, arcname: str) -> None:
     write_member(zf, arcname, path.read_bytes())
 
 
-def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] | None = None) -> dict[str, Path]:
+def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] | None = None,
+                record: bool = True) -> dict[str, Path]:
     """Write the model package, record it in the registry, then the repository and offline zips.
 
     Args:
@@ -88,6 +89,9 @@ def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] |
         bundle: The bundle folder to package (its name must be in the registry).
         dist: Where the zips go.
         extra: Fetched files to add to both plugin zips (see :func:`write_plugin_zip`).
+        record: Keep the registry updated with the new package (a release); False: the zips carry
+            the updated registry and the plugin folder's file is put back as it was (a local
+            install must not rewrite the released package's checksum in the checkout).
 
     Returns:
         ``{"repository": zip, "model": zip, "offline": zip}``.
@@ -95,11 +99,16 @@ def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] |
     dist.mkdir(parents=True, exist_ok=True)
     version = plugin_version(plugin)
     registry_file = plugin / "resources" / "models.json"
+    released = registry_file.read_bytes()
     entry = load_registry(registry_file).get(bundle.name)
     model = write_model_package(bundle, dist / entry.file)
     update_entry(registry_file, entry.name, size=model.stat().st_size, sha256=sha256_of(model))
-    extra = extra or {}
-    repository = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}.zip", extra)
-    offline = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}-offline.zip", extra,
-                               bundles={bundle.name: bundle})
+    try:
+        extra = extra or {}
+        repository = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}.zip", extra)
+        offline = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}-offline.zip", extra,
+                                   bundles={bundle.name: bundle})
+    finally:
+        if not record:
+            registry_file.write_bytes(released)
     return {"repository": repository, "model": model, "offline": offline}

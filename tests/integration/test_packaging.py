@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_package_and_install_into_a_profile(tmp_path, bundle_dir):
     profile = tmp_path / "profile"
+    registry = ROOT / "rs_vlm_plugin" / "resources" / "models.json"
+    released = registry.read_bytes()
     proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "install-plugin", "--profile-dir", str(profile)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert registry.read_bytes() == released  # a local install leaves the released package's checksum alone
     version = next(l.split("=", 1)[1] for l in (ROOT / "rs_vlm_plugin" / "metadata.txt").read_text().splitlines()
                    if l.startswith("version="))
     repository = ROOT / "dist" / f"rs_vlm_plugin-{version}.zip"

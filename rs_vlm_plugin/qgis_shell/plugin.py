@@ -415,9 +415,10 @@ class RsVlmPlugin(ModelActions):
     def _on_progress(self, percent: float) -> None:
         if self.dock is None:
             return
-        elapsed = time.perf_counter() - self._started
-        eta = elapsed * (100.0 - percent) / percent if percent >= 5.0 and elapsed > 1.0 else None
-        self.dock.set_progress(percent, eta)
+        from ..core.pace import estimate
+
+        # the same estimate as the log lines of Processing and the command line (core/pace.py)
+        self.dock.set_progress(percent, estimate(percent / 100.0, time.perf_counter() - self._started).remaining_s)
 
     def _on_stage(self, stage: str) -> None:
         if self.dock is not None:

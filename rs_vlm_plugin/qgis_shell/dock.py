@@ -333,6 +333,11 @@ class RsVlmDock(QDockWidget):
             self.progress_bar.setFormat("%p%")
         self._update_controls()
 
+    def close_progress(self) -> None:
+        """A job stopped without finishing: the bar goes back to empty rather than stay where it stopped."""
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+
     def set_progress(self, percent: float, eta_s: float | None = None) -> None:
         """Show progress in percent and, when known, the time left."""
         self.progress_bar.setValue(int(round(percent)))

@@ -21,7 +21,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsTask,
 )
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog
 
@@ -475,7 +475,11 @@ class RsVlmPlugin(ModelActions):
         self.task = None
         if self.dock is not None:
             self.dock.set_running(False)
+            self.dock.close_progress()
             self.dock.set_status(message)
+        # After QGIS's own "Task failed" notice, which it shows once this slot returns: pushed now,
+        # the plugin's reason would sit under it.
+        QTimer.singleShot(0, lambda: self._message(message, Qgis.MessageLevel.Warning))
 
     def _task_alive(self) -> bool:
         try:

@@ -170,3 +170,17 @@ def test_ask_what_it_cannot_answer_is_a_sentence(bundle_dir, generated, tmp_path
                  "--model", str(bundle_dir)]) == 1
     assert "I do not understand" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_classify_and_ask_agree_on_the_tiles(bundle_dir, generated, tmp_path, capsys):
+    """The whole view's class is the tiles' largest share, and Ask's share of it is Classify's."""
+    common = [str(generated["scene"]), "--max-tiles", "16", "-q", "--json", "--model", str(bundle_dir)]
+    assert main(["classify", *common[:1], "-o", str(tmp_path / "c.gpkg"), *common[1:]]) == 0
+    classified = json.loads(capsys.readouterr().out)
+    top, share = max(classified["shares"].items(), key=lambda kv: kv[1])
+    assert classified["scene"][0][0] == top and classified["scene"][0][1] == pytest.approx(share)
+    assert main(["ask", common[0], f"how much of the area is {top}?", "-o", str(tmp_path / "a.gpkg"),
+                 *common[1:]]) == 0
+    answered = json.loads(capsys.readouterr().out)
+    assert answered["value"] <= share + 1e-9  # counted only where it also passes the presence threshold
+    assert answered["tiles"] == classified["tiles"]  # the same plan, not one guided by the subject

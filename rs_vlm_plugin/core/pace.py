@@ -51,7 +51,8 @@ class PaceReading:
     def line(self, stage: str = "") -> str:
         """The plain log line of this reading."""
         head = f"{stage}: " if stage else ""
-        rate = f" ({self.rate_per_min:.3g} %/min)" if self.rate_per_min else ""
+        per_min = self.rate_per_min
+        rate = f" ({per_min:.1f} %/min)" if per_min and per_min < 10 else f" ({per_min:.0f} %/min)" if per_min else ""
         left = f", about {format_duration(self.remaining_s)} left" if self.remaining_s is not None else ""
         return f"{head}{100 * self.fraction:.0f} % after {format_duration(self.elapsed_s)}{rate}{left}"
 

@@ -34,8 +34,9 @@ def test_estimate_elapsed_rate_and_time_left():
     assert estimate(0.01, 60.0).remaining_s is None  # too early to say
     assert estimate(0.5, 0.2).remaining_s is None
     assert estimate(0.0, 10.0).rate_per_min is None
+    assert "(1.5 %/min)" in estimate(0.05, 200.0).line()
     assert estimate(0.4, 72.0).line("Encoding tiles") == \
-        "Encoding tiles: 40 % after 1 min 12 s (33.3 %/min), about 1 min 48 s left"
+        "Encoding tiles: 40 % after 1 min 12 s (33 %/min), about 1 min 48 s left"
 
 
 def test_a_line_per_ten_percent_not_per_update():

@@ -210,7 +210,11 @@ class MissingDependenciesPlugin:
 
     def _finish(self, text: str, level) -> None:
         self.task = None
-        self._push(text, level)
+        # run from the event loop: the window may be gone by then, and an exception here would abort QGIS
+        try:
+            self._push(text, level)
+        except RuntimeError:  # its C++ side was deleted (QGIS closing, the plugin unloaded)
+            QgsMessageLog.logMessage(text, LOG_TAG, level)
 
     def _push(self, text: str, level, with_button: bool = False) -> None:
         bar = self.iface.messageBar() if self.iface is not None and hasattr(self.iface, "messageBar") else None

@@ -479,7 +479,14 @@ class RsVlmPlugin(ModelActions):
             self.dock.set_status(message)
         # After QGIS's own "Task failed" notice, which it shows once this slot returns: pushed now,
         # the plugin's reason would sit under it.
-        QTimer.singleShot(0, lambda: self._message(message, Qgis.MessageLevel.Warning))
+        QTimer.singleShot(0, lambda: self._message_if_alive(message, Qgis.MessageLevel.Warning))
+
+    def _message_if_alive(self, text: str, level) -> None:
+        # run from the event loop: the window may be gone by then, and an exception here would abort QGIS
+        try:
+            self._message(text, level)
+        except RuntimeError:  # its C++ side was deleted (QGIS closing, the plugin unloaded)
+            QgsMessageLog.logMessage(text, "RS-VLM", level)
 
     def _task_alive(self) -> bool:
         try:

@@ -29,6 +29,7 @@ from .raster import RasterSource
 from .qa import SUBJECT_PROMPTS, Question, QueryScorer, parse_question, presence_scores
 from .records import CaptionRecord, ClassRecord, EvidenceRecord, OutlineRecord, SearchHit
 from .seen_bias import seen_bias_offsets
+from .summaries import subject_share, subject_wins, whole_view_classes
 from .validation import check_pixel_size, text_warnings
 
 if TYPE_CHECKING:
@@ -781,6 +782,9 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
         if "object" in tile.levels:  # the leaves tile the extent exactly once
             records.append(ClassRecord(classes[best], float(probs[i, best]), classes[second], "object", tile.depth,
                                        tile.extent, tile.gsd_m, source.name))
+    scene, note = whole_view_classes(classes, records, scene)  # the class of the tiles, not of one image
+    if note:
+        progress.info(note)
     progress.set_fraction(1.0)
     return ClassifyResult(classes, records, scene, encoding.plan, source.georef.crs_wkt, list(source.warnings),
                           encoding.timings)
@@ -808,7 +812,9 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
         note = describe_expansions(queries, 0)
         if note:
             progress.info(note)
-    if parsed.subject:  # "where is X?" outlines X; the other kinds only need the tiles' scores
+    # "where is X?" outlines X; presence needs the tiles' scores; a share is of the plan Classify
+    # reads (a plan guided by X would read X's places closer and the rest coarsely: a biased count)
+    if parsed.subject and parsed.kind != "share":
         config = config if parsed.kind == "where" else dataclasses.replace(config, outlines=False)
         encoding = query_encoding(source, bundle, extent, config, progress, query, parsed.subject)
     else:
@@ -845,14 +851,13 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
             answer = (f"The best {len(chosen)} places for {parsed.subject} are on the evidence layer "
                       f"(best score {value:.2f}" + ("" if value >= threshold else f", under the presence threshold {threshold:.2f}")
                       + ").")
-        else:  # share
-            area = sum(tiles[i].extent.width * tiles[i].extent.height for _, i, _ in fine) or 1.0
-            passing = [c for c in fine if c[0] >= threshold]
-            share = sum(tiles[i].extent.width * tiles[i].extent.height for _, i, _ in passing) / area
-            value = float(share)
-            chosen = passing
-            answer = (f"About {100 * share:.0f} % of the area looks like {parsed.subject} "
-                      f"({len(passing)} of {len(fine)} fine tiles pass the threshold {threshold:.2f}).")
+        else:  # share: tiles where the subject passes and wins over the scene classes (core/summaries.py)
+            best, names = subject_wins(bundle, parsed.subject, encoding.embeddings[[i for _, i, _ in fine]],
+                                       scene_class_list(bundle), CLASS_PROMPTS, config.knowledge)
+            value, counted, answer = subject_share(parsed.subject, [(c[0], c[1]) for c in fine],
+                                                   {i: tiles[i].extent.width * tiles[i].extent.height for _, i, _ in fine},
+                                                   best, names, threshold)
+            chosen = [c for c in fine if c[1] in set(counted)]
     captions = tile_captions(encoding, bundle, [i for _, i, _ in chosen[:10]], config.top_concepts)
     evidence = [EvidenceRecord(question=parsed.text, answer=answer, rank=k, score=score, level=level or "object",
                                depth=tiles[i].depth, extent=tiles[i].extent, caption=captions.get(i, ""),

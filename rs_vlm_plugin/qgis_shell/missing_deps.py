@@ -7,17 +7,21 @@ running pip in a subprocess; it starts only when the user clicks.
 
 from __future__ import annotations
 
+import math
+import time
 import traceback
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
-from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QAction, QPushButton
+from qgis.PyQt.QtCore import Qt, QTimer, pyqtSignal
+from qgis.PyQt.QtWidgets import QAction, QLabel, QPushButton, QSizePolicy, QTextBrowser
 
 from .. import deps
 
 LOG_TAG = "RS-VLM"
 MENU = "&RS-VLM"
+CREEP_S = 60.0
+"""Time constant of the installer's progress while pip says nothing countable (0 -> 30 %)."""
 
 
 def private_folder() -> Path:
@@ -49,11 +53,13 @@ class InstallDependenciesTask(QgsTask):
         self.cuda = cuda
         self.result: deps.InstallResult | None = None
         self._collected = 0
+        self._started = time.monotonic()
 
     def run(self) -> bool:  # noqa: D102 - QgsTask API, worker thread
         try:
+            self._started = time.monotonic()
             self.result = deps.install_missing(self.report, self.target, cuda=self.cuda, on_line=self._line,
-                                               is_canceled=self.isCanceled)
+                                               is_canceled=self._poll)
         except Exception:  # noqa: BLE001 - a bug must reach the log, not vanish in the worker thread
             self.result = deps.InstallResult(False, "The installer failed unexpectedly; see the RS-VLM log and "
                                                     "report the error.", lines=traceback.format_exc().splitlines())
@@ -63,10 +69,22 @@ class InstallDependenciesTask(QgsTask):
         # pip gives no overall fraction: each package collected moves the bar on, installing nears the end.
         if line.startswith("Collecting"):
             self._collected += 1
-            self.setProgress(80.0 * (1.0 - 0.85 ** self._collected))
+            self._advance(80.0 * (1.0 - 0.85 ** self._collected))
         elif line.startswith("Installing collected packages"):
-            self.setProgress(90.0)
+            self._advance(90.0)
+        elif "Retrying" in line:
+            QgsMessageLog.logMessage(f"pip retries a download: {line.strip()}", LOG_TAG, Qgis.MessageLevel.Info)
         self.lineReceived.emit(line)
+
+    def _poll(self) -> bool:
+        """Polled by the installer while pip runs (also while it is silent, waiting to retry a download)."""
+        # the bar creeps on with time up to 30 %, so that a pip that waits or retries shows it is alive
+        self._advance(30.0 * (1.0 - math.exp(-(time.monotonic() - self._started) / CREEP_S)))
+        return self.isCanceled()
+
+    def _advance(self, percent: float) -> None:
+        if percent > self.progress():
+            self.setProgress(percent)
 
     def finished(self, result: bool) -> None:  # noqa: D102 - Qt naming, main thread
         outcome = self.result or deps.InstallResult(False, "The installation was stopped before it finished; "
@@ -184,11 +202,19 @@ class MissingDependenciesPlugin:
         open_dependencies_dialog(self.iface.mainWindow() if hasattr(self.iface, "mainWindow") else None, self.iface)
 
     def _on_finished(self, result: deps.InstallResult) -> None:
-        self.task = None
         text = result.message
         if not result.ok and not result.canceled:
             text += " pip's last lines are in the RS-VLM log."
-        self._push(text, result_level(result))
+        # after QGIS's own "Task failed" notice, which it pushes once this slot returns: the reason stays on top
+        QTimer.singleShot(0, lambda: self._finish(text, result_level(result)))
+
+    def _finish(self, text: str, level) -> None:
+        self.task = None
+        # run from the event loop: the window may be gone by then, and an exception here would abort QGIS
+        try:
+            self._push(text, level)
+        except RuntimeError:  # its C++ side was deleted (QGIS closing, the plugin unloaded)
+            QgsMessageLog.logMessage(text, LOG_TAG, level)
 
     def _push(self, text: str, level, with_button: bool = False) -> None:
         bar = self.iface.messageBar() if self.iface is not None and hasattr(self.iface, "messageBar") else None
@@ -196,9 +222,18 @@ class MissingDependenciesPlugin:
             QgsMessageLog.logMessage(text, LOG_TAG, level)
             return
         item = bar.createMessage("RS-VLM", text)
+        label = QLabel(text, item)
+        label.setObjectName("RsVlmMessageText")
+        label.setWordWrap(True)
+        label.setTextInteractionFlags(label.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse)
+        label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        item.layout().addWidget(label)
         if with_button:
             button = QPushButton("Install dependencies", item)
             button.setObjectName("RsVlmInstallDependenciesButton")
             button.clicked.connect(self.install)
             item.layout().addWidget(button)
         bar.pushWidget(item, level, 0 if level in (Qgis.MessageLevel.Warning, Qgis.MessageLevel.Critical) else 10)
+        # the whole text in the wrapping label: the item's own text box (set up by pushWidget) shows two lines of it
+        for box in item.findChildren(QTextBrowser):
+            box.hide()

@@ -7,7 +7,7 @@ with the query against its similarities with a set of background texts (ground c
 land-use words), the query's own near-synonyms among them counting for the query. Background
 cells then score low, and one threshold serves every query; it was calibrated on the VHR-10
 training boxes (cells inside boxes against cells outside; a trained model's own threshold comes
-with its manifest, ``rs_vlm_train.train.calibrate_locate``).
+with its manifest, ``rs_vlm_train.locate_stage.calibrate_locate``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class LocateConfig:
         threshold: Cells at least this relevant are part of an outline. A bundle's manifest
             gives its own (``"locate"``: the relevance that maximised F2, recall weighted, of
             cells under boxes of the queried class on VHR-10 training crops,
-            ``rs_vlm_train.train.calibrate_locate``); 0.99 did so for version 3 on 60 VHR-10
+            ``rs_vlm_train.locate_stage.calibrate_locate``); 0.99 did so for version 3 on 60 VHR-10
             training images (135,664 cells, 10 class queries).
         temperature: Multiplies the model's logit scale in the softmax against background.
         max_box_cells: Blobs of at most this many cells may be drawn as a box ...

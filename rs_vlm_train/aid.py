@@ -6,7 +6,7 @@ of ``rsicd_train_caps.txt``). Many RSICD images carry one sentence five times, s
 its distinct sentences only. A class label is the file name's prefix ("bareland"), the same label
 the RSICD file names carry, so :func:`classes.group` maps both to one concept.
 
-Sets (cached by :func:`build_aid_sets`):
+Sets (cached by :func:`features.build_aid_sets`):
 
 - ``aid`` (4 dihedral views, upsampled to the model's input): every image, 10 % held back by
   name hash (``held_out`` in the index) for AID val;
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 AID_HELD_OUT_FRACTION = 0.1
 AID_VIEWS = 4
@@ -75,35 +73,3 @@ def aid_held_out(items: list[AidImage], seed: int = 0) -> set[str]:
     from .data import held_out
 
     return held_out([i.path.name for i in items], AID_HELD_OUT_FRACTION, seed)
-
-
-def build_aid_sets(data: Path, cache: Path, runner, size: int, unseen_groups: set[str], n_mosaics: int,
-                   seed: int) -> dict:
-    """The AID feature sets (empty when ``data`` has no ``aid`` folder); see the module docstring.
-
-    Args:
-        unseen_groups: Concept groups of the leave-classes-out choice (``mosaic_aid_lco`` skips them).
-    """
-    from . import features as feat
-    from .classes import group
-    from .data import load_image, views
-
-    items = read_aid(data)
-    if not items:
-        return {}
-    held = aid_held_out(items, seed)
-    rng = np.random.default_rng(seed + 20)
-    sets = {"aid": feat._compute(cache, "aid", runner, len(items), AID_VIEWS,
-                                 lambda i: views(load_image(items[i].path), AID_VIEWS, size, rng),
-                                 {"files": [str(i.path.relative_to(data)) for i in items],
-                                  "classes": [i.label for i in items], "sentences": [i.sentences for i in items],
-                                  "held_out": [i.path.name in held for i in items]})}
-    sources = {"aid": [(i.path, i.label) for i in items]}
-    train = [("aid", k) for k, i in enumerate(items) if i.path.name not in held]
-    for tag, pool in (("mosaic_aid", train),
-                      ("mosaic_aid_lco", [(s, k) for s, k in train if group("aid", items[k].label) not in unseen_groups])):
-        specs = feat.make_mosaics(pool, sources, n_mosaics, rng)
-        sets[tag] = feat._compute(cache, tag, runner, len(specs), 1,
-                                  lambda i, specs=specs: [feat.mosaic_view(specs[i], sources, size)],
-                                  {"mosaics": specs, "unseen_groups": sorted(unseen_groups)})
-    return sets

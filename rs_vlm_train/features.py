@@ -309,6 +309,37 @@ def build_open_vocabulary_sets(data: Path, cache: Path, runner: "TrunkRunner", s
     return sets
 
 
+def build_aid_sets(data: Path, cache: Path, runner, size: int, unseen_groups: set[str], n_mosaics: int,
+                   seed: int) -> dict:
+    """The AID feature sets (empty when ``data`` has no ``aid`` folder); see ``aid.py``.
+
+    Args:
+        unseen_groups: Concept groups of the leave-classes-out choice (``mosaic_aid_lco`` skips them).
+    """
+    from .aid import AID_VIEWS, aid_held_out, read_aid
+    from .classes import group
+
+    items = read_aid(data)
+    if not items:
+        return {}
+    held = aid_held_out(items, seed)
+    rng = np.random.default_rng(seed + 20)
+    sets = {"aid": _compute(cache, "aid", runner, len(items), AID_VIEWS,
+                            lambda i: views(load_image(items[i].path), AID_VIEWS, size, rng),
+                            {"files": [str(i.path.relative_to(data)) for i in items],
+                             "classes": [i.label for i in items], "sentences": [i.sentences for i in items],
+                             "held_out": [i.path.name in held for i in items]})}
+    sources = {"aid": [(i.path, i.label) for i in items]}
+    train = [("aid", k) for k, i in enumerate(items) if i.path.name not in held]
+    for tag, pool in (("mosaic_aid", train),
+                      ("mosaic_aid_lco", [(s, k) for s, k in train if group("aid", items[k].label) not in unseen_groups])):
+        specs = make_mosaics(pool, sources, n_mosaics, rng)
+        sets[tag] = _compute(cache, tag, runner, len(specs), 1,
+                             lambda i, specs=specs: [mosaic_view(specs[i], sources, size)],
+                             {"mosaics": specs, "unseen_groups": sorted(unseen_groups)})
+    return sets
+
+
 def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 4000, seed: int = 0) -> dict[str, FeatureSet]:
     """Compute (or open) every cached set."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -352,7 +383,7 @@ def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 400
                                         for c in crops]})
     sets.update(build_open_vocabulary_sets(data, cache, runner, size, ucm_train, scenes, held, boxes, vhr_held,
                                            n_mosaics // 2, seed))
-    from .aid import build_aid_sets, read_aid
+    from .aid import read_aid
     from .classes import leave_out_choice
 
     aid_classes = sorted({i.label for i in read_aid(data)})

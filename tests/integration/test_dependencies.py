@@ -115,7 +115,8 @@ def test_install_button_installs_into_the_private_folder(tmp_path):
         import dataclasses
         from qgis.PyQt.QtWidgets import QPushButton
         from rs_vlm_plugin import deps
-        from rs_vlm_plugin.qgis_shell.missing_deps import MissingDependenciesPlugin, private_folder
+        from rs_vlm_plugin.qgis_shell.deps_install import private_folder
+        from rs_vlm_plugin.qgis_shell.missing_deps import MissingDependenciesPlugin
         tqdm = next(r for r in deps.REQUIREMENTS if r.import_name == "tqdm")
         report = deps.check([dataclasses.replace(tqdm, required=True)])
         iface = MinimalIface()

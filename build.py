@@ -5,6 +5,7 @@
     python3 build.py test            set everything up, then run the whole test suite
     python3 build.py setup           apt packages, virtual environment, pip packages, model export, sample data
     python3 build.py package [--model DIR]   dist/: repository zip (no model), model package, offline zip
+    python3 build.py release [--model DIR]   the same, and record the model package in the registry
     python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.jpg
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
@@ -276,15 +277,18 @@ def cmd_screenshots(args) -> int:
     return 0
 
 
-def package(bundle: Path = BUNDLE, dist: Path | None = None, record: bool = True) -> dict:
-    """The three artefacts (scripts/package_plugin.py): repository zip, model package, offline zip
-    (``record``: the registry keeps the new package's size and checksum, see ``package_all``)."""
+def package(bundle: Path = BUNDLE, dist: Path | None = None, release: bool = False) -> dict:
+    """The three artefacts (scripts/package_plugin.py): repository zip, model package, offline zip.
+
+    ``release``: the release step, which alone writes the registry (size, SHA-256, release URL of the
+    new model package) before the plugin zips are made; otherwise the registry is left as tracked.
+    """
     sys.path.insert(0, str(ROOT / "scripts"))
-    from package_plugin import package_all
+    from package_plugin import package_all, release_all
 
     # open_clip's BPE vocabulary (MIT), so an installed plugin can import CLIP checkpoints; fetched, never committed
     extra = {f"resources/open_clip/{CLIP_BPE.name}": CLIP_BPE} if CLIP_BPE.exists() else {}
-    return package_all(PLUGIN, bundle, dist or ROOT / "dist", extra, record)
+    return (release_all if release else package_all)(PLUGIN, bundle, dist or ROOT / "dist", extra)
 
 
 SHIPPED_FORMATS = {"image": "fp16", "text": "fp16", "decoder": "fp16"}  # float16 storage, float32 compute
@@ -308,14 +312,31 @@ def shrunk_bundle() -> Path:
 
 
 def cmd_package(args) -> int:
-    """dist/: the repository zip (no model), the model package and the offline zip (plugin + model)."""
+    """dist/: the repository zip (no model), the model package and the offline zip (plugin + model);
+    the tracked registry is not written (``release`` does that)."""
     setup()
     bundle = Path(args.model) if getattr(args, "model", None) else shrunk_bundle()
-    made = package(bundle)
-    for kind, path in made.items():
-        log(f"wrote {kind:10s} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    made = package(bundle, release=args.command == "release")
+    for kind in ("repository", "model", "offline"):
+        path = made[kind]
+        log(f"wrote {kind:10s} {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)})")
+    if "url" in made:
+        log(f"registry: {made['model'].name} recorded in rs_vlm_plugin/resources/models.json; upload it as {made['url']}")
+    elif not made["registry_matches"]:
+        log(f"note: {made['model'].name} differs from the package in rs_vlm_plugin/resources/models.json (another "
+            "model or commit); the plugin zips accept the registry's package, the offline zip carries this one. "
+            "`python3 build.py release` records this package.")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "validate_plugin_zip.py"), str(made["repository"]),
                            "--forbid", "models/", "resources/weights/"]).returncode
+
+
+def sha256_file(path: Path) -> str:
+    """A file's SHA-256 (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def qgis_profile_dir(profile: str) -> Path:
@@ -327,7 +348,7 @@ def cmd_install_plugin(args) -> int:
     """Unpack the plugin zip into a QGIS profile and enable it there."""
     setup()
     # plugin and model as shipped: works without a download; the checkout's registry stays the release's
-    offline = package(shrunk_bundle(), record=False)["offline"]
+    offline = package(shrunk_bundle())["offline"]
     profile = Path(args.profile_dir) if args.profile_dir else qgis_profile_dir(args.profile)
     plugins = profile / "python" / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
@@ -457,6 +478,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("package", help="the repository zip, the model package and the offline zip")
     p.add_argument("--model", default=None, help="bundle folder to package (default: a float16 copy of "
                    "rs_vlm_plugin/models/rs-vlm-lite0)")
+    p.set_defaults(func=cmd_package)
+    p = sub.add_parser("release", help="package, and record the model package (size, SHA-256, release URL) in the "
+                       "registry: the only step that writes rs_vlm_plugin/resources/models.json")
+    p.add_argument("--model", default=None, help="bundle folder to package (default: as package)")
     p.set_defaults(func=cmd_package)
     sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.jpg"
                    ).set_defaults(func=cmd_screenshots)

@@ -56,13 +56,18 @@ UCM_NAMES = {"agricultural": "farmland", "baseballdiamond": "baseball diamond", 
              "tenniscourt": "tennis court", "buildings": "buildings", "chaparral": "chaparral",
              "freeway": "freeway", "harbor": "harbor", "intersection": "intersection", "overpass": "overpass",
              "river": "river", "runway": "runway", "airplane": "airplanes", "beach": "beach", "forest": "forest"}
+# AID's labels (its file-name prefixes, as in RSICD's file names) that read better as other words.
+AID_NAMES = {"bareland": "bare land", "baseballfield": "baseball field", "railwaystation": "railway station",
+             "commercial": "commercial area", "industrial": "industrial area", "parking": "parking lot",
+             "storagetanks": "storage tanks", "denseresidential": "dense residential area",
+             "mediumresidential": "medium residential area", "sparseresidential": "sparse residential area"}
 SHARED_UCM_RESISC = {"farmland", "residential", "beach", "forest", "river"}
 GENERIC_WORDS = {"area", "areas", "land", "zone", "district", "scene", "region", "field", "fields", "a", "an", "the", "of"}
 
 
 def readable(name: str) -> str:
     """A class folder name as words ("commercial_area" -> "commercial area")."""
-    return UCM_NAMES.get(name, name.replace("_", " "))
+    return UCM_NAMES.get(name) or AID_NAMES.get(name) or name.replace("_", " ")
 
 
 def article(phrase: str) -> str:
@@ -71,24 +76,41 @@ def article(phrase: str) -> str:
 
 
 def group(source: str, label: str) -> str:
-    """The concept group of a label of a source ("ucm", "resisc", "extra", "vhr", "rsicd")."""
-    return GROUPS.get(f"{source}:{label}", label)
+    """The concept group of a label of a source ("ucm", "resisc", "extra", "vhr", "rsicd", "aid").
+
+    AID's labels are RSICD's (its images are RSICD's), so both map alike.
+    """
+    return GROUPS.get(f"{'rsicd' if source == 'aid' else source}:{label}", label)
 
 
 def leave_out_choice(ucm_classes: list[str], resisc_classes: list[str], n_ucm: int = 6, n_resisc: int = 3,
-                     seed: int = 0) -> dict:
-    """The seeded leave-classes-out choice: UCM and RESISC classes whose groups leave training.
+                     seed: int = 0, aid_classes: list[str] | None = None, other_classes: dict | None = None,
+                     n_aid: int = 8) -> dict:
+    """The seeded leave-classes-out choice: UCM, RESISC and AID classes whose groups leave training.
 
-    Returns ``{"seed", "ucm", "resisc", "groups"}``; only classes no other of the two datasets
-    shares are drawn, so an unseen class is unseen in both.
+    Returns ``{"seed", "ucm", "resisc", "groups"}`` (and ``"aid"`` when AID classes are given);
+    only classes no other of the two datasets shares are drawn, so an unseen class is unseen in
+    both. AID's ``n_aid`` are drawn (after the other two, so their draws do not move) among the
+    AID classes whose group no UCM, RESISC or ``other_classes`` (source -> labels, e.g. the
+    RESISC45 extra classes) class shares; AID classes of groups already drawn leave too.
     """
     ucm_only = sorted(c for c in set(ucm_classes) if group("ucm", c) not in SHARED_UCM_RESISC)
     resisc_only = sorted(c for c in set(resisc_classes) if group("resisc", c) not in SHARED_UCM_RESISC)
     rng = np.random.default_rng(seed)
     ucm = sorted(rng.choice(ucm_only, min(n_ucm, len(ucm_only)), replace=False).tolist())
     resisc = sorted(rng.choice(resisc_only, min(n_resisc, len(resisc_only)), replace=False).tolist())
-    groups = sorted({group("ucm", c) for c in ucm} | {group("resisc", c) for c in resisc})
-    return {"seed": seed, "ucm": ucm, "resisc": resisc, "groups": groups}
+    groups = {group("ucm", c) for c in ucm} | {group("resisc", c) for c in resisc}
+    choice = {"seed": seed, "ucm": ucm, "resisc": resisc}
+    if aid_classes:
+        taken = {group("ucm", c) for c in ucm_classes} | {group("resisc", c) for c in resisc_classes}
+        taken |= {group(source, c) for source, labels in (other_classes or {}).items() for c in labels}
+        aid_only = sorted(c for c in set(aid_classes) if group("aid", c) not in taken)
+        aid = sorted(rng.choice(aid_only, min(n_aid, len(aid_only)), replace=False).tolist())
+        groups |= {group("aid", c) for c in aid}
+        choice["aid"] = aid
+        choice["aid_unseen"] = sorted(c for c in set(aid_classes) if group("aid", c) in groups)
+    choice["groups"] = sorted(groups)
+    return choice
 
 
 def _stem(word: str) -> str:
@@ -115,7 +137,7 @@ def knowledge_terms(kb_path: Path = KNOWLEDGE_BASE) -> dict[str, list[str]]:
 
 def class_terms(source: str, label: str, terms: dict[str, list[str]]) -> list[list[str]]:
     """Word lists (stemmed, generic words dropped unless nothing is left) that name a class."""
-    names = [label.replace("_", " "), *terms.get(label, []), *terms.get(group(source, label), [])]
+    names = [label.replace("_", " "), readable(label), *terms.get(label, []), *terms.get(group(source, label), [])]
     out = []
     for name in names:
         ws = words(name)

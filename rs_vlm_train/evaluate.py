@@ -15,7 +15,7 @@ folder names (underscores as spaces), a prompt ensemble per class.
 (three times its size) is encoded, the object tokens under the box are pooled, and each class
 name queries all boxes: precision of the 10 best (p@10), hit@10 and mAP.
 ``--data DIR``: UCM val, the held-back 20 % of RESISC12 train and of VHR-10 (the same hashed
-split training held back), plus the ablation table that training wrote (``out/train``).
+split training held back), AID val (10 % by name hash, its 30 class names), plus the ablation table that training wrote (``out/train``).
 
 Writes a JSON and a Markdown table with the published numbers of ANCHORS beside ours.  The
 model runs on onnxruntime only; torch is not needed.
@@ -95,11 +95,19 @@ def eval_captions(bundle: ModelBundle, folder: Path, split: str, meteor: bool = 
     return out
 
 
-def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None, truthful: bool = False) -> dict:
+def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None, truthful: bool = False,
+                source: str = "resisc", label_of=None) -> dict:
     """Zero-shot scene classification with a prompt ensemble per class (optionally on some files only),
     without and with query-time knowledge (the bundle's calibrated combination); with ``truthful``, also
-    the share of decoded captions that name the image's class (:mod:`classes`)."""
-    pairs = [(p, c) for p, c in read_scene_folders(folder) if only is None or p.name in only]
+    the share of decoded captions that name the image's class (:mod:`classes`).
+
+    Args:
+        source: The dataset the labels belong to (:func:`classes.group`), for truthfulness.
+        label_of: An image path's class label (default: its folder's name); AID's is its file
+            name's prefix ("bareland_12.jpg" -> "bareland").
+    """
+    pairs = [(p, label_of(p) if label_of else c) for p, c in read_scene_folders(folder)
+             if only is None or p.name in only]
     classes = sorted({c for _, c in pairs})
     names = [readable(c) for c in classes]
     tiers = encode_files(bundle, [p for p, _ in pairs])
@@ -114,7 +122,7 @@ def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None,
         out[f"per_class{key}"] = {c: float(np.mean(pred[truth == k] == k)) for k, c in enumerate(classes)}
     if truthful and bundle.has_decoder:
         captions = bundle.caption(tiers)
-        out["truthfulness"] = truthfulness(captions, [c for _, c in pairs], "resisc")
+        out["truthfulness"] = truthfulness(captions, [c for _, c in pairs], source)
         out["truthfulness"]["examples"] = [{"image": pairs[k][0].name, "caption": captions[k]}
                                            for k in range(0, len(pairs), max(1, len(pairs) // 12))]
     return out
@@ -241,8 +249,10 @@ def markdown(report: dict) -> str:
         for name, a in ANCHORS_RETRIEVAL.items():
             lines.append(_row([f"{name}, published", *(f"{v:.2f}" for v in a)]))
         lines.append("")
-    if "scenes" in report:
-        r = report["scenes"]
+    for key in ("scenes", "aid"):
+        if key not in report:
+            continue
+        r = report[key]
         lines += [f"## Zero-shot scenes: {r['folder']} ({r['images']} images, {r['classes']} classes)", "",
                   f"Accuracy: {100 * r['accuracy']:.2f} % with the class prompts; "
                   f"{100 * r['accuracy_knowledge']:.2f} % with query-time knowledge; "
@@ -323,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     if scenes:
         report["scenes"] = {"folder": str(scenes) + (" (held-back 20 %)" if scene_only else ""),
                             **eval_scenes(bundle, scenes, scene_only, truthful=bool(args.data))}
+    if args.data and (args.data / "aid" / "images").exists():
+        from .aid import aid_held_out, read_aid
+
+        aid_val = aid_held_out(read_aid(args.data))
+        report["aid"] = {"folder": str(args.data / "aid" / "images") + " (val: 10 % by name hash)",
+                         **eval_scenes(bundle, args.data / "aid" / "images", aid_val, truthful=True, source="aid",
+                                       label_of=lambda p: p.stem.lower().rsplit("_", 1)[0])}
     if objects:
         report["objects"] = {"folder": str(objects) + (" (held-back 20 %)" if object_only else ""),
                              **eval_objects(bundle, objects, object_only)}

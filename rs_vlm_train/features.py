@@ -10,7 +10,8 @@ a JSON index.  Sets:
 - ``resisc`` (2 views): RESISC12 train, 20 % of which is held back (by name hash) for scene accuracy;
 - ``mosaic``: 2x2 and 3x3 mosaics of different training images (UCM train and the RESISC part
   that is not held back), each source with a random dihedral view;
-- ``vhr``: crops of VHR-10 around boxes; 20 % of the images are held back for object retrieval.
+- ``vhr``: crops of VHR-10 around boxes; 20 % of the images are held back for object retrieval;
+- ``aid``, ``mosaic_aid``, ``mosaic_aid_lco``: AID with its RSICD sentences (``aid.py``).
 """
 
 from __future__ import annotations
@@ -351,9 +352,26 @@ def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 400
                                         for c in crops]})
     sets.update(build_open_vocabulary_sets(data, cache, runner, size, ucm_train, scenes, held, boxes, vhr_held,
                                            n_mosaics // 2, seed))
+    from .aid import build_aid_sets, read_aid
+    from .classes import leave_out_choice
+
+    aid_classes = sorted({i.label for i in read_aid(data)})
+    if aid_classes:
+        extra = {"extra": sorted(set(sets["extra"].index["classes"])) if "extra" in sets else []}
+        choice = leave_out_choice([i.label for i in ucm_train], [c for _, c in scenes], seed=seed,
+                                  aid_classes=aid_classes, other_classes=extra)
+        sets.update(build_aid_sets(data, cache, runner, size, set(choice["groups"]), n_mosaics // 2, seed))
+        sets["mosaic_aid_lco"].index["leave_out"] = choice
     if config.fine_blocks != CACHED_FINE_BLOCKS:
         sets = {tag: _run_blocks(cache, config, tag, fs, CACHED_FINE_BLOCKS) for tag, fs in sets.items()}
     return sets
+
+
+def leave_out(sets: dict) -> dict:
+    """The leave-classes-out choice of the cached sets: with AID's classes when AID is there."""
+    if "mosaic_aid_lco" in sets:
+        return sets["mosaic_aid_lco"].index["leave_out"]
+    return sets["mosaic_lco"].index["leave_out"]
 
 
 def text_embeddings(texts: list[str], cache: Path, tag: str) -> np.ndarray:

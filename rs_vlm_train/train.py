@@ -98,6 +98,12 @@ class Recipe:
         box_sentences_in_decoder: Decoder fine-tuning also on VHR-10 images with their
             box-to-caption sentences (off: those fixed phrases, "a running track around a
             football field", took over the caption of a forest with a road).
+        aid: AID images with their RSICD sentences (a share ``aid_sentence_share`` of them; the
+            rest with class prompts) in the global tier, AID mosaics in the region tier, and AID
+            pairs (``aid_decoder_per_epoch`` images an epoch) in decoder fine-tuning.
+        open_blocks: MBConv blocks at the end of the trunk trained with the head (over the cached
+            features entering them; 0: only the head convolution), decayed towards ImageNet
+            with the head (``decay_to_init``) and under the geometry loss's teacher.
         locate_steps: Steps of the locate stage after the alignment (:func:`locate_stage`): the
             object head alone learns background cells of VHR-10 crops against the background
             texts the outlines are scored against, and the cells under boxes against their
@@ -114,6 +120,10 @@ class Recipe:
     text_share: float = 0.2
     box_sentences_in_decoder: bool = False
     locate_steps: int = 0
+    aid: bool = False
+    aid_sentence_share: float = 0.75
+    aid_decoder_per_epoch: int = 2500
+    open_blocks: int = 0
 
     def to_dict(self) -> dict:  # noqa: D102
         return asdict(self)
@@ -124,6 +134,8 @@ RECIPES = {
                  weak_captions=False, text_share=0.0),
     "open": Recipe(),
     "open-locate": Recipe(locate_steps=300),
+    "v4": Recipe(aid=True, open_blocks=2),
+    "v4-frozen": Recipe(aid=True),
 }
 
 
@@ -163,13 +175,22 @@ class Texts:
         self.scene_classes = sorted(set(self.resisc_classes) | set(self.extra_classes))
         self.scene_prompts = {c: [self.add(p.format(feat.readable(c))) for p in feat.SCENE_PROMPTS]
                               for c in self.scene_classes}
+        # AID: each image's distinct RSICD sentences and its class prompts.
+        aid = sets["aid"].index if "aid" in sets else {"classes": [], "sentences": []}
+        self.aid = [[self.add(s) for s in sents] for sents in aid["sentences"]]
+        self.aid_classes = sorted(set(aid["classes"]))
+        self.aid_label = list(aid["classes"])
+        self.aid_prompts = {c: [self.add(p.format(feat.readable(c))) for p in feat.SCENE_PROMPTS]
+                            for c in self.aid_classes}
+        # One positive per readable class name across datasets (RESISC and AID "forest" alike).
+        self.prompt_names = sorted({feat.readable(c) for c in self.scene_classes + self.aid_classes})
         self.ucm_classes = sorted(set(idx["classes"]))
         self.ucm_prompts = {c: [self.add(p.format(feat.readable(c))) for p in feat.SCENE_PROMPTS] for c in self.ucm_classes}
         self.presence_prompts = {c: [self.add(p) for p in subject_prompts(feat.readable(c))] for c in self.ucm_classes}
         self.object_classes = list(VHR10_CLASSES)
         self.object_prompts = {c: [self.add(p.format(c)) for p in feat.OBJECT_PROMPTS] for c in self.object_classes}
         self.mosaic = {tag: [self.add(self.mosaic_caption(m)) for m in sets[tag].index["mosaics"]]
-                       for tag in ("mosaic", "mosaic_lco") if tag in sets}
+                       for tag in ("mosaic", "mosaic_lco", "mosaic_aid", "mosaic_aid_lco") if tag in sets}
         # Box-to-caption sentences of whole VHR-10 images and of their region windows (None: no box).
         self.vhr_scene, self.vhr_regions = [], []
         windows = region_windows()
@@ -184,7 +205,7 @@ class Texts:
         concepts = KnowledgeBase.read_concepts(KNOWLEDGE_BASE)
         self.class_parts = {c: [[self.add(t.format(part)) for t in feat.SCENE_PROMPTS]
                                 for part in expand_text(concepts, feat.readable(c))]
-                            for c in sorted(set(self.ucm_classes) | set(self.resisc_classes))}
+                            for c in sorted(set(self.ucm_classes) | set(self.resisc_classes) | set(self.aid_classes))}
         from rs_vlm_plugin.modeling.export import concept_texts
 
         self.kb_rows = []
@@ -199,6 +220,23 @@ class Texts:
         """The composed caption of a mosaic ("an aerial image of farmland, a river and a forest.")."""
         names = [feat.readable(lab) for _, _, lab in spec["sources"]]
         return "an aerial image of " + ", ".join(names[:-1]) + " and " + names[-1] + "."
+
+    def prompt_key(self, label: str) -> int:
+        """The multi-positive key of a class's prompts (negative: never a text row)."""
+        return -1 - self.prompt_names.index(feat.readable(label))
+
+    def prompts_of(self, label: str) -> list[int]:
+        """Text rows of a class's prompt ensemble (RESISC, extra or AID class)."""
+        return self.scene_prompts[label] if label in self.scene_prompts else self.aid_prompts[label]
+
+    def aid_text(self, rng: np.random.Generator, image: int, share: float) -> tuple[int, int]:
+        """(text row, key) for an AID image: one of its sentences with probability ``share``, else a
+        class prompt (keyed by class, so all prompts of a class are one positive)."""
+        if rng.random() < share:
+            t = int(rng.choice(self.aid[image]))
+            return t, t
+        label = self.aid_label[image]
+        return int(rng.choice(self.aid_prompts[label])), self.prompt_key(label)
 
     def add(self, text: str) -> int:  # noqa: D102
         if text not in self.index:
@@ -255,8 +293,7 @@ class TrainingRows:
     """The rows of each feature set that a recipe trains on (leave-classes-out applied)."""
 
     def __init__(self, sets: dict, texts: Texts, recipe: Recipe) -> None:
-        self.unseen = set(sets["mosaic_lco"].index["leave_out"]["groups"]) if recipe.leave_out and "mosaic_lco" in sets \
-            else set()
+        self.unseen = set(feat.leave_out(sets)["groups"]) if recipe.leave_out and "mosaic_lco" in sets else set()
         seen = lambda source, label: group(source, label) not in self.unseen  # noqa: E731
         self.ucm = np.asarray([i for i, c in enumerate(sets["ucm_train"].index["classes"]) if seen("ucm", c)])
         resisc = sets["resisc"].index
@@ -278,6 +315,13 @@ class TrainingRows:
         self.crops = np.asarray([i for i, c in enumerate(crops) if c["objects"]
                                  and all(seen("vhr", lab) for lab, _ in c["objects"])])
         self.gsd = recipe.gsd_share > 0 and "ucm_gsd" in sets and "resisc_gsd" in sets
+        self.aid = np.zeros(0, int)
+        self.aid_mosaic_tag = None
+        if recipe.aid and "aid" in sets:
+            ai = sets["aid"].index
+            self.aid = np.asarray([i for i, (h, c) in enumerate(zip(ai["held_out"], ai["classes"]))
+                                   if not h and seen("aid", c)], int)
+            self.aid_mosaic_tag = "mosaic_aid_lco" if recipe.leave_out else "mosaic_aid"
 
 
 def _sample_scene_rows(rng, sets, fs_native: str, fs_coarse: str, rows: np.ndarray, n: int, native_views: int,
@@ -347,11 +391,16 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
     mosaic_set = sets[rows.mosaic_tag]
     mosaics = mosaic_set.index["mosaics"]
     mosaic_texts = texts.mosaic[rows.mosaic_tag]
+    aid_mosaic_set = sets[rows.aid_mosaic_tag] if rows.aid_mosaic_tag else None
+    aid_mosaics = aid_mosaic_set.index["mosaics"] if aid_mosaic_set is not None else []
+    aid_mosaic_texts = texts.mosaic[rows.aid_mosaic_tag] if aid_mosaic_set is not None else []
     weights = {k: (0.0 if k == drop_tier else v) for k, v in TIER_WEIGHTS.items()}
-    # Batch: 64 UCM + 32 RESISC + 16 extra + 16 mosaics + 16 VHR scenes + 24 VHR crops (fewer when a set is smaller).
+    # Batch: 64 UCM + 32 RESISC + 16 extra + 48 AID + 16 VHR scenes + 16 mosaics + 8 AID mosaics + 24 VHR crops
+    # (fewer when a set is smaller; no AID without it in the recipe).
     n_ucm, n_res = min(64, len(rows.ucm)), min(32, len(rows.resisc))
     n_ext, n_vsc = min(16, len(rows.extra)), min(16, len(rows.vhr_scene))
     n_mos, n_obj = min(16, len(mosaics)), min(24, len(rows.crops))
+    n_aid, n_amos = min(48, len(rows.aid)), min(8, len(aid_mosaics))
     start = time.time()
     running: dict[str, float] = {}
     since = 0
@@ -370,6 +419,11 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
             fe, me = sets["extra"].take(e, rng.integers(0, 2, n_ext))
             parts_f.append(fe)
             parts_m.append(me)
+        a = rng.choice(rows.aid, n_aid, replace=False) if n_aid else np.zeros(0, int)
+        if n_aid:
+            fa, ma = sets["aid"].take(a, rng.integers(0, sets["aid"].fine.shape[1], n_aid))
+            parts_f.append(fa)
+            parts_m.append(ma)
         vs = rng.choice(rows.vhr_scene, n_vsc, replace=False) if n_vsc else np.zeros(0, int)
         if n_vsc:
             fv, mv = sets["vhr_scene"].take(vs, np.zeros(n_vsc, int))
@@ -378,6 +432,10 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         m = rng.choice(len(mosaics), n_mos, replace=False)
         o = rng.choice(rows.crops, n_obj, replace=False)
         fm, mm = mosaic_set.take(m, np.zeros(n_mos, int))
+        am = rng.choice(len(aid_mosaics), n_amos, replace=False) if n_amos else np.zeros(0, int)
+        if n_amos:
+            fam, mam = aid_mosaic_set.take(am, np.zeros(n_amos, int))
+            fm, mm = torch.cat([fm, fam]), torch.cat([mm, mam])
         fo, mo = vhr.take(o, np.zeros(n_obj, int))
         fine = torch.cat([*parts_f, fm, fo])
         mid = torch.cat([*parts_m, mm, mo])
@@ -386,19 +444,23 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         losses = {}
         model.fusion.seen.clear()
         # ---- global tier: UCM captions, RESISC / extra prompts, VHR box sentences, mosaic composed captions
-        n_glob = n_ucm + n_res + n_ext + n_vsc + n_mos
+        n_glob = n_ucm + n_res + n_ext + n_aid + n_vsc + n_mos + n_amos
         g_tok, g_gates = model.global_tokens((feats[0][:n_glob], feats[1][:n_glob]))
         tids = [int(rng.choice(texts.ucm_train[i])) for i in u]
         keys = list(tids)
         for c in [resisc_classes[i] for i in r] + [extra_classes[i] for i in e]:
             tids.append(int(rng.choice(texts.scene_prompts[c])))
-            keys.append(-1 - texts.scene_classes.index(c))  # all prompts of a class are one positive
+            keys.append(texts.prompt_key(c))  # all prompts of a class are one positive
+        for i in a:
+            t, key = texts.aid_text(rng, i, recipe.aid_sentence_share)
+            tids.append(t)
+            keys.append(key)
         for i in vs:
             tids.append(texts.vhr_scene[i])
             keys.append(texts.vhr_scene[i])
-        for i in m:
-            tids.append(mosaic_texts[i])
-            keys.append(mosaic_texts[i])
+        for i in [*(mosaic_texts[j] for j in m), *(aid_mosaic_texts[j] for j in am)]:
+            tids.append(i)
+            keys.append(i)
         if weights["global"] > 0:
             losses["global"] = multi_positive_loss(g_tok, texts.emb[tids], torch.tensor(keys), scale)
         if teacher is not None:
@@ -406,7 +468,7 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
                 reference = teacher(mid[:n_glob]).mean((2, 3))
             losses["geometry"] = geometry_loss(g_tok, reference)
         # ---- region tier: each mosaic window with its own source's text; VHR windows with their box sentences
-        first_vsc = n_ucm + n_res + n_ext
+        first_vsc = n_ucm + n_res + n_ext + n_aid
         r_tok, r_gates = model.region_tokens((feats[0][first_vsc:n_glob], feats[1][first_vsc:n_glob]))
         reg_tokens, reg_tids, reg_keys = [], [], []
         for k, i in enumerate(vs):
@@ -415,18 +477,18 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
                     reg_tokens.append(r_tok[k, w])
                     reg_tids.append(t)
                     reg_keys.append(t)
-        for k, i in enumerate(m):
-            spec = mosaics[i]
+        for k, spec in enumerate([*(mosaics[i] for i in m), *(aid_mosaics[i] for i in am)]):
             offset = 0 if spec["grid"] == 2 else 4
             for w, (kind, j, label) in enumerate(spec["sources"]):
                 reg_tokens.append(r_tok[n_vsc + k, offset + w])
                 if kind == "ucm":
-                    t = int(rng.choice(texts.ucm_train[j]))
-                    reg_tids.append(t)
-                    reg_keys.append(t)
+                    t = key = int(rng.choice(texts.ucm_train[j]))
+                elif kind == "aid":
+                    t, key = texts.aid_text(rng, j, recipe.aid_sentence_share)
                 else:
-                    reg_tids.append(int(rng.choice(texts.scene_prompts[label])))
-                    reg_keys.append(-1 - texts.scene_classes.index(label))
+                    t, key = int(rng.choice(texts.scene_prompts[label])), texts.prompt_key(label)
+                reg_tids.append(t)
+                reg_keys.append(key)
         if weights["region"] > 0:
             losses["region"] = multi_positive_loss(torch.stack(reg_tokens), texts.emb[reg_tids],
                                                    torch.tensor(reg_keys), scale)
@@ -731,6 +793,8 @@ def trained_class_names(texts: Texts, unseen: set[str], recipe: Recipe) -> list[
     if recipe.extra:
         names += [c for c in texts.extra_classes if group("extra", c) not in unseen]
     names += [c for c in texts.object_classes if group("vhr", c) not in unseen]
+    if recipe.aid:
+        names += [c for c in texts.aid_classes if group("aid", c) not in unseen]
     return sorted({feat.readable(c) for c in names})
 
 
@@ -774,16 +838,33 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     out["scene_images"] = int(len(held))
     res_sims = res_img @ res_prompts.T
     res_pred = np.argmax(res_sims, axis=1)
+    # AID val: the 10 % of AID held back by name hash, zero-shot over its 30 class names.
+    aid_classes = texts.aid_classes
+    aid_img = aid_sims = aid_labels = None
+    if "aid" in sets and aid_classes:
+        aid = sets["aid"]
+        aid_held = np.flatnonzero(np.asarray(aid.index["held_out"]))
+        aid_img = encode_set(model, aid, [0], aid_held, global_only=True)["global"][:, 0].numpy()
+        aid_labels = np.asarray([aid_classes.index(aid.index["classes"][i]) for i in aid_held])
+        aid_sims = aid_img @ _prompt_matrix(texts, texts.aid_prompts, aid_classes).T
+        out["aid_accuracy"] = float(100 * np.mean(np.argmax(aid_sims, axis=1) == aid_labels))
+        out["aid_images"] = int(len(aid_held))
+    aid_unseen = {c for c in aid_classes if group("aid", c) in unseen}
 
-    def gzsl(ucm: np.ndarray, resisc: np.ndarray) -> dict:
-        """Seen / unseen / H of predictions on UCM val and RESISC12 held-back, and their mean."""
+    def gzsl(ucm: np.ndarray, resisc: np.ndarray, aid_pred: np.ndarray | None = None) -> dict:
+        """Seen / unseen / H of predictions on UCM val, RESISC12 held-back and AID val, and their mean."""
         parts = {"ucm_val": generalised_zero_shot(ucm, ucm_truth, ucm_classes,
                                                   {c for c in ucm_classes if group("ucm", c) in unseen}),
                  "resisc_held_back": generalised_zero_shot(resisc, labels, classes,
                                                            {c for c in classes if group("resisc", c) in unseen})}
+        if aid_pred is not None:
+            parts["aid_val"] = generalised_zero_shot(aid_pred, aid_labels, aid_classes, aid_unseen)
         return {**parts, "mean": {k: float(np.mean([parts[d][k] for d in parts])) for k in ("seen", "unseen", "H")}}
 
-    out["gzsl"] = gzsl(ucm_pred, res_pred)
+    def aid_argmax(scores) -> np.ndarray | None:
+        return None if aid_img is None else np.argmax(scores(), axis=1)
+
+    out["gzsl"] = gzsl(ucm_pred, res_pred, aid_argmax(lambda: aid_sims))
     # Query-time knowledge: the combination calibrated on the seen classes of UCM val, then
     # measured on both splits like the plain prompts.
     ucm_seen = np.asarray([group("ucm", ucm_classes[t]) not in unseen for t in ucm_truth])
@@ -800,11 +881,12 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
     res_k = np.argmax(texts.expanded(classes, setting).scores(res_img), axis=1)
     out["query_knowledge"] = {"beta": setting.beta, "base_weight": setting.base_weight, "enabled": True,
                               "calibrated_on": "UCM val, seen classes: accuracy over a grid of beta and base weight"}
-    out["gzsl_knowledge"] = gzsl(ucm_k, res_k)
+    out["gzsl_knowledge"] = gzsl(ucm_k, res_k, aid_argmax(lambda: texts.expanded(aid_classes, setting).scores(aid_img)))
     out["scene_accuracy_knowledge"] = float(100 * np.mean(res_k == labels))
     # Calibrated stacking: every class's score less gamma times its familiarity to the trained classes.
     ucm_off = stacking_offsets(class_familiarity(ucm_classes, trained, cache), 1.0)
     res_off = stacking_offsets(class_familiarity(classes, trained, cache), 1.0)
+    aid_off = stacking_offsets(class_familiarity(aid_classes, trained, cache), 1.0) if aid_img is not None else None
     ucm_unseen = {c for c in ucm_classes if group("ucm", c) in unseen}
     sweep = {}
     if ucm_unseen:
@@ -817,10 +899,12 @@ def evaluate_alignment(model: ImageModel, sets: dict, texts: Texts, unseen: set[
                         "UCM val, leave-classes-out split: harmonic mean of seen and unseen accuracy over gamma "
                         "0-1 (RESISC12 held-back is not used)", "ucm_val_H_by_gamma": sweep}
     out["gzsl_stacked"] = gzsl(np.argmax(ucm_sims + chosen * ucm_off, axis=1),
-                               np.argmax(res_sims + chosen * res_off, axis=1))
+                               np.argmax(res_sims + chosen * res_off, axis=1),
+                               aid_argmax(lambda: aid_sims + chosen * aid_off))
     out["gzsl_stacked_knowledge"] = gzsl(
         np.argmax(texts.expanded(ucm_classes, setting).scores(img) + chosen * ucm_off, axis=1),
-        np.argmax(texts.expanded(classes, setting).scores(res_img) + chosen * res_off, axis=1))
+        np.argmax(texts.expanded(classes, setting).scores(res_img) + chosen * res_off, axis=1),
+        aid_argmax(lambda: texts.expanded(aid_classes, setting).scores(aid_img) + chosen * aid_off))
     out["scene_accuracy_stacked"] = float(100 * np.mean(np.argmax(res_sims + chosen * res_off, axis=1) == labels))
     boxes, box_labels = box_tokens(model, sets["vhr_val"])
     queries = texts.object_classes
@@ -857,6 +941,10 @@ def decoder_sources(model: ImageModel, sets: dict, texts: Texts, rows: TrainingR
             classes = sets[tag].index["classes"]
             sources.append(PairedSource(tag, encode_set(model, sets[tag], [0], picked),
                                         [data.weak[classes[i]] for i in picked], per_epoch))
+    if len(rows.aid):
+        aid = sets["aid"]
+        sources.append(PairedSource("aid", encode_set(model, aid, [0, 1], rows.aid),
+                                    [aid.index["sentences"][i] for i in rows.aid], recipe.aid_decoder_per_epoch))
     if len(rows.vhr_scene) and recipe.box_sentences_in_decoder:
         sources.append(PairedSource("vhr_scene", encode_set(model, sets["vhr_scene"], [0], rows.vhr_scene),
                                     [[texts.items[texts.vhr_scene[i]]] for i in rows.vhr_scene]))
@@ -876,6 +964,18 @@ def evaluate_captions(model: ImageModel, decoder: CaptionDecoder, sets: dict, te
     hits = [truthful_hits([h], [lab], "ucm")[0] for h, lab in zip(val_hyps, ucm_labels) if group("ucm", lab) in unseen]
     hits += [truthful_hits([h], [lab], "resisc")[0] for h, lab in zip(res_hyps, res_labels)
              if group("resisc", lab) in unseen]
+    if "aid" in sets:
+        aid = sets["aid"]
+        aid_held = np.flatnonzero(np.asarray(aid.index["held_out"]))
+        aid_hyps = generate(decoder, encode_set(model, aid, [0], aid_held), vocab, drop_tier=drop)
+        aid_labels = [aid.index["classes"][i] for i in aid_held]
+        out["aid_val"] = truthfulness(aid_hyps, aid_labels, "aid")
+        hits += [truthful_hits([h], [lab], "aid")[0] for h, lab in zip(aid_hyps, aid_labels)
+                 if group("aid", lab) in unseen]
+        refs = {str(k): aid.index["sentences"][i] for k, i in enumerate(aid_held)}
+        out["aid_val_captioning"] = caption_scores(refs, {str(k): h for k, h in enumerate(aid_hyps)}, meteor=False)
+        out["aid_examples"] = [{"file": aid.index["files"][aid_held[k]], "caption": aid_hyps[k]}
+                               for k in range(0, len(aid_held), max(1, len(aid_held) // 15))]
     out["unseen"] = {"images": len(hits), "truthful": float(100 * np.mean(hits)) if hits else 0.0}
     out["examples"] = [{"file": resisc.index["files"][held[k]], "caption": res_hyps[k]}
                        for k in range(0, len(held), max(1, len(held) // 12))]
@@ -892,6 +992,7 @@ def run_variant(name: str, switches: dict, data: Path, sets: dict, texts: Texts,
     drop = switches.get("tier")
     config.augment = switches.get("augment", True)
     config.experts = switches.get("experts", True)
+    config.fine_blocks = recipe.open_blocks
     if drop:
         config.tiers = {**config.tiers, drop: False}
     tag = name.replace(" ", "_") + f"_{steps}"
@@ -947,6 +1048,7 @@ def _print_variant(name: str, metrics: dict) -> None:
                     f"truthful RESISC {metrics['truthfulness']['resisc_held_back']['truthful']:.1f} unseen "
                     f"{metrics['truthfulness']['unseen']['truthful']:.1f}")
     print(f"[{name}] mR {metrics['retrieval']['mR']:.1f} scene {metrics['scene_accuracy']:.1f} "
+          f"AID {metrics.get('aid_accuracy', float('nan')):.1f} "
           f"GZSL seen {gz['seen']:.1f} unseen {gz['unseen']:.1f} H {gz['H']:.1f} "
           f"(with knowledge: unseen {metrics['gzsl_knowledge']['mean']['unseen']:.1f} "
           f"H {metrics['gzsl_knowledge']['mean']['H']:.1f}; stacked, gamma {metrics['seen_bias']['gamma']:.2f}: "
@@ -1013,7 +1115,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=1)
     parser.add_argument("--decoder-epochs", type=int, default=10)
     parser.add_argument("--decoder-views", type=int, default=4)
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="open", help="the final model's recipe")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="v4", help="the final model's recipe")
+    parser.add_argument("--lco-recipes", default="v2,{recipe}",
+                        help="recipes trained on the leave-classes-out split, comma-separated; NAME:0 trains the "
+                             "image space only (no decoder); {recipe} is the final model's")
     parser.add_argument("--leave-out", action="store_true",
                         help="also train issue 3's recipe and the chosen recipe without the leave-classes-out "
                              "choice and report seen / unseen / harmonic mean (out/train/open_vocabulary.json)")
@@ -1037,14 +1142,28 @@ def main(argv=None) -> int:
     base = ModelConfig()
     kb = json.loads(KNOWLEDGE_BASE.read_text(encoding="utf-8"))
     print("stage features", flush=True)
-    sets = feat.build_all(args.data, args.cache, base, n_mosaics=args.mosaics, seed=args.seed)
+    raw = feat.build_all(args.data, args.cache, dataclasses.replace(base, fine_blocks=feat.CACHED_FINE_BLOCKS),
+                         n_mosaics=args.mosaics, seed=args.seed)
+    by_blocks = {feat.CACHED_FINE_BLOCKS: raw}
+
+    def sets_for(recipe: Recipe) -> dict:
+        """The cached sets as the recipe's trainable blocks read them (carried through the frozen rest)."""
+        blocks = recipe.open_blocks
+        if blocks not in by_blocks:
+            config = dataclasses.replace(base, fine_blocks=blocks)
+            by_blocks[blocks] = {tag: feat._run_blocks(args.cache, config, tag, fs, feat.CACHED_FINE_BLOCKS)
+                                 for tag, fs in raw.items()}
+        return by_blocks[blocks]
+
+    sets = sets_for(Recipe())
     texts = Texts(sets, kb, args.cache)
     print(f"{len(texts.items)} alignment texts", flush=True)
 
     print("stage decoder-pretrain", flush=True)
     ucm_index = sets["ucm_train"].index
     text_corpus = read_corpus(args.data)
-    weak = weak_captions(texts.scene_classes, "resisc", read_corpus_by_class(args.data))
+    by_class = read_corpus_by_class(args.data)
+    weak = weak_captions(texts.scene_classes, "resisc", by_class)
     box_sents = [feat.normalise_caption(texts.items[t]) for t in texts.vhr_scene if t is not None]
     ucm_sents = [feat.normalise_caption(s) for sents in ucm_index["sentences"] for s in sents]
     # The vocabulary belongs to the pre-trained decoder checkpoints: built once, then read back, so
@@ -1060,11 +1179,14 @@ def main(argv=None) -> int:
     report = {"seed": args.seed}
 
     def decoder_data(leave_out: bool) -> DecoderData:
-        """Text-only pre-training on the corpora plus UCM train captions (of seen classes only when leaving out)."""
-        unseen = set(sets["mosaic_lco"].index["leave_out"]["groups"]) if leave_out else set()
+        """Text-only pre-training on the corpora plus UCM train captions (of seen classes only when leaving out;
+        then the RSICD / RSITMD sentences of files of the left-out classes leave the corpus too: RSICD's are
+        AID's captions)."""
+        unseen = set(feat.leave_out(sets)["groups"]) if leave_out else set()
         ucm = [feat.normalise_caption(s) for sents, c in zip(ucm_index["sentences"], ucm_index["classes"])
                if group("ucm", c) not in unseen for s in sents]
-        unique = sorted(set(text_corpus + ucm))
+        dropped = {s for c, sents in by_class.items() if group("rsicd", c) in unseen for s in sents}
+        unique = sorted(set(s for s in text_corpus if s not in dropped) | set(ucm))
         emb = torch.from_numpy(feat.text_embeddings(unique, args.cache, "corpus_lco" if leave_out else "corpus"))
         print(f"decoder corpus {len(unique)} distinct sentences, vocabulary {len(vocab)}", flush=True)
         tag = "decoder_pretrain_lco" if leave_out else "decoder_pretrain"
@@ -1073,13 +1195,18 @@ def main(argv=None) -> int:
 
     if args.leave_out or args.ablations:
         lco = decoder_data(True)
-        choice = sets["mosaic_lco"].index["leave_out"]
+        choice = feat.leave_out(sets)
         rows = {}
-        for name, recipe in (("lco v2", RECIPES["v2"]), (f"lco {args.recipe}", RECIPES[args.recipe])):
+        for item in args.lco_recipes.format(recipe=args.recipe).split(","):
+            recipe_name, _, epochs = item.strip().partition(":")
+            if recipe_name not in RECIPES:
+                parser.error(f"unknown recipe {recipe_name!r} in --lco-recipes; choose from {sorted(RECIPES)}")
+            name = f"lco {recipe_name}"
+            recipe = dataclasses.replace(RECIPES[recipe_name], leave_out=True)
             print(f"stage leave-classes-out: {name}", flush=True)
-            res = run_variant(name, {}, args.data, sets, texts, kb, base, args.cache, args.steps, lco,
-                              args.decoder_epochs, args.seed, args.decoder_views, meteor=False,
-                              recipe=dataclasses.replace(recipe, leave_out=True))
+            res = run_variant(name, {}, args.data, sets_for(recipe), texts, kb, base, args.cache, args.steps, lco,
+                              int(epochs) if epochs else args.decoder_epochs, args.seed, args.decoder_views,
+                              meteor=False, recipe=recipe)
             rows[name] = {k: v for k, v in res["metrics"].items()}
         report["open_vocabulary"] = {"leave_out": choice, "steps": args.steps, "rows": rows}
         (args.report / "open_vocabulary.json").write_text(json.dumps(report["open_vocabulary"], indent=2, default=float))
@@ -1092,7 +1219,8 @@ def main(argv=None) -> int:
             for name in names:
                 switches = ABLATIONS[name]
                 print(f"stage ablation (leave-classes-out): {name}", flush=True)
-                res = run_variant(f"lco {name}", switches, args.data, sets, texts, kb, base, args.cache,
+                res = run_variant(f"lco {name}", switches, args.data, sets_for(RECIPES[args.recipe]), texts, kb,
+                                  base, args.cache,
                                   args.ablation_steps, lco, args.ablation_decoder_epochs, args.seed, 2, meteor=False,
                                   recipe=dataclasses.replace(RECIPES[args.recipe], leave_out=True))
                 ab_rows[name] = res["metrics"]
@@ -1109,6 +1237,7 @@ def main(argv=None) -> int:
     recipe = RECIPES[args.recipe]
     if args.locate_steps is not None:
         recipe = dataclasses.replace(recipe, locate_steps=args.locate_steps)
+    sets = sets_for(recipe)
     res = run_variant("final", {}, args.data, sets, texts, kb, base, args.cache, args.steps, full,
                       args.decoder_epochs, args.seed, args.decoder_views, meteor=True, recipe=recipe, gamma=0.0)
     # Every class is seen here, so the margin is the one the same recipe calibrated without the
@@ -1130,6 +1259,8 @@ def main(argv=None) -> int:
             "data": ["UCM train (captions)", "RESISC12 train minus 20% held back (class prompts)",
                      "RESISC45 airplane and airport minus 20% held back (class prompts)",
                      "mosaics of UCM and RESISC12", "VHR-10 minus 20% held back (boxes; box-to-caption sentences)",
+                     *(["AID minus 10% held back (RSICD sentences, class prompts, mosaics; decoder pairs)"]
+                       if recipe.aid and "aid" in sets else []),
                      "RSICD/RSITMD/Sydney caption text (decoder pre-training, weak pairs, text-only share)"],
             "train_seconds": round(time.time() - t_start, 1)}
     save_weights(args.out, res["model"], res["decoder"], vocab, meta, image_mean.numpy())

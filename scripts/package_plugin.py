@@ -5,8 +5,10 @@
     dist/<model>-<model version>.zip          a model package (core/models/archive.py), a release asset
     dist/rs_vlm_plugin-<version>-offline.zip  plugin and model in one file, for machines without internet
 
-The model package is written first: its size and SHA-256 go into the registry
-(``resources/models.json``) that the plugin zips then carry.
+The model package is byte-reproducible (fixed member order, times and modes; a manifest without
+build times or paths), so two builds of one commit give one SHA-256. ``package_all`` never
+writes the registry (``resources/models.json``); ``release_all``, the release step, records the
+package's size, SHA-256 and release URL there before the plugin zips are made.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rs_vlm_plugin.core.models.archive import sha256_of, write_member, write_model_package  # noqa: E402
-from rs_vlm_plugin.core.models.registry import load_registry, update_entry  # noqa: E402
+from rs_vlm_plugin.core.models.registry import RELEASES_URL, load_registry, release_url, update_entry  # noqa: E402,E501
 
 PLUGIN_FOLDER = "rs_vlm_plugin"
 # Never in the repository zip: the model bundles, the training weights, build leftovers.
@@ -80,35 +82,53 @@ def _add(zf: zipfile.ZipFile, path: Path, arcname: str) -> None:
     write_member(zf, arcname, path.read_bytes())
 
 
-def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] | None = None,
-                record: bool = True) -> dict[str, Path]:
-    """Write the model package, record it in the registry, then the repository and offline zips.
+def package_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] | None = None) -> dict:
+    """Write the model package, then the repository and offline zips; the registry is left alone.
+
+    The plugin zips carry the tracked registry as it is: a package build never changes which file
+    a plugin accepts (only :func:`release_all` does). Packages are byte-reproducible, so the model
+    package of a released commit has the registry's size and SHA-256; ``"registry_matches"`` says
+    whether this one does.
 
     Args:
-        plugin: The plugin folder (its ``resources/models.json`` is updated).
+        plugin: The plugin folder.
         bundle: The bundle folder to package (its name must be in the registry).
         dist: Where the zips go.
         extra: Fetched files to add to both plugin zips (see :func:`write_plugin_zip`).
-        record: Keep the registry updated with the new package (a release); False: the zips carry
-            the updated registry and the plugin folder's file is put back as it was (a local
-            install must not rewrite the released package's checksum in the checkout).
 
     Returns:
-        ``{"repository": zip, "model": zip, "offline": zip}``.
+        ``{"repository": zip, "model": zip, "offline": zip, "registry_matches": bool}``.
     """
     dist.mkdir(parents=True, exist_ok=True)
-    version = plugin_version(plugin)
+    entry = load_registry(plugin / "resources" / "models.json").get(bundle.name)
+    model = write_model_package(bundle, dist / entry.file)
+    matches = (entry.size, entry.sha256) == (model.stat().st_size, sha256_of(model))
+    return {**_plugin_zips(plugin, bundle, dist, extra or {}), "model": model, "registry_matches": matches}
+
+
+def release_all(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path] | None = None,
+                releases_url: str = RELEASES_URL) -> dict:
+    """The release step: the model package, its registry entry (size, SHA-256 and release URL), then
+    the plugin zips, which carry the new entry. The only writer of ``resources/models.json``.
+
+    The URL is derived, not checked online: ``<releases_url>/<name>-<version>/<file>``, the release
+    asset this package must be uploaded as (:func:`release_url`).
+
+    Returns:
+        ``{"repository": zip, "model": zip, "offline": zip, "url": str}``.
+    """
+    dist.mkdir(parents=True, exist_ok=True)
     registry_file = plugin / "resources" / "models.json"
-    released = registry_file.read_bytes()
     entry = load_registry(registry_file).get(bundle.name)
     model = write_model_package(bundle, dist / entry.file)
-    update_entry(registry_file, entry.name, size=model.stat().st_size, sha256=sha256_of(model))
-    try:
-        extra = extra or {}
-        repository = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}.zip", extra)
-        offline = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}-offline.zip", extra,
-                                   bundles={bundle.name: bundle})
-    finally:
-        if not record:
-            registry_file.write_bytes(released)
-    return {"repository": repository, "model": model, "offline": offline}
+    url = release_url(releases_url, entry.name, entry.version, entry.file)
+    update_entry(registry_file, entry.name, size=model.stat().st_size, sha256=sha256_of(model), url=url)
+    return {**_plugin_zips(plugin, bundle, dist, extra or {}), "model": model, "url": url}
+
+
+def _plugin_zips(plugin: Path, bundle: Path, dist: Path, extra: dict[str, Path]) -> dict[str, Path]:
+    version = plugin_version(plugin)
+    repository = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}.zip", extra)
+    offline = write_plugin_zip(plugin, dist / f"{PLUGIN_FOLDER}-{version}-offline.zip", extra,
+                               bundles={bundle.name: bundle})
+    return {"repository": repository, "offline": offline}

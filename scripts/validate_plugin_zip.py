@@ -31,6 +31,9 @@ PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VERSION = re.compile(r"\d+(\.\d+){1,2}")
 
 
+PLACEHOLDER_DOMAIN = re.compile(r"@(.+\.)?(example\.(org|com|net)|invalid|test|localhost|local)$", re.I)
+"""Domains reserved for examples and tests (RFC 2606, 6761): a plugin's e-mail must not be one."""
+
 def metadata_problems(text: str) -> list[str]:
     """What is wrong with a metadata.txt."""
     parser = configparser.ConfigParser(interpolation=None)
@@ -56,6 +59,8 @@ def metadata_problems(text: str) -> list[str]:
     email = meta.get("email", "")
     if email and "@" not in email:
         problems.append(f"metadata.txt email={email!r} is not an address")
+    elif PLACEHOLDER_DOMAIN.search(email.strip()):
+        problems.append(f"metadata.txt email={email!r} is a placeholder: nobody reads mail there")
     for key in ("repository", "tracker"):
         if meta.get(key) and not meta[key].strip().startswith(("http://", "https://")):
             problems.append(f"metadata.txt {key} is not a URL")

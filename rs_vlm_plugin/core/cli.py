@@ -127,12 +127,15 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
 
     Args:
         argv: The arguments (default: ``sys.argv[1:]``).
-        progress: Where the job reports and whether it is cancelled (default: a progress bar on
-            stderr, which Ctrl-C cancels).
+        progress: Where the job reports and whether it is cancelled (default: stderr, a bar on a
+            terminal and a plain line per 10 % or 30 s elsewhere; nothing with ``--quiet`` or
+            ``--json``, whose warnings go into the JSON; Ctrl-C cancels).
     """
     args = _parser().parse_args(argv)
     handler = next((m for m in (index_cli, batch_cli, models_cli) if args.command in m.COMMANDS), None)
-    terminal = TerminalProgress(quiet=args.quiet) if progress is None else None
+    as_json = bool(getattr(args, "json", False))
+    terminal = (TerminalProgress(quiet=args.quiet or as_json, collect_warnings=as_json)
+                if progress is None else None)
     message = None
     try:
         result = (handler.run if handler else run)(args, progress or terminal)
@@ -151,11 +154,16 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
         print(message, file=sys.stderr)
         return code
     if handler:
+        if as_json and isinstance(result, dict) and terminal is not None and terminal.warnings:
+            result.setdefault("warnings", []).extend(terminal.warnings)
         return handler.report(result, args.json) or 0
-    for warning in result.warnings:
-        print(f"Warning: {warning}", file=sys.stderr)
+    warnings = list(dict.fromkeys([*(terminal.warnings if terminal is not None else []), *result.warnings]))
+    if not args.json:
+        for warning in result.warnings:
+            print(f"Warning: {warning}", file=sys.stderr)
     if args.json:
-        summary = {"output": str(args.output), "tiles": result.plan.n_tiles, "timings": result.timings}
+        summary = {"output": str(args.output), "tiles": result.plan.n_tiles, "timings": result.timings,
+                   "warnings": warnings}
         if isinstance(result, ClassifyResult):
             summary["scene"] = result.scene
             summary["shares"] = {k: v for k, v in result.shares().items() if v > 0}

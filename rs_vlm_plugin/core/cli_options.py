@@ -18,8 +18,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the bundled model)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: automatic)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary (with any warnings) instead of a table; stderr only for errors")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress and no messages on stderr, only warnings and errors")
 
 
 def common_raster_parser() -> argparse.ArgumentParser:

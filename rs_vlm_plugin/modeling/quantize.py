@@ -66,6 +66,21 @@ def fp16_storage(model):
     return model
 
 
+def stable_figures(value, digits: int = 2):
+    """Measured floats of a manifest to ``digits`` significant digits (nested dicts and lists too).
+
+    A manifest is packaged, and a package must come out byte for byte the same from the same
+    commit; the last digits of a parity figure move with the machine's thread count.
+    """
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: stable_figures(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [stable_figures(v, digits) for v in value]
+    return value
+
+
 def shrink_file(source: Path, target: Path, fmt: str) -> None:
     """Write ``source`` in format ``fmt`` (one of :data:`FORMATS`) to ``target``."""
     import onnx
@@ -118,7 +133,7 @@ def shrink_bundle(bundle: Path, out: Path, formats: dict[str, str], tiles: np.nd
         report = {"formats": {k: formats.get(k, "fp32") for k in onnx_files}, "sizes": sizes,
                   "total_before": sum(s["before"] for s in sizes.values()),
                   "total_after": sum(s["after"] for s in sizes.values()), "parity": parity}
-        manifest["quantization"] = {"formats": report["formats"], "parity": parity,
+        manifest["quantization"] = {"formats": report["formats"], "parity": stable_figures(parity),
                                     "source_total_bytes": report["total_before"]}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         os.replace(work, out)

@@ -8,6 +8,8 @@ and the fallback plugin (``missing_deps.py``) use it; it uses neither.
 
 from __future__ import annotations
 
+import math
+import time
 import traceback
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from qgis.PyQt.QtCore import pyqtSignal
 from .. import deps
 
 LOG_TAG = "RS-VLM"
+CREEP_S = 60.0
+"""Time constant of the installer's progress while pip says nothing countable (0 -> 30 %)."""
 
 
 def private_folder() -> Path:
@@ -48,11 +52,13 @@ class InstallDependenciesTask(QgsTask):
         self.cuda = cuda
         self.result: deps.InstallResult | None = None
         self._collected = 0
+        self._started = time.monotonic()
 
     def run(self) -> bool:  # noqa: D102 - QgsTask API, worker thread
         try:
+            self._started = time.monotonic()
             self.result = deps.install_missing(self.report, self.target, cuda=self.cuda, on_line=self._line,
-                                               is_canceled=self.isCanceled)
+                                               is_canceled=self._poll)
         except Exception:  # noqa: BLE001 - a bug must reach the log, not vanish in the worker thread
             self.result = deps.InstallResult(False, "The installer failed unexpectedly; see the RS-VLM log and "
                                                     "report the error.", lines=traceback.format_exc().splitlines())
@@ -62,10 +68,22 @@ class InstallDependenciesTask(QgsTask):
         # pip gives no overall fraction: each package collected moves the bar on, installing nears the end.
         if line.startswith("Collecting"):
             self._collected += 1
-            self.setProgress(80.0 * (1.0 - 0.85 ** self._collected))
+            self._advance(80.0 * (1.0 - 0.85 ** self._collected))
         elif line.startswith("Installing collected packages"):
-            self.setProgress(90.0)
+            self._advance(90.0)
+        elif "Retrying" in line:
+            QgsMessageLog.logMessage(f"pip retries a download: {line.strip()}", LOG_TAG, Qgis.MessageLevel.Info)
         self.lineReceived.emit(line)
+
+    def _poll(self) -> bool:
+        """Polled by the installer while pip runs (also while it is silent, waiting to retry a download)."""
+        # the bar creeps on with time up to 30 %, so that a pip that waits or retries shows it is alive
+        self._advance(30.0 * (1.0 - math.exp(-(time.monotonic() - self._started) / CREEP_S)))
+        return self.isCanceled()
+
+    def _advance(self, percent: float) -> None:
+        if percent > self.progress():
+            self.setProgress(percent)
 
     def finished(self, result: bool) -> None:  # noqa: D102 - Qt naming, main thread
         outcome = self.result or deps.InstallResult(False, "The installation was stopped before it finished; "

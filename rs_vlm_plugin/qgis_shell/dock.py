@@ -31,6 +31,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.jobs.results import AnswerResult, ClassifyResult, DescribeResult, SearchResult
+from ..core.pace import format_duration
 from ..core.planning.dris import PlanConfig
 from .panel_options import DEVICES, MODES, SCOPES, DockRequest
 
@@ -291,10 +292,15 @@ class RsVlmDock(QDockWidget):
             self.progress_bar.setFormat("%p%")
         self._update_controls()
 
+    def close_progress(self) -> None:
+        """A job stopped without finishing: the bar goes back to empty rather than stay where it stopped."""
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+
     def set_progress(self, percent: float, eta_s: float | None = None) -> None:
         """Show progress in percent and, when known, the time left."""
         self.progress_bar.setValue(int(round(percent)))
-        self.progress_bar.setFormat(f"%p%  ({format_eta(eta_s)} left)" if eta_s is not None else "%p%")
+        self.progress_bar.setFormat(f"%p%  ({format_duration(eta_s)} left)" if eta_s is not None else "%p%")
 
     def set_status(self, text: str) -> None:
         """Show a one-line status (a stage, a result summary or an error sentence)."""
@@ -450,11 +456,3 @@ class RsVlmDock(QDockWidget):
         for widget in (self.model_combo, self.models_button, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
                        self.detail_slider, self.budget_spin, self.device_combo, self.plan_check):
             widget.setEnabled(idle)
-
-
-def format_eta(seconds: float | None) -> str:
-    """A time left as people say it: "12 s", "3 min 05 s"."""
-    if seconds is None:
-        return "unknown"
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"

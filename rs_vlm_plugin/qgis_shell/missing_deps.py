@@ -9,12 +9,14 @@ the user clicks.
 from __future__ import annotations
 
 from qgis.core import Qgis, QgsMessageLog
-from qgis.PyQt.QtWidgets import QAction, QPushButton
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import QAction, QLabel, QPushButton, QSizePolicy, QTextBrowser
 
 from .. import deps
 from .deps_install import LOG_TAG, InstallDependenciesTask, result_level, start_install
 
 MENU = "&RS-VLM"
+
 
 class MissingDependenciesPlugin:
     """The plugin QGIS gets when required packages are missing: it explains and offers to install them.
@@ -100,11 +102,19 @@ class MissingDependenciesPlugin:
         open_dependencies_dialog(self.iface.mainWindow() if hasattr(self.iface, "mainWindow") else None, self.iface)
 
     def _on_finished(self, result: deps.InstallResult) -> None:
-        self.task = None
         text = result.message
         if not result.ok and not result.canceled:
             text += " pip's last lines are in the RS-VLM log."
-        self._push(text, result_level(result))
+        # after QGIS's own "Task failed" notice, which it pushes once this slot returns: the reason stays on top
+        QTimer.singleShot(0, lambda: self._finish(text, result_level(result)))
+
+    def _finish(self, text: str, level) -> None:
+        self.task = None
+        # run from the event loop: the window may be gone by then, and an exception here would abort QGIS
+        try:
+            self._push(text, level)
+        except RuntimeError:  # its C++ side was deleted (QGIS closing, the plugin unloaded)
+            QgsMessageLog.logMessage(text, LOG_TAG, level)
 
     def _push(self, text: str, level, with_button: bool = False) -> None:
         bar = self.iface.messageBar() if self.iface is not None and hasattr(self.iface, "messageBar") else None
@@ -112,9 +122,18 @@ class MissingDependenciesPlugin:
             QgsMessageLog.logMessage(text, LOG_TAG, level)
             return
         item = bar.createMessage("RS-VLM", text)
+        label = QLabel(text, item)
+        label.setObjectName("RsVlmMessageText")
+        label.setWordWrap(True)
+        label.setTextInteractionFlags(label.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse)
+        label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        item.layout().addWidget(label)
         if with_button:
             button = QPushButton("Install dependencies", item)
             button.setObjectName("RsVlmInstallDependenciesButton")
             button.clicked.connect(self.install)
             item.layout().addWidget(button)
         bar.pushWidget(item, level, 0 if level in (Qgis.MessageLevel.Warning, Qgis.MessageLevel.Critical) else 10)
+        # the whole text in the wrapping label: the item's own text box (set up by pushWidget) shows two lines of it
+        for box in item.findChildren(QTextBrowser):
+            box.hide()

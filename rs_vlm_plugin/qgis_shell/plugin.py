@@ -20,7 +20,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsTask,
 )
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog
 
@@ -406,9 +406,10 @@ class RsVlmPlugin(ModelActions):
     def _on_progress(self, percent: float) -> None:
         if self.dock is None:
             return
-        elapsed = time.perf_counter() - self._started
-        eta = elapsed * (100.0 - percent) / percent if percent >= 5.0 and elapsed > 1.0 else None
-        self.dock.set_progress(percent, eta)
+        from ..core.pace import estimate
+
+        # the same estimate as the log lines of Processing and the command line (core/pace.py)
+        self.dock.set_progress(percent, estimate(percent / 100.0, time.perf_counter() - self._started).remaining_s)
 
     def _on_stage(self, stage: str) -> None:
         if self.dock is not None:
@@ -465,7 +466,18 @@ class RsVlmPlugin(ModelActions):
         self.task = None
         if self.dock is not None:
             self.dock.set_running(False)
+            self.dock.close_progress()
             self.dock.set_status(message)
+        # After QGIS's own "Task failed" notice, which it shows once this slot returns: pushed now,
+        # the plugin's reason would sit under it.
+        QTimer.singleShot(0, lambda: self._message_if_alive(message, Qgis.MessageLevel.Warning))
+
+    def _message_if_alive(self, text: str, level) -> None:
+        # run from the event loop: the window may be gone by then, and an exception here would abort QGIS
+        try:
+            self._message(text, level)
+        except RuntimeError:  # its C++ side was deleted (QGIS closing, the plugin unloaded)
+            QgsMessageLog.logMessage(text, "RS-VLM", level)
 
     def _task_alive(self) -> bool:
         try:

@@ -24,6 +24,7 @@ from ..core.jobs.config import JobConfig
 from ..core.jobs.index import EmbeddingIndex, build_index, read_meta
 from ..core.jobs.results import result_kinds, result_layers
 from ..core.jobs.run import run_job
+from ..core.pace import Pace
 from ..core.planning.plan_layer import PLAN_LAYER, plan_records
 from ..core.progress import check_canceled
 from ..core.raster import RasterSource
@@ -218,14 +219,20 @@ class TaskProgress:
 
     def __init__(self, task: "RsVlmTask") -> None:
         self._task = task
+        self._pace = Pace()
+        self._stage = ""
         self.warnings: list[str] = []
 
     def set_stage(self, stage: str) -> None:  # noqa: D102
+        self._stage = stage
         self._task.stageChanged.emit(stage)
         QgsMessageLog.logMessage(stage, LOG_TAG, Qgis.MessageLevel.Info)
 
     def set_fraction(self, fraction: float) -> None:  # noqa: D102
         self._task.setProgress(100.0 * max(0.0, min(1.0, fraction)))
+        reading = self._pace.update(fraction)  # the log: a line per 10 % or 30 s (core/pace.py)
+        if reading is not None:
+            QgsMessageLog.logMessage(reading.line(self._stage), LOG_TAG, Qgis.MessageLevel.Info)
 
     def is_canceled(self) -> bool:  # noqa: D102
         return self._task.isCanceled()

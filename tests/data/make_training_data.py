@@ -1,7 +1,7 @@
 """A tiny, seeded data folder laid out like ../shared/data, for testing the trainer and eval.
 
 Colour-coded classes (no real imagery): UCM-like captions, RESISC-like scene folders, VHR-10-like
-boxes and caption text files.  Only the layout and the code paths are under test, not accuracy.
+boxes, AID-like scenes paired with RSICD-like sentences and caption text files.  Only the layout and the code paths are under test, not accuracy.
 """
 
 from __future__ import annotations
@@ -53,10 +53,20 @@ def make(root: Path, seed: int = 0) -> Path:
     text = root / "captions_text"
     text.mkdir()
     lines = [f"many {w} are next to a {v} ." for w in ("trees", "houses", "boats") for v in ("river", "road", "beach")]
-    (text / "rsicd_train_caps.txt").write_text("\n".join(lines * 3) + "\n")
-    # File names carry the class, 5 sentences per file (27 lines: 5 files, the last 2 lines unowned).
-    (text / "rsicd_train_filename.txt").write_text("\n".join(["forest_1.jpg", "river_1.jpg", "beach_1.jpg",
-                                                             "desert_1.jpg", "00005.jpg"]) + "\n")
+    names = ["forest_1.jpg", "river_1.jpg", "beach_1.jpg", "desert_1.jpg", "00005.jpg"]
+    caps = lines * 3 + lines[:3]  # 5 sentences per file (the first 5 files: the corpus's own)
+    # AID-like scenes (aid/images/<Class>/<class>_N.jpg), paired with RSICD lines by file name; two
+    # of their classes (bridge, church) are AID's own, so the leave-classes-out choice can draw them.
+    for folder, colour in (("Forest", CLASSES["forest"]), ("Bridge", (120, 120, 60)), ("Church", (180, 90, 90))):
+        label = folder.lower()
+        for k in range(2, 12):
+            _image(root / "aid" / "images" / folder / f"{label}_{k}.jpg", colour, rng, size=48)
+            names.append(f"{label}_{k}.jpg")
+            # one sentence five times for some images, as RSICD has: deduplicated per image
+            caps += [f"a {label} in the image ."] * 5 if k % 2 else [f"there is a {label} here .", f"a {label} ."] * 2 + \
+                [f"a green {label} ."]
+    (text / "rsicd_train_caps.txt").write_text("\n".join(caps) + "\n")
+    (text / "rsicd_train_filename.txt").write_text("\n".join(names) + "\n")
     (text / "rsitmd_train_caps.txt").write_text("\n".join(lines) + "\n")
     (text / "sydney_train_val.json").write_text(json.dumps(
         {"images": [{"sentences": [{"raw": "A residential area with houses ."}, {"raw": "Some boats in a river ."}]}]}))

@@ -3,6 +3,7 @@ when present, the real demo image."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -502,3 +503,43 @@ def test_results_load_styled_when_processing_loads_them(processing, rasters, tmp
     (region,) = [r for r in layer.renderer().rootRule().children() if "'region'" in r.filterExpression()]
     assert np.isclose(region.symbol().symbolLayer(0).strokeWidth(), 0.6)
     assert "caption" in layer.mapTipTemplate()
+
+
+def test_processing_log_gets_a_pace_line_per_ten_percent(processing, rasters, tmp_path, bundle_dir):
+    """Processing's log: plain lines with elapsed time, rate and time left, as the command line writes."""
+    import re
+
+    feedback = RecordingFeedback.make()
+    processing.run("rsvlm:caption_raster", {"INPUT": str(rasters["scene"]), "MAX_TILES": 8,
+                                            "OUTPUT": str(tmp_path / "paced.gpkg")}, feedback=feedback)
+    lines = [m for m in feedback.infos if re.search(r"\d+ % after \d+ (s|min)", m)]
+    assert 2 <= len(lines) <= 11, feedback.infos
+    assert lines[-1].split(": ")[-1].startswith("100 % after")
+
+
+def test_export_without_trained_weights_refuses_in_one_sentence(tmp_path):
+    """The exporter never hands over an untrained model unasked."""
+    python = _torch_python()
+    if python is None:
+        pytest.skip("no interpreter with torch for the exporter")
+    import subprocess
+
+    done = subprocess.run([python, "-m", "rs_vlm_plugin.modeling.export", "--out", str(tmp_path / "bundle"),
+                           "--weights", str(tmp_path / "none.npz")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: there are no trained weights at ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_plugin_without_weights_exports_the_installed_trained_model(processing, tmp_path, bundle_dir):
+    """What the plugin from the repository zip (no weights) does: the trained bundle, copied whole."""
+    from rs_vlm_plugin.qgis_shell.processing import model_algorithms
+
+    feedback = RecordingFeedback.make()
+    out = model_algorithms.export_installed_model(tmp_path / "exported", feedback)
+    manifest = json.loads((Path(out["OUTPUT_FOLDER"]) / "manifest.json").read_text())
+    assert manifest["trained"] is True and manifest["decoder"]
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == \
+        sorted(p.name for p in bundle_dir.iterdir())
+    assert any("was copied to" in m for m in feedback.infos)

@@ -73,11 +73,17 @@ def test_missing_onnxruntime_gives_the_fallback_plugin_that_explains(tmp_path, p
         plugin = rs_vlm_plugin.classFactory(iface)
         plugin.initGui()
         buttons = [b.text() for b in iface.bar.findChildren(QPushButton) if b.objectName() == "RsVlmInstallDependenciesButton"]
+        from qgis.PyQt.QtWidgets import QLabel, QTextBrowser
+        labels = [l for l in iface.bar.findChildren(QLabel) if l.objectName() == "RsVlmMessageText"]
+        shown = [(l.text(), l.wordWrap(), l.isHidden()) for l in labels]
+        boxes_shown = [b for b in iface.bar.items()[0].findChildren(QTextBrowser) if not b.isHidden()]
         menu = iface.plugin_menus.get("&RS-VLM")
         result = {
             "plugin": type(plugin).__name__,
             "messages": iface.messages(),
             "buttons": buttons,
+            "labels": shown,
+            "boxes_shown": len(boxes_shown),
             "menu": [a.text() for a in menu.actions()] if menu else [],
             "toolbar": [a.text() for a in iface.window.findChild(QToolBar, "RsVlmToolbar").actions()],
             "core_loaded": sorted(m for m in sys.modules if m.startswith("rs_vlm_plugin.core")),
@@ -94,6 +100,8 @@ def test_missing_onnxruntime_gives_the_fallback_plugin_that_explains(tmp_path, p
     assert "onnxruntime is not installed: it runs the vision-language model" in message
     assert 'Click "Install dependencies"' in message
     assert out["buttons"] == ["Install dependencies"]
+    assert out["labels"] == [[message, True, False]]  # the whole text, wrapped, in the bar
+    assert out["boxes_shown"] == 0  # not the item's two-line text box
     assert out["menu"] == ["Install RS-VLM dependencies", "Check RS-VLM dependencies"]
     assert out["toolbar"] == ["Install RS-VLM dependencies"]
     assert out["core_loaded"] == [] and out["onnxruntime_loaded"] is False
@@ -125,11 +133,13 @@ def test_install_button_installs_into_the_private_folder(tmp_path):
         button = next(b for b in iface.bar.findChildren(QPushButton) if b.objectName() == "RsVlmInstallDependenciesButton")
         button.click()
         task = plugin.task
+        progress = []
+        task.progressChanged.connect(progress.append)
         wait_for(lambda: plugin.task is None, timeout_s=540)
         folder = private_folder()
         print(json.dumps({"status": report.state("tqdm").status, "messages": iface.messages(),
                           "folder": str(folder), "installed": sorted(p.name for p in folder.iterdir()),
-                          "progress": task.progress() if task is not None else None}))
+                          "progress": max(progress, default=None)}))
     """, blocked="tqdm")
     assert out["status"] == deps.MISSING
     assert out["folder"].startswith(str(tmp_path / "home"))
@@ -137,6 +147,7 @@ def test_install_button_installs_into_the_private_folder(tmp_path):
     done = f"The packages were installed into {out['folder']}; restart QGIS (or reload the RS-VLM plugin)"
     assert any(m.startswith(done) for m in out["messages"]), out["messages"]
     assert "tqdm" in out["installed"]
+    assert out["progress"] is not None and out["progress"] > 0
 
 
 def test_real_install_of_a_pinned_package_with_the_host_constraints(tmp_path):
@@ -258,3 +269,22 @@ def test_qgis_python_installs_what_it_lacks_then_the_plugin_captions(tmp_path, b
     assert out["plugin"] == "RsVlmPlugin" and out["caption"]
     assert "rs_vlm_deps" not in out["numpy"], "the private folder must not shadow QGIS's NumPy"
     assert "rs_vlm_deps" in out["onnxruntime"]
+
+
+def test_the_installer_shows_progress_while_pip_is_silent_and_never_goes_back(qgis_app):
+    """pip prints nothing countable while it waits to retry a download: the bar still moves."""
+    import dataclasses
+
+    from rs_vlm_plugin.qgis_shell import deps_install
+
+    tqdm = next(r for r in deps.REQUIREMENTS if r.import_name == "tqdm")
+    task = deps_install.InstallDependenciesTask(deps.check([dataclasses.replace(tqdm, required=True)]))
+    task._started -= deps_install.CREEP_S  # a minute of silence (pip backing off before a retry)
+    assert task._poll() is False
+    assert 18.0 < task.progress() <= 30.0
+    before = task.progress()
+    task._line("WARNING: Retrying (Retry(total=4, connect=None, read=None)) after connection broken")
+    task._line("Collecting tqdm")  # 80 * (1 - 0.85) = 12 %, under what the bar shows: it stays
+    assert task.progress() == before
+    task._line("Installing collected packages: tqdm")
+    assert task.progress() == 90.0

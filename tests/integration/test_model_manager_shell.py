@@ -156,5 +156,15 @@ def test_install_from_file_in_the_plugin_and_in_processing(plugin, published, tm
         (tmp_path / "junk.zip").write_bytes(b"junk")
         with pytest.raises(QgsProcessingException, match="is not a model package"):
             processing.run("rsvlm:install_model", {"PACKAGE": str(tmp_path / "junk.zip")})
+        damaged = bytearray(published["package"].read_bytes())
+        damaged[len(damaged) // 2] ^= 0x01  # one byte flipped inside the weights' compressed data
+        (tmp_path / "tiny-1.0.zip").write_bytes(bytes(damaged))
+        with pytest.raises(QgsProcessingException, match=r"tiny-1\.0\.zip is damaged .*download the package again"):
+            processing.run("rsvlm:install_model", {"PACKAGE": str(tmp_path / "tiny-1.0.zip")})
+        task = plugin.install_model_file(tmp_path / "tiny-1.0.zip")
+        seen = {}
+        task.installFailed.connect(lambda message: seen.setdefault("error", message))
+        wait_for(lambda: seen, 60)
+        assert "is damaged" in seen["error"] and "unexpectedly" not in seen["error"]
     finally:
         before.save()

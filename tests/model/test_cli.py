@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import subprocess
@@ -71,13 +72,73 @@ def test_empty_query_exit_code(bundle_dir, generated, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_python_dash_m_entry_point(bundle_dir, generated, tmp_path):
-    out = tmp_path / "m.gpkg"
-    proc = subprocess.run([sys.executable, "-m", "rs_vlm_plugin", "caption", str(generated["scene"]), "-o", str(out),
-                           "--max-tiles", "4", "--model", str(bundle_dir)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "%" in proc.stderr  # the progress bar
+def _caption_command(generated, bundle_dir, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rs_vlm_plugin", "caption", str(generated["scene"]), "-o", str(out),
+            "--max-tiles", "4", "--model", str(bundle_dir), *extra]
+
+
+def test_python_dash_m_entry_point_writes_plain_progress_lines_to_a_log(bundle_dir, generated, tmp_path):
+    out, log = tmp_path / "m.gpkg", tmp_path / "stderr.log"
+    with open(log, "w") as stderr:  # stderr redirected to a file: no bar, a line per 10 % or 30 s
+        proc = subprocess.run(_caption_command(generated, bundle_dir, out), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=stderr, text=True)
+    text = log.read_text()
+    assert proc.returncode == 0, text
     assert out.exists()
+    assert "\r" not in text and "|" not in text
+    lines = [line for line in text.splitlines() if re.search(r": \d+ % after ", line)]
+    assert 2 <= len(lines) <= 11, text
+    assert lines[-1].split(": ")[-1].startswith("100 % after")
+    assert all(re.search(r"\d+ % after \d+ (s|min)", line) for line in lines)
+
+
+def test_a_terminal_gets_the_bar(bundle_dir, generated, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    out = tmp_path / "tty.gpkg"
+    leader, follower = pty.openpty()  # a real terminal for stderr, 100 columns wide
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks: list[bytes] = []
+
+    def pump() -> None:  # read while the command runs, so that it never waits on a full terminal
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=pump)
+    reader.start()
+    try:
+        proc = subprocess.run(_caption_command(generated, bundle_dir, out), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=follower, text=True)
+    finally:
+        os.close(follower)
+        reader.join(timeout=30)
+        os.close(leader)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "\r" in text and "100%|" in text  # the bar redraws in place
+    assert " % after " not in text
+
+
+@pytest.mark.parametrize("flag", ["--json", "-q"])
+def test_json_and_quiet_keep_stderr_clean(bundle_dir, generated, tmp_path, flag):
+    out = tmp_path / "clean.gpkg"
+    proc = subprocess.run(_caption_command(generated, bundle_dir, out, flag), cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    if flag == "--json":
+        assert json.loads(proc.stdout)["warnings"] == []
 
 
 def test_pixel_budget(bundle_dir, generated, tmp_path):
@@ -109,3 +170,17 @@ def test_ask_what_it_cannot_answer_is_a_sentence(bundle_dir, generated, tmp_path
                  "--model", str(bundle_dir)]) == 1
     assert "I do not understand" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_classify_and_ask_agree_on_the_tiles(bundle_dir, generated, tmp_path, capsys):
+    """The whole view's class is the tiles' largest share, and Ask's share of it is Classify's."""
+    common = [str(generated["scene"]), "--max-tiles", "16", "-q", "--json", "--model", str(bundle_dir)]
+    assert main(["classify", *common[:1], "-o", str(tmp_path / "c.gpkg"), *common[1:]]) == 0
+    classified = json.loads(capsys.readouterr().out)
+    top, share = max(classified["shares"].items(), key=lambda kv: kv[1])
+    assert classified["scene"][0][0] == top and classified["scene"][0][1] == pytest.approx(share)
+    assert main(["ask", common[0], f"how much of the area is {top}?", "-o", str(tmp_path / "a.gpkg"),
+                 *common[1:]]) == 0
+    answered = json.loads(capsys.readouterr().out)
+    assert answered["value"] <= share + 1e-9  # counted only where it also passes the presence threshold
+    assert answered["tiles"] == classified["tiles"]  # the same plan, not one guided by the subject

@@ -44,7 +44,7 @@ def validate(*args: str) -> subprocess.CompletedProcess:
 
 def test_package_install_and_run(tmp_path, bundle_dir):
     plugin = plugin_copy(tmp_path)
-    made = _packaging().package_all(plugin, bundle_dir, tmp_path / "dist")
+    made = _packaging().release_all(plugin, bundle_dir, tmp_path / "dist")  # the registry gets this package
     repository, model, offline = made["repository"], made["model"], made["offline"]
 
     done = validate(str(repository), "--forbid", "models/", "resources/weights/")

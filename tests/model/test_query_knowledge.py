@@ -37,8 +37,12 @@ def test_classify_changes_scores_not_structure(runs):
     assert [(r.extent, r.level, r.depth) for r in on.records] == [(r.extent, r.level, r.depth) for r in off.records]
     for result in (on, off):
         assert all(r.label in CLASSES and 0.0 < r.confidence <= 1.0 for r in result.records)
-        assert sum(result.shares().values()) == pytest.approx(1.0) and len(result.scene) == 3
-    assert not np.allclose(sorted(p for _, p in on.scene), sorted(p for _, p in off.scene))
+        assert sum(result.shares().values()) == pytest.approx(1.0) and 1 <= len(result.scene) <= 3
+        # the whole view is summarised from its tiles: its classes are their largest area shares
+        largest = sorted(((c, s) for c, s in result.shares().items() if s > 0), key=lambda kv: -kv[1])[:3]
+        assert [c for c, _ in result.scene] == [c for c, _ in largest]
+        assert [s for _, s in result.scene] == pytest.approx([s for _, s in largest])
+    assert not np.allclose([r.confidence for r in on.records], [r.confidence for r in off.records])
 
 
 def test_search_changes_scores_not_structure(runs):

@@ -37,20 +37,26 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     assert "[final_3] step 3/3" in log and "routing" in log and "[decoder-pretrain] epoch 1/1" in log
     assert "[final_3 locate] step 2/2 locate" in log and (cache / "align_final_3_locate2.pt").exists()
     # The leave-classes-out runs: issue 3's recipe and the open-vocabulary one, without the drawn classes.
-    assert "[lco_v2_3] step 3/3" in log and "[lco_open_3] step 3/3" in log
+    assert "[lco_v2_3] step 3/3" in log and "[lco_v4_3] step 3/3" in log
     lco = json.loads((report / "open_vocabulary.json").read_text())
     assert set(lco["leave_out"]["ucm"]) == {"golfcourse", "harbor"} and set(lco["leave_out"]["resisc"]) == {"desert", "lake"}
+    # AID's own classes (those no UCM / RESISC class shares) are drawn too; forest stays seen.
+    assert set(lco["leave_out"]["aid"]) == {"bridge", "church"} and "forest" not in lco["leave_out"]["groups"]
     for row in lco["rows"].values():
         gz = row["gzsl"]["ucm_val"]
         assert gz["unseen_classes"] == ["golfcourse", "harbor"] and set(gz["per_class"]) >= {"golfcourse", "forest"}
         assert 0 <= row["truthfulness"]["resisc_held_back"]["truthful"] <= 100
         assert row["truthfulness"]["unseen"]["images"] > 0
-    assert lco["rows"]["lco v2"]["recipe"]["geometry"] == 0 and lco["rows"]["lco open"]["recipe"]["geometry"] > 0
+    assert lco["rows"]["lco v2"]["recipe"]["geometry"] == 0 and lco["rows"]["lco v4"]["recipe"]["geometry"] > 0
+    v4 = lco["rows"]["lco v4"]
+    assert v4["recipe"]["aid"] and v4["recipe"]["open_blocks"] == 2 and 0 <= v4["aid_accuracy"] <= 100
+    assert v4["gzsl"]["aid_val"]["unseen_classes"] == ["bridge", "church"]
+    assert 0 <= v4["truthfulness"]["aid_val"]["truthful"] <= 100
     for row in lco["rows"].values():  # calibrated stacking: gamma chosen on UCM val, measured on both splits
         sb = row["seen_bias"]
         assert sb["gamma"] in sb["ucm_val_H_by_gamma"] or str(sb["gamma"]) in sb["ucm_val_H_by_gamma"]
         assert "golf course" not in sb["trained_classes"] and "forest" in sb["trained_classes"]
-        assert set(row["gzsl_stacked"]) == {"ucm_val", "resisc_held_back", "mean"}
+        assert set(row["gzsl_stacked"]) == {"ucm_val", "resisc_held_back", "aid_val", "mean"}
     arrays, meta, vocab = load_weights(weights)
     assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and "forest" in vocab
     assert {"image.object_head.fc1.weight", "image.fusion.router.weight", "decoder.embed.weight",
@@ -59,7 +65,8 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     val = meta["val"]
     assert set(val["captioning"]) >= {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
     assert 0.0 <= val["qa"]["threshold"] <= 1.0 and val["objects"]["boxes"] >= 1
-    assert meta["query_knowledge"]["beta"] > 0 and meta["recipe"]["name"] == "open"
+    assert meta["query_knowledge"]["beta"] > 0 and meta["recipe"]["name"] == "v4"
+    assert meta["config"]["fine_blocks"] == 2 and "image.top.blocks.0._project_conv.weight" in arrays
     assert len(val["routing"]) == 3 and all(len(w) == 3 for w in val["routing"])
     train_report = json.loads((report / "train.json").read_text())
     assert train_report["final"]["retrieval"]["mR"] >= 0
@@ -73,7 +80,7 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     assert manifest["qa"]["threshold"] == pytest.approx(val["qa"]["threshold"])
     assert manifest["query_knowledge"] == meta["query_knowledge"]
     # The final model's stacking margin is the leave-classes-out run's, against every trained class.
-    assert meta["seen_bias"]["gamma"] == lco["rows"]["lco open"]["seen_bias"]["gamma"]
+    assert meta["seen_bias"]["gamma"] == lco["rows"]["lco v4"]["seen_bias"]["gamma"]
     assert "golf course" in meta["seen_bias"]["trained_classes"] and manifest["seen_bias"] == meta["seen_bias"]
     bundle = ModelBundle.load(tmp_path / "bundle")
     tiles = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)

@@ -236,3 +236,24 @@ def test_a_full_disk_during_the_download_is_a_sentence(published):
     with pytest.raises(RsVlmError, match="The disk is full: the model needs"):
         install_from_registry(load_registry(published["registry"]), "tiny", published["root"])
     assert leftovers(published["root"]) == [] and part_files(published["root"]) == []
+
+
+@pytest.mark.parametrize("where", ["data", "sums"])
+def test_a_package_with_one_byte_flipped_is_a_sentence(tmp_path, capsys, where):
+    """A flipped byte inside a member's compressed data: the zip's CRC (or the deflate stream) breaks."""
+    package = write_model_package(make_bundle(tmp_path / "src", "tiny"), tmp_path / "tiny-1.0.0.zip")
+    data = bytearray(package.read_bytes())
+    with zipfile.ZipFile(package) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("image_encoder.onnx" if where == "data" else "SHA256SUMS"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0x01
+    package.write_bytes(bytes(data))
+    root = tmp_path / "models"
+    progress = RecordingProgress()
+    with pytest.raises(RsVlmError, match=r"tiny-1\.0\.0\.zip is damaged .*download the package again"):
+        install_archive(package, root, progress=progress)
+    assert leftovers(root) == []
+    # the command line: one sentence, exit 1, no traceback
+    assert main(["models", "install", str(package), "--models-dir", str(root), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("Error: ") and err.count("\n") == 1

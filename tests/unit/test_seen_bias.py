@@ -50,3 +50,13 @@ def test_manifest_entry(entry, gamma, active):
 def test_a_damaged_manifest_entry_is_a_sentence(entry):
     with pytest.raises(RsVlmError, match="seen_bias"):
         SeenBias.from_manifest({"seen_bias": entry})
+
+
+def test_familiarity_message_names_the_nearest_concepts_only_when_low():
+    from rs_vlm_plugin.core.seen_bias import FAMILIAR_THRESHOLD, Familiarity
+
+    low = Familiarity("railway station", FAMILIAR_THRESHOLD - 0.1, ("industrial area", "parking lot"))
+    high = Familiarity("forest", 1.0, ("forest",))
+    assert not low.familiar and high.familiar and high.message == ""
+    assert low.message.startswith("RS-VLM has seen little like 'railway station'")
+    assert "nearest learnt concepts: industrial area, parking lot." in low.message

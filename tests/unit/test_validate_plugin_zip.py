@@ -66,7 +66,9 @@ def rewritten(source: Path, target: Path, drop=(), add=None, rename=None, edit=N
     ({"rename": "rs-vlm-plugin"}, "not a Python package name"),
     ({"edit": ("metadata.txt", lambda t: t.replace("tracker=", "bugs="))}, "lacks the field 'tracker'"),
     ({"edit": ("metadata.txt", lambda t: t.replace("qgisMaximumVersion=4.99\n", ""))}, "QGIS 4 will not offer"),
-    ({"edit": ("metadata.txt", lambda t: t.replace("email=rs-vlm@example.org", "email=nobody"))}, "not an address"),
+    ({"edit": ("metadata.txt", lambda t: t.replace("email=maintainers@rs-vlm.org", "email=nobody"))}, "not an address"),
+    ({"edit": ("metadata.txt", lambda t: t.replace("email=maintainers@rs-vlm.org", "email=rs-vlm@example.org"))},
+     "placeholder"),
     ({"edit": ("__init__.py", lambda t: t.replace("def classFactory", "def class_factory"))}, "no classFactory"),
     ({"drop": ["resources/icon.svg"]}, "names the icon"),
 ])

@@ -13,8 +13,10 @@ from ..progress import NullProgress, ProgressBackend
 from ..qa import SUBJECT_PROMPTS, parse_question
 from ..raster import RasterSource
 from ..records import EvidenceRecord
+from ..summaries import subject_share, subject_wins
 from ..validation import text_warnings
 from .captioning import tile_captions
+from .classify import CLASS_PROMPTS, scene_class_list
 from .config import JobConfig
 from .query import SEARCH_TIERS, job_outlines, query_encoding, refined_rows, tile_level, tile_scores
 from .results import AnswerResult
@@ -25,8 +27,8 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
     """Answer a question about an extent (see :mod:`qa` for the four kinds understood).
 
     Presence ("is there X?") compares the best tile's presence score with the threshold
-    calibrated on val; "how much of the area is X?" is the area share of the fine tiles whose
-    score passes it; "where is X?" gives the best regions; "what is this area?" the best scene
+    calibrated on val; "how much of the area is X?" is the area share of the fine tiles of
+    Classify's plan where X passes it and beats every scene class (:mod:`summaries`); "where is X?" gives the best regions; "what is this area?" the best scene
     concepts of the whole view.  Every answer comes with its evidence tiles.
     """
     parsed = parse_question(question)
@@ -42,7 +44,9 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
         note = describe_expansions(queries, 0)
         if note:
             progress.info(note)
-    if parsed.subject:  # "where is X?" outlines X; the other kinds only need the tiles' scores
+    # "where is X?" outlines X; presence needs the tiles' scores; a share is of the plan Classify
+    # reads (a plan guided by X would read X's places closer and the rest coarsely: a biased count)
+    if parsed.subject and parsed.kind != "share":
         config = config if parsed.kind == "where" else dataclasses.replace(config, outlines=False)
         encoding = query_encoding(source, bundle, extent, config, progress, query, parsed.subject)
     else:
@@ -79,14 +83,13 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
             answer = (f"The best {len(chosen)} places for {parsed.subject} are on the evidence layer "
                       f"(best score {value:.2f}" + ("" if value >= threshold else f", under the presence threshold {threshold:.2f}")
                       + ").")
-        else:  # share
-            area = sum(tiles[i].extent.width * tiles[i].extent.height for _, i, _ in fine) or 1.0
-            passing = [c for c in fine if c[0] >= threshold]
-            share = sum(tiles[i].extent.width * tiles[i].extent.height for _, i, _ in passing) / area
-            value = float(share)
-            chosen = passing
-            answer = (f"About {100 * share:.0f} % of the area looks like {parsed.subject} "
-                      f"({len(passing)} of {len(fine)} fine tiles pass the threshold {threshold:.2f}).")
+        else:  # share: tiles where the subject passes and wins over the scene classes (core/summaries.py)
+            best, names = subject_wins(bundle, parsed.subject, encoding.embeddings[[i for _, i, _ in fine]],
+                                       scene_class_list(bundle), CLASS_PROMPTS, config.knowledge)
+            value, counted, answer = subject_share(parsed.subject, [(c[0], c[1]) for c in fine],
+                                                   {i: tiles[i].extent.width * tiles[i].extent.height for _, i, _ in fine},
+                                                   best, names, threshold)
+            chosen = [c for c in fine if c[1] in set(counted)]
     captions = tile_captions(encoding, bundle, [i for _, i, _ in chosen[:10]], config.top_concepts)
     evidence = [EvidenceRecord(question=parsed.text, answer=answer, rank=k, score=score, level=level or "object",
                                depth=tiles[i].depth, extent=tiles[i].extent, caption=captions.get(i, ""),

@@ -13,6 +13,7 @@ from ..progress import NullProgress, ProgressBackend
 from ..raster import RasterSource
 from ..records import ClassRecord
 from ..seen_bias import seen_bias_offsets
+from ..summaries import whole_view_classes
 from ..validation import text_warnings
 from .config import JobConfig
 from .results import ClassifyResult
@@ -110,6 +111,9 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
         if "object" in tile.levels:  # the leaves tile the extent exactly once
             records.append(ClassRecord(classes[best], float(probs[i, best]), classes[second], "object", tile.depth,
                                        tile.extent, tile.gsd_m, source.name))
+    scene, note = whole_view_classes(classes, records, scene)  # the class of the tiles, not of one image
+    if note:
+        progress.info(note)
     progress.set_fraction(1.0)
     return ClassifyResult(classes, records, scene, encoding.plan, source.georef.crs_wkt, list(source.warnings),
                           encoding.timings)

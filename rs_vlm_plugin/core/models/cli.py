@@ -29,7 +29,8 @@ def add_parsers(sub) -> None:
                         help=f"where models are installed (default: ${'{'}RSVLM_MODELS_DIR{'}'} or {user_models_dir()})")
     common.add_argument("--registry", type=Path, default=None, help="registry file (default: the plugin's own)")
     common.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress and no messages on stderr, only warnings and errors")
     actions.add_parser("list", parents=[common], help="models in the registry and installed ones")
     install = actions.add_parser("install", parents=[common], help="download a registry model or install a package file")
     install.add_argument("model", help="a registry name (rs-vlm-lite0) or a package file (.zip)")

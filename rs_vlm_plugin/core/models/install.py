@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +88,12 @@ def install_archive(archive: str | os.PathLike, models_root: str | os.PathLike, 
         with zipfile.ZipFile(archive) as zf:
             for i, member in enumerate(members):
                 check_canceled(progress)
-                with zf.open(member) as src, open(work / Path(member).name, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                try:
+                    with zf.open(member) as src, open(work / Path(member).name, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a bad CRC, a broken stream, cut short
+                    raise RsVlmError(f"{archive.name} is damaged ({member} cannot be unpacked: {exc}); download "
+                                     "the package again (nothing was installed).") from exc
                 progress.set_fraction((i + 1) / len(members))
         _check_sums(work, archive)
         manifest = _manifest(work, archive)

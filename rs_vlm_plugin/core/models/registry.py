@@ -4,10 +4,13 @@
      "base_url": "https://github.com/rs-vlm/rs-vlm/releases/download/models/",
      "models": [{"name": "rs-vlm-lite0", "version": "1.0.0", "file": "rs-vlm-lite0-1.0.0.zip",
                  "size": 61234567, "sha256": "...", "format_version": 2, "licence": "...",
-                 "description": "..."}]}
+                 "description": "...",
+                 "url": "https://github.com/rs-vlm/rs-vlm/releases/download/rs-vlm-lite0-1.0.0/rs-vlm-lite0-1.0.0.zip"}]}
 
-A model's URL is ``base_url + file``; a mirror (Settings, ``--mirror``) replaces ``base_url`` but
-never the size or hash, so a mirror cannot change what is installed.
+A model's URL is its ``url``, written by the release step (``build.py release``) as the release
+asset ``<releases>/<name>-<version>/<file>`` (:func:`release_url`), else ``base_url + file``; a
+mirror (Settings, ``--mirror``) serves ``<mirror>/<file>`` but never changes the size or hash, so a
+mirror cannot change what is installed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from ..errors import RsVlmError
 
 REGISTRY_FORMAT = "rs-vlm-model-registry"
+RELEASES_URL = "https://github.com/rs-vlm/rs-vlm/releases/download"
+"""Where the project's release assets are (the repository of ``metadata.txt``)."""
 MODELS_ENV = "RSVLM_MODELS_DIR"
 
 
@@ -37,6 +42,7 @@ class ModelEntry:
         format_version: The bundle format version the model needs (``bundle.SUPPORTED_VERSIONS``).
         licence: The model's terms, in a few words.
         description: One line for the user.
+        url: The release asset's URL (written by the release step); "" means ``base_url + file``.
     """
 
     name: str
@@ -47,8 +53,9 @@ class ModelEntry:
     format_version: int
     licence: str = ""
     description: str = ""
+    url: str = ""
 
-    def url(self, base_url: str) -> str:
+    def url_under(self, base_url: str) -> str:
         """The package's URL under ``base_url`` (a release or a mirror)."""
         return base_url.rstrip("/") + "/" + self.file
 
@@ -71,7 +78,9 @@ class Registry:
 
     def url_of(self, entry: ModelEntry, mirror: str = "") -> str:
         """Where to download ``entry``: from ``mirror`` when one is set, else from the release."""
-        return entry.url(mirror.strip() or self.base_url)
+        if mirror.strip():
+            return entry.url_under(mirror.strip())
+        return entry.url or entry.url_under(self.base_url)
 
 
 def registry_path() -> Path:
@@ -97,8 +106,13 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     return Registry(str(data.get("base_url", "")), models)
 
 
+def release_url(releases_url: str, name: str, version: str, file: str) -> str:
+    """The release asset of a model package: ``<releases_url>/<name>-<version>/<file>`` (one tag per model version)."""
+    return f"{releases_url.rstrip('/')}/{name}-{version}/{file}"
+
+
 def update_entry(path: Path, name: str, **values) -> None:
-    """Set fields of one entry of a registry file (``build.py package`` writes size and hash)."""
+    """Set fields of one entry of a registry file (the release step writes size, hash and URL)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     entry = next((m for m in data["models"] if m["name"] == name), None)
     if entry is None:

@@ -115,7 +115,10 @@ class ExportModelAlgorithm(RsVlmAlgorithm):
             "the project's .venv beside the plugin source if there is one, else the Python running "
             "QGIS (or python3 on the PATH). Cancelling stops the export; nothing is left in the folder "
             "by a cancelled export except what the exporter had already written.\n\n"
-            "WEIGHTS: trained head weights (.npz); empty uses the plugin's."
+            "WEIGHTS: trained head weights (.npz); empty uses the plugin's. A plugin installed from the "
+            "plugin repository carries no weights: then the installed trained model (Models > Download) "
+            "is copied to the folder as it is, and with none installed the export stops with a sentence "
+            "rather than export an untrained model."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
@@ -131,6 +134,8 @@ class ExportModelAlgorithm(RsVlmAlgorithm):
         weights = self.parameterAsFile(parameters, "WEIGHTS", context) if "WEIGHTS" in parameters else ""
         if weights:
             arguments += ["--weights", weights]
+        elif not PLUGIN_WEIGHTS.exists():
+            return export_installed_model(folder, feedback)
         return run_model_command(self.python(parameters, context), arguments, folder, "model export", feedback)
 
     def python(self, parameters, context) -> str:
@@ -140,6 +145,50 @@ class ExportModelAlgorithm(RsVlmAlgorithm):
             raise QgsProcessingException(
                 f"The Python interpreter {python} does not exist; give the path of a Python that has torch.")
         return python
+
+
+PLUGIN_WEIGHTS = PLUGIN_ROOT / "resources" / "weights" / "rs_vlm_lite0.npz"
+"""The trained weights the exporter reads; in a source checkout, never in the plugin repository's zip."""
+NO_TRAINED_WEIGHTS = ("This RS-VLM has no trained weights to export and no trained model is installed; install the "
+                      "model with the panel's Models > Download (or RS-VLM > Model > Install model) and export "
+                      "again, or give WEIGHTS.")
+
+
+def export_installed_model(folder: Path, feedback) -> dict:
+    """Copy the installed trained default model to ``folder`` (the export of a plugin without weights).
+
+    Raises:
+        QgsProcessingException: No trained model with a caption decoder is installed (one sentence).
+    """
+    import json
+    import os
+    import tempfile
+
+    from ..settings import DEFAULT_MODEL_NAME, available_models
+
+    installed = dict(available_models(PluginSettings.load())).get(DEFAULT_MODEL_NAME)
+    manifest = {}
+    if installed is not None:
+        try:
+            manifest = json.loads((Path(installed) / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = {}
+    if not (manifest.get("trained") and manifest.get("decoder")):
+        raise QgsProcessingException(NO_TRAINED_WEIGHTS)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        shutil.copytree(installed, work / "bundle")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(work / "bundle", folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    feedback.pushInfo(f"This plugin has no training weights; the installed trained model {DEFAULT_MODEL_NAME} "
+                      f"({installed}) was copied to {folder}.")
+    feedback.setProgress(100)
+    return {"OUTPUT_FOLDER": str(folder)}
 
 
 CLIP_ARCHITECTURES = ("auto", "RN50", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "ViT-H-14")

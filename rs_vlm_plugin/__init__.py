@@ -19,7 +19,8 @@ def classFactory(iface):  # noqa: N802 - the name QGIS looks for
         :class:`~rs_vlm_plugin.qgis_shell.missing_deps.MissingDependenciesPlugin` that explains
         it and offers to install it (packages installed earlier are found in the private folder).
     """
-    from .qgis_shell.missing_deps import MissingDependenciesPlugin, prepare_dependencies
+    from .qgis_shell.deps_install import prepare_dependencies
+    from .qgis_shell.missing_deps import MissingDependenciesPlugin
 
     report = prepare_dependencies()
     if not report.ok:

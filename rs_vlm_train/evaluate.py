@@ -33,8 +33,8 @@ from PIL import Image
 
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir
 from rs_vlm_plugin.core.expansion import expand_queries
-from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS as SCENE_PROMPTS
-from rs_vlm_plugin.core.pipeline import class_embeddings
+from rs_vlm_plugin.core.jobs.classify import CLASS_PROMPTS as SCENE_PROMPTS
+from rs_vlm_plugin.core.jobs.classify import class_embeddings
 from rs_vlm_plugin.core.seen_bias import seen_bias_offsets
 
 from .classes import readable, truthfulness

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS
+from rs_vlm_plugin.core.jobs.classify import CLASS_PROMPTS
 from rs_vlm_plugin.modeling.efficientnet_lite import LITE_MEAN, LITE_STD
 from rs_vlm_plugin.modeling.rsvlm import ModelConfig, build_backbone
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir
-from rs_vlm_plugin.core.dris import PlanConfig
-from rs_vlm_plugin.core.pipeline import JobConfig, describe, search
+from rs_vlm_plugin.core.planning.dris import PlanConfig
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
+from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.raster import open_raster
 
 

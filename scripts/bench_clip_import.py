@@ -129,7 +129,7 @@ def zero_shot_paths(bundle: ModelBundle, image_tower, text_tower, folder: Path, 
     """Zero-shot accuracy through torch and through the ONNX bundle on the same images and prompts."""
     from PIL import Image
 
-    from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS, class_embeddings
+    from rs_vlm_plugin.core.jobs.classify import CLASS_PROMPTS, class_embeddings
 
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     names = [c.replace("_", " ") for c in classes]

@@ -29,9 +29,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir
-from rs_vlm_plugin.core.dris import PlanConfig
-from rs_vlm_plugin.core.index import EmbeddingIndex, build_index
-from rs_vlm_plugin.core.pipeline import JobConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
+from rs_vlm_plugin.core.jobs.index import EmbeddingIndex, build_index
+from rs_vlm_plugin.core.jobs.config import JobConfig
 from rs_vlm_plugin.core.progress import TerminalProgress
 from rs_vlm_plugin.core.raster import open_raster
 

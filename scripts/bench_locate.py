@@ -36,13 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir  # noqa: E402
-from rs_vlm_plugin.core.dris import PlanConfig  # noqa: E402
+from rs_vlm_plugin.core.planning.dris import PlanConfig  # noqa: E402
 from rs_vlm_plugin.core.expansion import expand_queries  # noqa: E402
 from rs_vlm_plugin.core.locate.guided import guided_encoding  # noqa: E402
 from rs_vlm_plugin.core.locate.metrics import average_precision  # noqa: E402
 from rs_vlm_plugin.core.locate.outlines import find_outlines  # noqa: E402
 from rs_vlm_plugin.core.locate.relevance import LocateConfig  # noqa: E402
-from rs_vlm_plugin.core.pipeline import JobConfig, encode_extent, refined_rows, tile_scores  # noqa: E402
+from rs_vlm_plugin.core.encoding.encode import encode_extent  # noqa: E402
+from rs_vlm_plugin.core.jobs.config import JobConfig  # noqa: E402
+from rs_vlm_plugin.core.jobs.query import refined_rows, tile_scores  # noqa: E402
 from rs_vlm_plugin.core.progress import NullProgress  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 

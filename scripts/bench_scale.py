@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.progress import NullProgress
 from rs_vlm_plugin.core.validation import model_tile_size
 from rs_vlm_plugin.core.distributed.cluster import DaskAddress, connect

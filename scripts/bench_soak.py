@@ -22,11 +22,15 @@ import time
 from pathlib import Path
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.index import EmbeddingIndex, build_index
-from rs_vlm_plugin.core.pipeline import (JobConfig, ask, classify, describe, result_kinds, result_layers, search,
-                                        split_classes)
+from rs_vlm_plugin.core.jobs.index import EmbeddingIndex, build_index
+from rs_vlm_plugin.core.jobs.ask import ask
+from rs_vlm_plugin.core.jobs.classify import classify, split_classes
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
+from rs_vlm_plugin.core.jobs.results import result_kinds, result_layers
+from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.progress import NullProgress
 from rs_vlm_plugin.core.raster import open_raster
 from rs_vlm_plugin.core.validation import JobCheck, OutputLock, check_job

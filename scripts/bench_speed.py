@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rasters import make_raster  # noqa: E402
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir  # noqa: E402
-from rs_vlm_plugin.core.complexity import complexity_map  # noqa: E402
-from rs_vlm_plugin.core.dris import PlanConfig  # noqa: E402
-from rs_vlm_plugin.core.pipeline import JobConfig, describe  # noqa: E402
+from rs_vlm_plugin.core.planning.complexity import complexity_map  # noqa: E402
+from rs_vlm_plugin.core.planning.dris import PlanConfig  # noqa: E402
+from rs_vlm_plugin.core.jobs.config import JobConfig  # noqa: E402
+from rs_vlm_plugin.core.jobs.describe import describe  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 
 SEARCH_TIERS = ("embedding", "regions")

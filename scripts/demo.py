@@ -19,8 +19,12 @@ sys.path.insert(0, str(ROOT))
 from rs_vlm_plugin.core.bundle import ModelBundle, default_bundle_dir  # noqa: E402
 from rs_vlm_plugin.core.cli import format_table  # noqa: E402
 from rs_vlm_plugin.core.gpkg import write_geopackage  # noqa: E402
-from rs_vlm_plugin.core.pipeline import (JobConfig, ask, classify, describe, result_kinds, result_layers,  # noqa: E402
-                                         search)
+from rs_vlm_plugin.core.jobs.ask import ask
+from rs_vlm_plugin.core.jobs.classify import classify
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
+from rs_vlm_plugin.core.jobs.results import result_kinds, result_layers
+from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.progress import TerminalProgress  # noqa: E402
 from rs_vlm_plugin.core.raster import open_raster  # noqa: E402
 

@@ -11,16 +11,19 @@ import textwrap
 import traceback
 
 from . import index_cli
-from .distributed import batch_cli
-from .models import cli as models_cli
 from .bundle import ModelBundle, RuntimeOptions
 from .cli_options import check_args, common_raster_parser, model_dir, plan_job_options
-from .dris import PlanConfig
+from .distributed import batch_cli
 from .errors import CancelledError, RsVlmError
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .pipeline import (AnswerResult, ClassifyResult, JobConfig, SearchResult, ask, check_query, classify, describe,
-                       result_kinds, result_layers, search, split_classes)
+from .jobs.classify import split_classes
+from .jobs.config import JobConfig
+from .jobs.query import check_query
+from .jobs.results import AnswerResult, ClassifyResult, SearchResult, result_kinds, result_layers
+from .jobs.run import run_job
+from .models import cli as models_cli
+from .planning.dris import PlanConfig
 from .progress import ProgressBackend, TerminalProgress, check_canceled
 from .qa import parse_question
 from .raster import open_raster
@@ -88,13 +91,17 @@ def format_table(result, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+TEXT_ARGUMENT = {"search": "query", "classify": "classes", "ask": "question"}
+"""The argument that holds each job's text (Describe has none)."""
+
+
 def run(args: argparse.Namespace, progress: ProgressBackend):
     """Check the arguments, run one job and write its GeoPackage (atomically, under a lock)."""
     plan = check_args(args, ((args.raster, "raster file"),), (("--top-k", getattr(args, "top_k", None)),))
     if args.command == "search":
         check_query(args.query)
     elif args.command == "classify":
-        classes = split_classes(args.classes)
+        split_classes(args.classes)  # a list that names no classes stops here, before the model loads
     elif args.command == "ask":
         parse_question(args.question)
     config = job_config(args, plan)
@@ -102,14 +109,9 @@ def run(args: argparse.Namespace, progress: ProgressBackend):
     with OutputLock(args.output):
         bundle = ModelBundle.load(model_dir(args), RuntimeOptions(args.device, args.threads))
         with open_raster(args.raster) as source:
-            if args.command == "search":
-                result = search(source, bundle, args.query, extent, config, progress)
-            elif args.command == "classify":
-                result = classify(source, bundle, classes, extent, config, progress)
-            elif args.command == "ask":
-                result = ask(source, bundle, args.question, extent, config, progress)
-            else:
-                result = describe(source, bundle, extent, config, progress)
+            kind = "describe" if args.command == "caption" else args.command
+            text = getattr(args, TEXT_ARGUMENT[kind]) if kind in TEXT_ARGUMENT else None
+            result = run_job(kind, source, bundle, text, extent, config, progress)
         progress.set_stage("Writing the GeoPackage")
         write_geopackage(args.output, result_layers(result), result.crs_wkt, kinds=result_kinds(result),
                          finish=lambda _: check_canceled(progress))

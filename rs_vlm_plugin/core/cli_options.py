@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .bundle import default_bundle_dir
-from .dris import MAX_UNIFORM_TILES, PlanConfig
+from .planning.dris import MAX_UNIFORM_TILES, PlanConfig
 from .validation import JobCheck, check_job
 
 

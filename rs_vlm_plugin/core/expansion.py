@@ -327,7 +327,7 @@ def expand_queries(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequenc
     Args:
         bundle: The model; its manifest's ``"query_knowledge"`` sets beta, base_weight and enabled.
         texts: Class names or queries.
-        prompts: Templates each part goes through, averaged (as :func:`pipeline.class_embeddings`);
+        prompts: Templates each part goes through, averaged (as :func:`jobs.classify.class_embeddings`);
             None embeds the parts as they are.
         knowledge: False (or a manifest with ``enabled: false``, or a bundle without a knowledge
             base) scores every text alone, exactly as its plain (prompt-ensemble) embedding.

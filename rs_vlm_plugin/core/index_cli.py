@@ -17,8 +17,10 @@ from .distributed import batch_cli
 from .cli_options import add_run_options, check_args, model_dir
 from .geometry import Extent
 from .gpkg import write_geopackage
-from .index import EmbeddingIndex, build_index
-from .pipeline import JobConfig, check_query, result_kinds, result_layers
+from .jobs.index import EmbeddingIndex, build_index
+from .jobs.config import JobConfig
+from .jobs.query import check_query
+from .jobs.results import result_kinds, result_layers
 from .progress import ProgressBackend, check_canceled
 from .raster import open_raster
 from .validation import OutputLock

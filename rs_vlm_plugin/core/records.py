@@ -1,4 +1,4 @@
-"""Result records: what the pipeline produces and the writers turn into features."""
+"""Result records: what the jobs produce and the writers turn into features."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .dris import PlanConfig
+from .planning.dris import PlanConfig
 from .errors import RsVlmError
 
 GPKG_SUFFIX = ".gpkg"

@@ -1,6 +1,6 @@
 """The "Check dependencies" dialog: a table of RS-VLM's Python packages with an Install button.
 
-Imports only qgis, :mod:`rs_vlm_plugin.deps` and :mod:`.missing_deps`, so both the normal
+Imports only qgis, :mod:`rs_vlm_plugin.deps` and :mod:`.deps_install`, so both the normal
 plugin and the fallback one (packages missing) can open it.
 """
 
@@ -11,7 +11,7 @@ from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QHeaderView, QLabel,
                                  QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from .. import deps
-from .missing_deps import InstallDependenciesTask, private_folder, start_install
+from .deps_install import InstallDependenciesTask, private_folder, start_install
 
 COLUMNS = ("Package", "Status", "Version", "Needed for", "Details")
 

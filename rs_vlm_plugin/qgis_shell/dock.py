@@ -1,12 +1,11 @@
 """The RS-VLM panel: choose a model, a mode, a raster and a scope; run; read and filter the results.
 
-The panel only gathers inputs into a :class:`DockRequest` and shows progress and results; the
-plugin (:mod:`.plugin`) runs the jobs and owns the result layers. They talk through signals.
+The panel only gathers inputs into a :class:`~.panel_options.DockRequest` and shows progress and
+results; the plugin (:mod:`.plugin`) runs the jobs and owns the result layers. They talk through signals.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from qgis.core import QgsMapLayerProxyModel
@@ -31,9 +30,10 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.dris import PlanConfig
+from ..core.jobs.results import AnswerResult, ClassifyResult, DescribeResult, SearchResult
 from ..core.pace import format_duration
-from ..core.pipeline import AnswerResult, ClassifyResult, DescribeResult, SearchResult
+from ..core.planning.dris import PlanConfig
+from .panel_options import DEVICES, MODES, SCOPES, DockRequest
 
 MAX_TILE_BUDGET = 1024
 DETAIL_STEPS = (6, 12, 24, 48, 96, 192, 384, 768)
@@ -46,47 +46,6 @@ OUTLINE_KIND = "outline"
 (cosine similarity, about 0.1 to 0.4): the score slider moves each kind over its own range."""
 THRESHOLD_STEPS = 100
 NO_MODEL = "No model is installed: choose Models ▸ Download rs-vlm-lite0 beside the model picker (or Install from file…)."
-
-MODES = {
-    # mode: (label, query label, placeholder, run button text, tooltip)
-    "describe": ("Describe", "", "", "Describe",
-                 "Caption the area at three levels: the whole view, its regions and every fine tile."),
-    "search": ("Search", "Search for", "e.g. storage tanks next to a river", "Search",
-               "Find the places that match a text, best first (uses the layer's index when one exists)."),
-    "classify": ("Classify", "Classes", "e.g. forest, farmland, water, buildings (empty: scene types)", "Classify",
-                 "Label every fine tile with the best of your classes (comma-separated)."),
-    "ask": ("Ask", "Question", "e.g. Is there a storage tank? / How much of the area is forest?", "Ask",
-            "Answer a question: is there X, what is this area, where is X, how much of the area is X."),
-}
-SCOPES = {"visible": "Visible extent", "layer": "Whole layer", "selection": "Selected polygons (mask)"}
-DEVICES = {"auto": "Auto (GPU when available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
-
-
-@dataclass
-class DockRequest:
-    """What the user asked the panel for, handed to the plugin to validate and run.
-
-    Attributes:
-        mode: "describe", "search", "classify" or "ask".
-        query: Search text, class list or question (empty for describe).
-        layer: The raster layer.
-        scope: "visible", "layer" or "selection".
-        mask_layer: The vector layer whose selected polygons are the mask (scope "selection").
-        max_tiles: The DRIS tile budget.
-        model_dir: The chosen model bundle folder.
-        device: "auto", "cpu" or "cuda".
-        show_plan: Also add the DRIS quadtree (where compute went) as a layer.
-    """
-
-    mode: str
-    query: str
-    layer: object
-    scope: str
-    mask_layer: object
-    max_tiles: int
-    model_dir: Path | None
-    device: str
-    show_plan: bool
 
 
 class RsVlmDock(QDockWidget):

@@ -1,4 +1,5 @@
-"""Extents between QGIS (QgsRectangle, canvas CRS) and the core (Extent in the raster's CRS)."""
+"""Extents between QGIS (QgsRectangle, canvas CRS, selected polygons) and the core (Extent and WKB in the
+raster's CRS)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsCoordinateTransformContext,
     QgsCsException,
+    QgsGeometry,
     QgsProject,
     QgsRectangle,
 )
@@ -91,3 +93,35 @@ def canvas_gsd_m(canvas) -> float | None:
     if units == QgsUnitTypes.DistanceUnit.DistanceUnknownUnit:
         return None
     return per_pixel * QgsUnitTypes.fromUnitToUnitFactor(units, QgsUnitTypes.DistanceUnit.DistanceMeters)
+
+
+def selection_mask(mask_layer, raster_layer) -> tuple[object, bytes]:
+    """The selected polygons of ``mask_layer`` in the raster's CRS: (bounding Extent, WKB).
+
+    Raises:
+        RsVlmError: No polygon layer, nothing selected, or the polygons cannot be reprojected.
+    """
+    if mask_layer is None:
+        raise RsVlmError("Choose the polygon layer whose selected features limit the area.")
+    features = list(mask_layer.getSelectedFeatures())
+    if not features:
+        raise RsVlmError(f"Nothing is selected in {mask_layer.name()}; select one or more polygons first "
+                         "(or choose another scope).")
+    transform = None
+    if mask_layer.crs().isValid() and raster_layer.crs().isValid() and mask_layer.crs() != raster_layer.crs():
+        transform = QgsCoordinateTransform(mask_layer.crs(), raster_layer.crs(), QgsProject.instance().transformContext())
+    parts = []
+    for feature in features:
+        geometry = QgsGeometry(feature.geometry())
+        if geometry.isNull():
+            continue
+        if transform is not None:
+            try:
+                geometry.transform(transform)
+            except QgsCsException as exc:
+                raise RsVlmError(f"The selected polygons cannot be reprojected to the raster's CRS ({exc}).") from exc
+        parts.append(geometry)
+    if not parts:
+        raise RsVlmError(f"The selected features of {mask_layer.name()} have no geometry; select polygons.")
+    union = QgsGeometry.unaryUnion(parts)
+    return to_extent(union.boundingBox()), bytes(union.asWkb())

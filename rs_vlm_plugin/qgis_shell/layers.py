@@ -28,9 +28,9 @@ from qgis.core import (
 
 from ..core.distributed.outputs import BATCH_LAYER
 from ..core.errors import RsVlmError
-from ..core.pipeline import (CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, EVIDENCE_OUTLINE_LAYER, SEARCH_LAYER,
-                             SEARCH_OUTLINE_LAYER)
-from ..core.plan_layer import PLAN_LAYER
+from ..core.jobs.results import (CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, EVIDENCE_OUTLINE_LAYER, SEARCH_LAYER,
+                                 SEARCH_OUTLINE_LAYER)
+from ..core.planning.plan_layer import PLAN_LAYER
 from ..core.records import LEVELS
 
 CAPTION_STYLES = {
@@ -214,3 +214,25 @@ def _score_classes(layer: QgsVectorLayer, renderer: QgsGraduatedSymbolRenderer) 
     count = layer.featureCount()
     if count > 0:
         renderer.updateClasses(layer, min(HIT_CLASSES, count))
+
+
+SCORE_FIELDS = ("score", "confidence")
+
+
+def filter_by_score(layers: list, threshold: float | None, outline_threshold: float) -> None:
+    """Show only the features of result layers that score at least ``threshold`` (None: all of them).
+
+    Outline layers (their "shape" field) filter by ``outline_threshold``, the outlines' own score
+    range. A layer the user removed is dropped from ``layers``.
+    """
+    for layer in list(layers):
+        try:
+            names = layer.fields().names()
+        except RuntimeError:  # the user removed the layer
+            layers.remove(layer)
+            continue
+        name = next((f for f in SCORE_FIELDS if f in names), None)
+        if name is not None:
+            value = outline_threshold if "shape" in names else threshold
+            layer.setSubsetString("" if threshold is None else f'"{name}" >= {value - 1e-9!r}')  # as the list: no rounding up
+            layer.triggerRepaint()

@@ -13,7 +13,6 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsCoordinateTransform,
     QgsGeometry,
     QgsMapLayerType,
     QgsMessageLog,
@@ -26,17 +25,18 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QFileDialog
 
 from ..core.bundle import RuntimeOptions, available_providers
-from ..core.dris import PlanConfig
+from ..core.planning.dris import PlanConfig
 from ..core.errors import RsVlmError
-from ..core.pipeline import JobConfig
+from ..core.jobs.config import JobConfig
+from .layers import filter_by_score
 from .model_actions import ModelActions
 from .outputs import ensure_writable_folder, run_output_path
-from .processing.provider import ICON_PATH, RsVlmProvider
+from .processing.constants import ICON_PATH
+from .processing.provider import RsVlmProvider
 from .settings import PluginSettings, available_models, chosen_model_dir
 
 MENU = "&RS-VLM"
 INDEX_FOLDER = "indexes"
-SCORE_FIELDS = ("score", "confidence")
 
 
 class RsVlmPlugin(ModelActions):
@@ -170,7 +170,7 @@ class RsVlmPlugin(ModelActions):
         self.start_job("describe", layer)
 
     def run_from_dock(self, request) -> None:
-        """Run what the panel asks for (a :class:`~.dock.DockRequest`); remember its settings."""
+        """Run what the panel asks for (a :class:`~.panel_options.DockRequest`); remember its settings."""
         settings = self._remember(request)
         try:
             extent, mask = self._scope(request)
@@ -285,25 +285,14 @@ class RsVlmPlugin(ModelActions):
 
     def filter_results(self, threshold: float) -> None:
         """Show only the features of the last run's layers that score at least ``threshold``."""
-        for layer in list(self.result_layers):
-            try:
-                names = layer.fields().names()
-            except RuntimeError:  # the user removed the layer
-                self.result_layers.remove(layer)
-                continue
-            name = next((f for f in SCORE_FIELDS if f in names), None)
-            if name is not None:
-                # outline layers (their "shape" field) move over the outlines' own score range
-                value = self.dock.outline_threshold() if "shape" in names else threshold
-                at_bottom = self.dock.threshold_slider.value() == 0
-                layer.setSubsetString("" if at_bottom else f'"{name}" >= {value - 1e-9!r}')  # as the list: no rounding up
-                layer.triggerRepaint()
+        at_bottom = self.dock.threshold_slider.value() == 0
+        filter_by_score(self.result_layers, None if at_bottom else threshold, self.dock.outline_threshold())
 
     # Internals ----------------------------------------------------------------------------
 
     def _build_request(self, kind, layer, query, extent, max_tiles, output, model_dir, device, show_plan, mask_wkb,
                        settings: PluginSettings):
-        from ..core.pipeline import check_query
+        from ..core.jobs.query import check_query
         from ..core.qa import parse_question
         from .extent import canvas_extent_in_layer_crs, canvas_gsd_m
         from .source import QgsLayerSource, layer_source_id
@@ -335,7 +324,7 @@ class RsVlmPlugin(ModelActions):
             if folder is None:
                 return None
             if kind in ("index", "search"):
-                from ..core.index import default_index_path, find_index
+                from ..core.jobs.index import default_index_path, find_index
 
                 bundle = load_bundle(model_dir, options)
                 index_folder = ensure_writable_folder(folder / INDEX_FOLDER)
@@ -376,6 +365,8 @@ class RsVlmPlugin(ModelActions):
             return to_extent(request.layer.extent()), None
         if request.scope != "selection":
             return None, None
+        from .extent import selection_mask
+
         return selection_mask(request.mask_layer, request.layer)
 
     def _remember(self, request) -> PluginSettings:
@@ -425,7 +416,7 @@ class RsVlmPlugin(ModelActions):
             self.dock.set_status(stage)
 
     def _on_finished(self, outcome) -> None:
-        from ..core.pipeline import AnswerResult, ClassifyResult, SearchResult
+        from ..core.jobs.results import AnswerResult, ClassifyResult, SearchResult
         from .layers import add_result_layers, run_group_name
         from .task import IndexBuilt
 
@@ -515,40 +506,3 @@ class RsVlmPlugin(ModelActions):
         if bar is not None:
             bar.pushMessage("RS-VLM", text, level=level, duration=0 if level == Qgis.MessageLevel.Critical else 8)
         QgsMessageLog.logMessage(text, "RS-VLM", level)
-
-
-def selection_mask(mask_layer, raster_layer) -> tuple[object, bytes]:
-    """The selected polygons of ``mask_layer`` in the raster's CRS: (bounding Extent, WKB).
-
-    Raises:
-        RsVlmError: No polygon layer, nothing selected, or the polygons cannot be reprojected.
-    """
-    from qgis.core import QgsCsException
-
-    from .extent import to_extent
-
-    if mask_layer is None:
-        raise RsVlmError("Choose the polygon layer whose selected features limit the area.")
-    features = list(mask_layer.getSelectedFeatures())
-    if not features:
-        raise RsVlmError(f"Nothing is selected in {mask_layer.name()}; select one or more polygons first "
-                         "(or choose another scope).")
-    transform = None
-    if mask_layer.crs().isValid() and raster_layer.crs().isValid() and mask_layer.crs() != raster_layer.crs():
-        transform = QgsCoordinateTransform(mask_layer.crs(), raster_layer.crs(), QgsProject.instance().transformContext())
-    parts = []
-    for feature in features:
-        geometry = QgsGeometry(feature.geometry())
-        if geometry.isNull():
-            continue
-        if transform is not None:
-            try:
-                geometry.transform(transform)
-            except QgsCsException as exc:
-                raise RsVlmError(f"The selected polygons cannot be reprojected to the raster's CRS ({exc}).") from exc
-        parts.append(geometry)
-    if not parts:
-        raise RsVlmError(f"The selected features of {mask_layer.name()} have no geometry; select polygons.")
-    union = QgsGeometry.unaryUnion(parts)
-    return to_extent(union.boundingBox()), bytes(union.asWkb())
-

@@ -20,11 +20,13 @@ from ..core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir
 from ..core.errors import CancelledError, RsVlmError
 from ..core.geometry import Extent
 from ..core.gpkg import write_geopackage
-from ..core.index import EmbeddingIndex, build_index, read_meta
+from ..core.jobs.config import JobConfig
+from ..core.jobs.index import EmbeddingIndex, build_index, read_meta
+from ..core.jobs.results import result_kinds, result_layers
+from ..core.jobs.run import run_job
 from ..core.pace import Pace
-from ..core.pipeline import JobConfig, ask, classify, describe, result_kinds, result_layers, search, split_classes
+from ..core.planning.plan_layer import PLAN_LAYER, plan_records
 from ..core.progress import check_canceled
-from ..core.plan_layer import PLAN_LAYER, plan_records
 from ..core.raster import RasterSource
 from ..core.records import PlanTileRecord
 
@@ -192,15 +194,9 @@ def execute(request: JobRequest, progress) -> JobOutcome:
         result = index.search(bundle, request.query, max_hits=request.config.max_hits,
                               min_score=request.config.min_score, extent=request.extent)
         progress.set_fraction(1.0)
-    elif request.kind == "search":
-        result = search(request.source, bundle, request.query, request.extent, request.config, progress)
-    elif request.kind == "classify":
-        result = classify(request.source, bundle, split_classes(request.query), request.extent, request.config,
-                          progress)
-    elif request.kind == "ask":
-        result = ask(request.source, bundle, request.query, request.extent, request.config, progress)
     else:
-        result = describe(request.source, bundle, request.extent, request.config, progress)
+        result = run_job(request.kind, request.source, bundle, request.query, request.extent, request.config,
+                         progress)
     if progress.is_canceled():
         raise CancelledError()
     for message in result.warnings:

@@ -63,8 +63,9 @@ def main(bundle_dir: str, work: str) -> dict:
     import onnxruntime
 
     from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions
-    from rs_vlm_plugin.core.dris import PlanConfig
-    from rs_vlm_plugin.core.pipeline import JobConfig, search
+    from rs_vlm_plugin.core.planning.dris import PlanConfig
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.search import search
     from rs_vlm_plugin import deps
 
     source, reader = scene_source(Path(work))

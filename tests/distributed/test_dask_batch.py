@@ -17,11 +17,12 @@ import pytest
 from conftest import ROOT, gpkg_rows
 
 from rs_vlm_plugin.core.cli import main
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.errors import RsVlmError
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.index import EmbeddingIndex, build_index
-from rs_vlm_plugin.core.pipeline import JobConfig, describe
+from rs_vlm_plugin.core.jobs.index import EmbeddingIndex, build_index
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
 from rs_vlm_plugin.core.progress import RecordingProgress
 from rs_vlm_plugin.core.raster import open_raster
 from rs_vlm_plugin.core.records import CaptionRecord

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import DEMO_SCENE, raster_layer
 
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, SEARCH_OUTLINE_LAYER
+from rs_vlm_plugin.core.jobs.results import CAPTION_LAYERS, SEARCH_LAYER, SEARCH_OUTLINE_LAYER
 
 MAX_TILES = 8  # small budgets keep the model runs short
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from test_algorithms import RecordingFeedback, layer_names, read_layer
 
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS
+from rs_vlm_plugin.core.jobs.results import CAPTION_LAYERS
 
 
 @pytest.fixture()

@@ -44,7 +44,7 @@ def test_batch_on_a_cluster_equals_the_command_line_batch(processing, rasters, t
 def test_build_index_on_a_cluster_and_a_memory_layer_stays_local(processing, rasters, tmp_path):
     from qgis.core import QgsProject, QgsRasterLayer
 
-    from rs_vlm_plugin.core.index import EmbeddingIndex
+    from rs_vlm_plugin.core.jobs.index import EmbeddingIndex
 
     feedback = RecordingFeedback.make()
     out = tmp_path / "scene.gpkg"

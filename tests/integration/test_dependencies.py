@@ -123,7 +123,8 @@ def test_install_button_installs_into_the_private_folder(tmp_path):
         import dataclasses
         from qgis.PyQt.QtWidgets import QPushButton
         from rs_vlm_plugin import deps
-        from rs_vlm_plugin.qgis_shell.missing_deps import MissingDependenciesPlugin, private_folder
+        from rs_vlm_plugin.qgis_shell.deps_install import private_folder
+        from rs_vlm_plugin.qgis_shell.missing_deps import MissingDependenciesPlugin
         tqdm = next(r for r in deps.REQUIREMENTS if r.import_name == "tqdm")
         report = deps.check([dataclasses.replace(tqdm, required=True)])
         iface = MinimalIface()
@@ -274,11 +275,11 @@ def test_the_installer_shows_progress_while_pip_is_silent_and_never_goes_back(qg
     """pip prints nothing countable while it waits to retry a download: the bar still moves."""
     import dataclasses
 
-    from rs_vlm_plugin.qgis_shell import missing_deps
+    from rs_vlm_plugin.qgis_shell import deps_install
 
     tqdm = next(r for r in deps.REQUIREMENTS if r.import_name == "tqdm")
-    task = missing_deps.InstallDependenciesTask(deps.check([dataclasses.replace(tqdm, required=True)]))
-    task._started -= missing_deps.CREEP_S  # a minute of silence (pip backing off before a retry)
+    task = deps_install.InstallDependenciesTask(deps.check([dataclasses.replace(tqdm, required=True)]))
+    task._started -= deps_install.CREEP_S  # a minute of silence (pip backing off before a retry)
     assert task._poll() is False
     assert 18.0 < task.progress() <= 30.0
     before = task.progress()

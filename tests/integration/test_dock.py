@@ -9,7 +9,7 @@ import pytest
 from conftest import MinimalIface, raster_layer, wait_for
 
 from rs_vlm_plugin.core.geometry import Extent
-from rs_vlm_plugin.core.pipeline import AnswerResult, ClassifyResult, DescribeResult, SearchResult
+from rs_vlm_plugin.core.jobs.results import AnswerResult, ClassifyResult, DescribeResult, SearchResult
 from rs_vlm_plugin.core.qa import parse_question
 from rs_vlm_plugin.core.records import CaptionRecord, ClassRecord, EvidenceRecord, SearchHit
 
@@ -178,7 +178,7 @@ def test_describe_whole_layer_with_the_dris_plan(gui, bundle_dir, stored_setting
 def test_score_threshold_filters_the_result_layer(gui, bundle_dir):
     from qgis.core import QgsPointXY
 
-    from rs_vlm_plugin.core.pipeline import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
+    from rs_vlm_plugin.core.jobs.results import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
 
     task = run(gui, "search", "a road")
     # a search writes its outlines beside the hits; the panel loads the layers that have features
@@ -217,7 +217,7 @@ def test_score_threshold_filters_hits_and_outlines_each_over_their_own_range(gui
     from shapely.geometry import box
 
     from rs_vlm_plugin.core.gpkg import write_geopackage
-    from rs_vlm_plugin.core.pipeline import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
+    from rs_vlm_plugin.core.jobs.results import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
     from rs_vlm_plugin.core.records import OutlineRecord
     from rs_vlm_plugin.qgis_shell.layers import add_result_layers
 
@@ -280,7 +280,7 @@ def test_selected_polygons_limit_the_tiles(gui, bundle_dir, project):
 
 
 def test_index_built_from_the_panel_answers_searches(gui, bundle_dir, stored_settings):
-    from rs_vlm_plugin.core.pipeline import SearchResult
+    from rs_vlm_plugin.core.jobs.results import SearchResult
 
     task = run(gui, "search", button="index")
     built = task.outcome.result
@@ -299,8 +299,9 @@ def test_index_built_from_the_panel_answers_searches(gui, bundle_dir, stored_set
     # The index holds the complexity plan's tiles (it serves any query), so its answer equals a search
     # on that plan with the same budget; the panel's direct search is text-guided and plans otherwise.
     from rs_vlm_plugin.core.bundle import ModelBundle
-    from rs_vlm_plugin.core.dris import PlanConfig
-    from rs_vlm_plugin.core.pipeline import JobConfig, search
+    from rs_vlm_plugin.core.planning.dris import PlanConfig
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.search import search
     from rs_vlm_plugin.core.raster import open_raster
 
     config = JobConfig(plan=PlanConfig(max_tiles=6), guided=False, outlines=False)

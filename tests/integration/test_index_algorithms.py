@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_algorithms import RecordingFeedback, layer_names, read_layer
 
-from rs_vlm_plugin.core.index import TILES_LAYER, EmbeddingIndex
-from rs_vlm_plugin.core.pipeline import SEARCH_LAYER
+from rs_vlm_plugin.core.jobs.index import TILES_LAYER, EmbeddingIndex
+from rs_vlm_plugin.core.jobs.results import SEARCH_LAYER
 
 MAX_TILES = 8
 
@@ -96,8 +96,9 @@ def test_search_index_ranks_like_search_raster(processing, built_index, rasters,
     # that plan with the same budget: the search of the core with text guidance off. (search_raster
     # itself is text-guided: it plans for its query, which an index built before any query cannot.)
     from rs_vlm_plugin.core.bundle import ModelBundle
-    from rs_vlm_plugin.core.dris import PlanConfig
-    from rs_vlm_plugin.core.pipeline import JobConfig, search
+    from rs_vlm_plugin.core.planning.dris import PlanConfig
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.search import search
     from rs_vlm_plugin.core.raster import open_raster
 
     config = JobConfig(plan=PlanConfig(max_tiles=MAX_TILES), max_hits=3, guided=False, outlines=False)

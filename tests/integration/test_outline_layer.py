@@ -48,7 +48,7 @@ def test_outline_layer_loads_styled_and_draws(project, tmp_path):
     from qgis.PyQt.QtCore import QSize
     from qgis.PyQt.QtGui import QColor
 
-    from rs_vlm_plugin.core.pipeline import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
+    from rs_vlm_plugin.core.jobs.results import SEARCH_LAYER, SEARCH_OUTLINE_LAYER
     from rs_vlm_plugin.qgis_shell.layers import OUTLINE_COLOURS, add_result_layers, display_name
 
     gpkg = write_geopackage(tmp_path / "run.gpkg", {SEARCH_LAYER: [], SEARCH_OUTLINE_LAYER: _records()}, _crs_wkt())
@@ -94,7 +94,7 @@ def test_outline_layer_loads_styled_and_draws(project, tmp_path):
 def test_plan_layer_tip_says_why_a_tile_was_refined(project, tmp_path):
     from qgis.core import QgsExpression
 
-    from rs_vlm_plugin.core.plan_layer import PLAN_LAYER
+    from rs_vlm_plugin.core.planning.plan_layer import PLAN_LAYER
     from rs_vlm_plugin.qgis_shell.layers import add_result_layers
 
     records = [PlanTileRecord("0", 0, 0.4, False, 2.0, Extent(0, 0, 100, 100), "scene", "query", 0.41),
@@ -110,7 +110,7 @@ def test_plan_layer_tip_says_why_a_tile_was_refined(project, tmp_path):
 def test_the_score_slider_moves_hits_and_outlines_each_over_their_own_range(qgis_app):
     """Hits score about 0.1-0.4 (cosine), outlines about 0.99-1 (calibrated relevance): one slider
     position keeps the same share of each, instead of hiding every hit before the first outline."""
-    from rs_vlm_plugin.core.pipeline import SearchResult
+    from rs_vlm_plugin.core.jobs.results import SearchResult
     from rs_vlm_plugin.core.records import SearchHit
     from rs_vlm_plugin.qgis_shell.dock import KIND_ROLE, OUTLINE_KIND, RsVlmDock
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, MinimalIface, caption_records, raster_layer, wait_for
 
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, SEARCH_LAYER, DescribeResult
+from rs_vlm_plugin.core.jobs.results import CAPTION_LAYERS, SEARCH_LAYER, DescribeResult
 from rs_vlm_plugin.core.records import SearchHit
 
 ALGORITHMS = {"caption_raster", "search_raster", "classify_raster", "ask_raster", "batch_caption", "export_model",
@@ -138,7 +138,7 @@ def test_result_layers_are_grouped_styled_and_labelled(qgis_app, project, tmp_pa
         QgsRuleBasedRenderer,
     )
 
-    from rs_vlm_plugin.core.pipeline import result_layers
+    from rs_vlm_plugin.core.jobs.results import result_layers
     from rs_vlm_plugin.qgis_shell.layers import add_result_layers, open_layer, run_group_name, style_layer
 
     wkt = raster_layer_crs_wkt()
@@ -210,8 +210,8 @@ def test_empty_result_layers_are_left_out(qgis_app, project, tmp_path):
 
 
 def _request(kind, layer, tmp_path, model_dir=None, query="", max_tiles=6):
-    from rs_vlm_plugin.core.dris import PlanConfig
-    from rs_vlm_plugin.core.pipeline import JobConfig
+    from rs_vlm_plugin.core.planning.dris import PlanConfig
+    from rs_vlm_plugin.core.jobs.config import JobConfig
     from rs_vlm_plugin.qgis_shell.source import QgsLayerSource
     from rs_vlm_plugin.qgis_shell.task import JobRequest
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS
+from rs_vlm_plugin.core.jobs.results import CAPTION_LAYERS
 
 
 def _qgis_process() -> str | None:

@@ -10,8 +10,8 @@ import pytest
 from conftest import caption_records
 
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.pipeline import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
-from rs_vlm_plugin.core.plan_layer import PLAN_LAYER, plan_records
+from rs_vlm_plugin.core.jobs.results import CAPTION_LAYERS, CLASS_LAYER, EVIDENCE_LAYER, SEARCH_LAYER
+from rs_vlm_plugin.core.planning.plan_layer import PLAN_LAYER, plan_records
 from rs_vlm_plugin.core.records import ClassRecord, EvidenceRecord, SearchHit
 
 UTM = "EPSG:26914"
@@ -309,9 +309,9 @@ def test_plan_layer_is_written_and_styled(project, rasters, tmp_path):
     from qgis.core import QgsRuleBasedRenderer
     from qgis.PyQt.QtGui import QColor
 
-    from rs_vlm_plugin.core.dris import PlanConfig
+    from rs_vlm_plugin.core.planning.dris import PlanConfig
     from rs_vlm_plugin.core.gpkg import read_layer_names
-    from rs_vlm_plugin.core.pipeline import make_plan
+    from rs_vlm_plugin.core.encoding.tiles import make_plan
     from rs_vlm_plugin.core.raster import open_raster
     from rs_vlm_plugin.core.records import PlanTileRecord
     from rs_vlm_plugin.qgis_shell.layers import PLAN_DEPTH_COLOURS, add_result_layers, display_name

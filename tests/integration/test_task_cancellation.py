@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from conftest import raster_layer, wait_for
 
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.errors import CancelledError
-from rs_vlm_plugin.core.pipeline import JobConfig
+from rs_vlm_plugin.core.jobs.config import JobConfig
 
 STAGES = ["Loading the model", "Reading an overview", "Encoding", "Writing captions", "Writing the GeoPackage"]
 

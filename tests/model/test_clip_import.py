@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions
-from rs_vlm_plugin.core.pipeline import classify
+from rs_vlm_plugin.core.jobs.classify import classify
 from rs_vlm_plugin.core.raster import ArraySource
 from rs_vlm_plugin.modeling.clip.configs import FULL_CONFIGS, get_config
 from rs_vlm_plugin.modeling.clip.export_clip import CLIP_MEAN, CLIP_STD, export_clip_bundle

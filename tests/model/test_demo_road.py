@@ -19,7 +19,8 @@ def _annotations():
 
 
 def test_the_best_hit_for_a_road_through_a_forest_is_on_the_road(bundle, demo_scene):
-    from rs_vlm_plugin.core.pipeline import JobConfig, search
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.search import search
     from rs_vlm_plugin.core.raster import open_raster
 
     annotations = _annotations()

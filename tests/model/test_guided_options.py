@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from rs_vlm_plugin.core.cli import _parser, job_config
-from rs_vlm_plugin.core.dris import PlanConfig
-from rs_vlm_plugin.core.index import EmbeddingIndex, build_index
-from rs_vlm_plugin.core.pipeline import JobConfig, describe
+from rs_vlm_plugin.core.planning.dris import PlanConfig
+from rs_vlm_plugin.core.jobs.index import EmbeddingIndex, build_index
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
 from rs_vlm_plugin.core.raster import open_raster
 
 PLAN = PlanConfig(max_tiles=24, native_roots=1)

@@ -13,11 +13,12 @@ import pytest
 from osgeo import ogr
 
 from rs_vlm_plugin.core.bundle import ModelBundle
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.errors import CancelledError, RsVlmError
-from rs_vlm_plugin.core.index import (TILES_LAYER, EmbeddingIndex, build_index, default_index_path, file_identity,
-                                      find_index, model_fingerprint)
-from rs_vlm_plugin.core.pipeline import JobConfig, search
+from rs_vlm_plugin.core.jobs.index import (TILES_LAYER, EmbeddingIndex, build_index, default_index_path, file_identity,
+                                           find_index, model_fingerprint)
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.progress import RecordingProgress
 from rs_vlm_plugin.core.raster import open_raster
 

@@ -7,7 +7,7 @@ import json
 from osgeo import ogr
 
 from rs_vlm_plugin.core.cli import main
-from rs_vlm_plugin.core.index import TILES_LAYER, EmbeddingIndex
+from rs_vlm_plugin.core.jobs.index import TILES_LAYER, EmbeddingIndex
 
 
 def _layer_counts(path) -> dict[str, int]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.gpkg import read_layer_names, write_geopackage
 from rs_vlm_plugin.core.locate.relevance import LocateConfig
-from rs_vlm_plugin.core.pipeline import (EVIDENCE_OUTLINE_LAYER, SEARCH_LAYER, SEARCH_OUTLINE_LAYER, JobConfig, ask,
-                                        result_kinds, result_layers, search)
-from rs_vlm_plugin.core.plan_layer import plan_records
+from rs_vlm_plugin.core.jobs.ask import ask
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.results import (EVIDENCE_OUTLINE_LAYER, SEARCH_LAYER, SEARCH_OUTLINE_LAYER, result_kinds,
+                                             result_layers)
+from rs_vlm_plugin.core.jobs.search import search
+from rs_vlm_plugin.core.planning.plan_layer import plan_records
 from rs_vlm_plugin.core.raster import open_raster
 
 ogr = pytest.importorskip("osgeo.ogr")

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 from shapely.geometry import LineString
 
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.errors import CancelledError, RsVlmError
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.pipeline import JobConfig, ask, classify, describe, result_layers, search
+from rs_vlm_plugin.core.jobs.ask import ask
+from rs_vlm_plugin.core.jobs.classify import classify
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
+from rs_vlm_plugin.core.jobs.results import result_layers
+from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.progress import RecordingProgress
 from rs_vlm_plugin.core.raster import open_raster
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_vlm_plugin.core.dris import PlanConfig
-from rs_vlm_plugin.core.pipeline import JobConfig, classify, search
+from rs_vlm_plugin.core.planning.dris import PlanConfig
+from rs_vlm_plugin.core.jobs.classify import classify
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.progress import RecordingProgress
 from rs_vlm_plugin.core.raster import open_raster
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from rs_vlm_plugin.core.bundle import ModelBundle
-from rs_vlm_plugin.core.dris import PlanConfig
-from rs_vlm_plugin.core.pipeline import JobConfig, classify
+from rs_vlm_plugin.core.planning.dris import PlanConfig
+from rs_vlm_plugin.core.jobs.classify import classify
+from rs_vlm_plugin.core.jobs.config import JobConfig
 from rs_vlm_plugin.core.raster import open_raster
 from rs_vlm_plugin.core.seen_bias import seen_bias_offsets
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_vlm_plugin.core import pipeline
 from rs_vlm_plugin.core.bundle import SESSION_STATS, ModelBundle
 from rs_vlm_plugin.core.errors import RsVlmError
-from rs_vlm_plugin.core.pipeline import (JobConfig, caption_tiles, describe, encode_extent, search, tile_captions,
-                                         tile_scores)
+from rs_vlm_plugin.core.encoding import encode
+from rs_vlm_plugin.core.encoding.encode import encode_extent
+from rs_vlm_plugin.core.encoding.tiles import tiles_to_encode
+from rs_vlm_plugin.core.jobs.captioning import caption_tiles, tile_captions
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.describe import describe
+from rs_vlm_plugin.core.jobs.query import tile_level, tile_scores
+from rs_vlm_plugin.core.jobs.search import search
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.progress import NullProgress
 from rs_vlm_plugin.core.raster import ArraySource, RasterSource, open_raster
 
@@ -38,11 +44,11 @@ def holed_scene(demo_scene):
 
 
 def test_streamed_describe_gives_the_records_of_the_one_that_keeps_every_token(bundle, holed_scene):
-    config = JobConfig(plan=pipeline.PlanConfig(uniform=True))
+    config = JobConfig(plan=PlanConfig(uniform=True))
     streamed = describe(holed_scene, bundle, config=config)
     reference = encode_extent(holed_scene, bundle, None, config, NullProgress())
     assert len(reference.tiles) > 32  # a full caption block, then the rest
-    assert len(reference.tiles) < len(pipeline.tiles_to_encode(reference.plan, 1.0, bundle.image_size))  # skipped
+    assert len(reference.tiles) < len(tiles_to_encode(reference.plan, 1.0, bundle.image_size))  # skipped
     expected = caption_tiles(reference, bundle, config.top_concepts, holed_scene.name)
     assert _records(streamed.records) == _records(expected)
     assert streamed.timings["routing"] == reference.routing()
@@ -57,7 +63,7 @@ def test_search_without_object_tokens_gives_the_same_hits(bundle, demo_scene):
 
     scores = tile_scores(every, expand_queries(bundle, ["a paved road"], knowledge=False).scorer(0))
     fine = [i for i, t in enumerate(every.tiles) if "global" not in t.levels or len(t.levels) > 1]
-    fine = [i for i in fine if pipeline._tile_level(every.tiles[i]) is not None]
+    fine = [i for i in fine if tile_level(every.tiles[i]) is not None]
     best = sorted(fine, key=lambda i: (-scores[i], i))[:len(result.hits)]
     assert [h.extent for h in result.hits] == [every.tiles[i].extent for i in best]
     np.testing.assert_allclose([h.score for h in result.hits], scores[best], rtol=0, atol=1e-6)
@@ -69,7 +75,7 @@ def test_search_without_object_tokens_gives_the_same_hits(bundle, demo_scene):
 def test_tiles_read_ahead_are_the_tiles_read_in_turn(bundle, demo_scene, monkeypatch):
     with open_raster(demo_scene) as source:
         ahead = encode_extent(source, bundle, None, JobConfig(), NullProgress(), keep=("embedding", "regions"))
-        monkeypatch.setattr(pipeline, "READ_AHEAD", 0)
+        monkeypatch.setattr(encode, "READ_AHEAD", 0)
         inline = encode_extent(source, bundle, None, JobConfig(), NullProgress(), keep=("embedding", "regions"))
     assert [t.key for t in ahead.tiles] == [t.key for t in inline.tiles]
     for key in ("embedding", "regions"):
@@ -95,7 +101,7 @@ class FailingSource(RasterSource):
 @pytest.mark.parametrize("read_ahead", [0, 2])
 def test_a_read_error_in_the_reader_thread_stops_the_job_with_its_sentence(bundle, holed_scene, monkeypatch,
                                                                              read_ahead):
-    monkeypatch.setattr(pipeline, "READ_AHEAD", read_ahead)
+    monkeypatch.setattr(encode, "READ_AHEAD", read_ahead)
     source = FailingSource(holed_scene, fail_at=20)
     with pytest.raises(RsVlmError, match=r"could not be read near pixel column 448, row 0 .*damaged or incomplete"):
         describe(source, bundle)

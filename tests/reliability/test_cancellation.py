@@ -92,7 +92,8 @@ def test_cancel_at_each_stage_writes_nothing(name, hostile, index_file, bundle_d
 
 def test_corrupt_tiles_fail_after_planning_with_a_sentence(hostile, bundle_dir):
     from rs_vlm_plugin.core.bundle import ModelBundle
-    from rs_vlm_plugin.core.pipeline import JobConfig, describe
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.describe import describe
     from rs_vlm_plugin.core.raster import open_raster
 
     progress = RecordingProgress()

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rs_vlm_plugin.core.errors import RsVlmError
-from rs_vlm_plugin.core.index import META_TABLE, EmbeddingIndex
+from rs_vlm_plugin.core.jobs.index import META_TABLE, EmbeddingIndex
 from rs_vlm_plugin.core.raster import open_raster
 
 FUZZ = settings(derandomize=True, max_examples=60, deadline=5000, database=None,

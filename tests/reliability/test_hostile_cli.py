@@ -235,8 +235,9 @@ def test_the_table_is_large_enough():
 
 def test_half_nodata_skips_the_tiles_that_show_nothing(paths, tmp_path, capsys):
     from rs_vlm_plugin.core.bundle import ModelBundle
-    from rs_vlm_plugin.core.pipeline import JobConfig, describe
-    from rs_vlm_plugin.core.dris import PlanConfig
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.describe import describe
+    from rs_vlm_plugin.core.planning.dris import PlanConfig
     from rs_vlm_plugin.core.progress import RecordingProgress
     from rs_vlm_plugin.core.raster import open_raster
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_vlm_plugin.core.complexity import (
-    ComplexityConfig,
-    cell_complexity,
-    complexity_map,
-    local_entropy,
-    luminance,
-)
+from rs_vlm_plugin.core.planning.complexity import (ComplexityConfig, cell_complexity, complexity_map, local_entropy,
+                                                    luminance)
 
 
 def smooth(size: int = 256, seed: int = 0) -> np.ndarray:

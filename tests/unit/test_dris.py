@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from shapely import unary_union
 
-from rs_vlm_plugin.core.dris import PlanConfig, TilePlan, plan_tiles
+from rs_vlm_plugin.core.planning.dris import PlanConfig, TilePlan, plan_tiles
 from rs_vlm_plugin.core.errors import RsVlmError
 from rs_vlm_plugin.core.geometry import Extent
 

@@ -15,7 +15,7 @@ from rs_vlm_plugin.core.errors import RsVlmError
 from rs_vlm_plugin.core.expansion import (MANIFEST_KEY, ExpandedQueries, QueryKnowledge, describe_expansions,
                                           expand_queries, expand_text, match_concepts)
 from rs_vlm_plugin.core.knowledge import KnowledgeBase
-from rs_vlm_plugin.core.pipeline import CLASS_PROMPTS, class_embeddings
+from rs_vlm_plugin.core.jobs.classify import CLASS_PROMPTS, class_embeddings
 from rs_vlm_plugin.core.qa import presence_scores
 
 KB_PATH = Path(__file__).resolve().parents[2] / "rs_vlm_plugin/resources/knowledge_base.json"

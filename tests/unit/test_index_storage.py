@@ -8,11 +8,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from rs_vlm_plugin.core import index as index_module
+from rs_vlm_plugin.core.jobs import index as index_module
 from rs_vlm_plugin.core.errors import RsVlmError
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import write_geopackage
-from rs_vlm_plugin.core.index import EmbeddingIndex, _read_arrays, read_meta, _write_tables
+from rs_vlm_plugin.core.jobs.index import EmbeddingIndex, _read_arrays, read_meta, _write_tables
 from rs_vlm_plugin.core.qa import presence_scores
 from rs_vlm_plugin.core.records import SearchHit
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from shapely import unary_union
 
-from rs_vlm_plugin.core.dris import PlanConfig, QuadTree, plan_tiles
+from rs_vlm_plugin.core.planning.dris import PlanConfig, QuadTree, plan_tiles
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.locate.guided import GuideConfig, _next_round, guided_root_count, outline_parts, quadrant_estimates
-from rs_vlm_plugin.core.pipeline import EncodedTile
+from rs_vlm_plugin.core.encoding.tiles import EncodedTile
 
 
 def noise(height: int = 256, width: int = 256, seed: int = 0) -> np.ndarray:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_vlm_plugin.core.dris import PlanConfig, plan_tiles
+from rs_vlm_plugin.core.planning.dris import PlanConfig, plan_tiles
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.gpkg import SCHEMAS
-from rs_vlm_plugin.core.plan_layer import PLAN_LAYER, plan_records
+from rs_vlm_plugin.core.planning.plan_layer import PLAN_LAYER, plan_records
 from rs_vlm_plugin.core.records import PlanTileRecord
 
 

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from ..bundle import ModelBundle, RuntimeOptions
 from ..cli_options import add_plan_options, add_run_options, check_args, model_dir
-from ..dris import PlanConfig
+from ..planning.dris import PlanConfig
 from ..errors import RsVlmError
 from ..geometry import Extent
 from ..progress import ProgressBackend

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..bundle import ModelBundle, RuntimeOptions, default_bundle_dir
-from ..dris import PlanConfig
+from ..planning.dris import PlanConfig
 from ..geometry import Extent
 from ..progress import ProgressBackend
 from ..validation import model_tile_size

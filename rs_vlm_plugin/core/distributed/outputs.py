@@ -20,8 +20,9 @@ from ..bundle import ModelBundle
 from ..errors import RsVlmError
 from ..geometry import Extent
 from ..gpkg import write_geopackage
-from ..index import index_meta, index_tables, write_index
-from ..pipeline import Encoding, caption_tiles, no_valid_pixels
+from ..jobs.index import index_meta, index_tables, write_index
+from ..encoding.tiles import Encoding, no_valid_pixels
+from ..jobs.captioning import caption_tiles
 from ..progress import ProgressBackend, check_canceled
 from ..records import CaptionRecord, IndexTile
 from .tasks import ChunkResult, RasterJob, RasterPlan

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dris import PlanConfig, TilePlan
+from ..planning.dris import PlanConfig, TilePlan
 from ..errors import RsVlmError
 from ..geometry import Extent
-from ..index import source_identity
-from ..caption_stream import CAPTION_BLOCK, CaptionStream
-from ..pipeline import EncodedTile, encode_tiles, make_plan, tiles_to_encode
+from ..jobs.index import source_identity
+from ..jobs.caption_stream import CAPTION_BLOCK, CaptionStream
+from ..encoding.encode import encode_tiles
+from ..encoding.tiles import EncodedTile, make_plan, tiles_to_encode
 from ..progress import NullProgress
 from ..raster import open_raster
 from .worker_cache import ModelRef, cached_bundle

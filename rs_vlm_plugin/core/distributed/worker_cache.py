@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..bundle import ModelBundle, RuntimeOptions, default_bundle_dir
 from ..errors import RsVlmError
-from ..index import model_fingerprint
+from ..jobs.index import model_fingerprint
 
 _CACHE: dict[tuple[str, str], ModelBundle] = {}
 _LOCK = threading.Lock()

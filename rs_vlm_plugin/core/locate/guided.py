@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dris import QuadTree, native_grid_count
+from ..planning.dris import QuadTree, native_grid_count
 from ..geometry import Extent
-from ..pipeline import EncodedTile, Encoding, encode_tiles, mask_tiles, no_valid_pixels
+from ..encoding.encode import encode_tiles
+from ..encoding.tiles import EncodedTile, Encoding, mask_tiles, no_valid_pixels
 from ..progress import ProgressBackend, SubProgress, check_canceled
 from ..qa import QueryScorer, presence_scores
 from ..raster import RasterSource
@@ -98,8 +99,8 @@ def guided_encoding(source: RasterSource, bundle, extent: Extent | None, config,
         source: The raster.
         bundle: The model.
         extent: The area (None: the whole raster).
-        config: The job's :class:`~rs_vlm_plugin.core.pipeline.JobConfig` (its plan's budget,
-            batch size and mask; the plan is made on the native grid).
+        config: The job's settings (a :class:`~rs_vlm_plugin.core.jobs.config.JobConfig`): its plan's
+            budget, batch size, mask and ``outlines``; the plan is made on the native grid.
         scorer: Scores (..., D) embeddings for the query (as for search ranking).
         progress: Stages, progress and cancellation.
         guide: The planner's settings.

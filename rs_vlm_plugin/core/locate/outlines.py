@@ -13,7 +13,7 @@ from .vectorise import CellGrid, Outline, vectorise
 
 if TYPE_CHECKING:
     from ..bundle import ModelBundle
-    from ..pipeline import Encoding
+    from ..encoding.tiles import Encoding
 
 
 def find_outlines(encoding: "Encoding", bundle: "ModelBundle", text: str, metres_per_unit: float,

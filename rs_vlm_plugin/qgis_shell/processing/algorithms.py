@@ -31,10 +31,13 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ...core.dris import PlanConfig
+from ...core.planning.dris import PlanConfig
 from ...core.errors import CancelledError, RsVlmError
 from ...core.geometry import Extent
-from ...core.pipeline import JobConfig, SearchResult, check_query, split_classes
+from ...core.jobs.classify import split_classes
+from ...core.jobs.config import JobConfig
+from ...core.jobs.query import check_query
+from ...core.jobs.results import SearchResult
 from ...core.validation import check_output, model_files
 from ...core.pace import Pace
 from ..extent import to_extent
@@ -42,11 +45,7 @@ from ..layers import display_name, style_layer
 from ..settings import default_model_dir
 from ..source import QgsLayerSource
 from ..task import JobRequest, execute
-from .provider import ICON_PATH
-
-GPKG_FILTER = "GeoPackage (*.gpkg *.GPKG)"
-MAX_TILE_BUDGET = 4096
-CANCELLED = "Cancelled; no output was written."
+from .constants import CANCELLED, GPKG_FILTER, ICON_PATH, MAX_TILE_BUDGET
 
 
 class FeedbackProgress:

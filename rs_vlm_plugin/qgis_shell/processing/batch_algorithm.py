@@ -26,10 +26,11 @@ from qgis.core import (
 )
 
 from ...core.distributed.inputs import BATCH_PATTERN, folder_rasters
-from ...core.dris import PlanConfig
+from ...core.planning.dris import PlanConfig
 from ...core.errors import CancelledError, RsVlmError
 from ...core.gpkg import write_geopackage
-from ...core.pipeline import JobConfig, result_kinds, result_layers
+from ...core.jobs.config import JobConfig
+from ...core.jobs.results import result_kinds, result_layers
 from ...core.progress import SubProgress
 from ...core.records import CaptionRecord
 from ..extent import to_extent
@@ -37,7 +38,8 @@ from ..layers import BATCH_LAYER
 from ..outputs import ensure_writable_folder, unique_path
 from ..source import QgsLayerSource
 from ..task import JobRequest, execute
-from .algorithms import CANCELLED, GPKG_FILTER, FeedbackProgress, RsVlmAlgorithm
+from .algorithms import FeedbackProgress, RsVlmAlgorithm
+from .constants import CANCELLED, GPKG_FILTER
 
 
 BATCH_MODES = ("merged", "per_input")
@@ -295,7 +297,7 @@ class BatchCaptionAlgorithm(RsVlmAlgorithm):
 
     def _cluster_result(self, item):
         """A describe-like result for one input captioned on the cluster (per-input output)."""
-        from ...core.pipeline import DescribeResult
+        from ...core.jobs.results import DescribeResult
 
         crs = self._crs_of.get(self.inputs.index(item))
         return DescribeResult([], None, crs, [])

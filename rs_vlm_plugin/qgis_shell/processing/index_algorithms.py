@@ -20,12 +20,14 @@ from qgis.core import (
 from ...core.distributed.jobs import LOCAL_ONLY
 from ...core.errors import CancelledError, RsVlmError
 from ...core.gpkg import write_geopackage
-from ...core.index import TILES_LAYER
-from ...core.pipeline import SEARCH_LAYER, check_query, result_kinds, result_layers
+from ...core.jobs.index import TILES_LAYER
+from ...core.jobs.query import check_query
+from ...core.jobs.results import SEARCH_LAYER, result_kinds, result_layers
 from ..source import layer_source_id
 from ..task import JobRequest, load_bundle, open_index
-from .algorithms import CANCELLED, CaptionRasterAlgorithm, FeedbackProgress, RsVlmAlgorithm
+from .algorithms import CaptionRasterAlgorithm, FeedbackProgress, RsVlmAlgorithm
 from .batch_algorithm import local_file
+from .constants import CANCELLED
 
 
 class BuildIndexAlgorithm(CaptionRasterAlgorithm):

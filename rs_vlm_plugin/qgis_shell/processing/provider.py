@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-ICON_PATH = Path(__file__).resolve().parents[2] / "resources" / "icon.svg"
+from .constants import ICON_PATH, PROVIDER_ID
 
 
 class RsVlmProvider(QgsProcessingProvider):
     """Caption raster, Search raster by text, Batch caption layers, Export model to ONNX."""
 
     def id(self) -> str:  # noqa: D102
-        return "rsvlm"
+        return PROVIDER_ID
 
     def name(self) -> str:  # noqa: D102
         return "RS-VLM"

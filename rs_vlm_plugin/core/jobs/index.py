@@ -5,7 +5,7 @@
               ``rsvlm_index_meta`` (key, JSON value) and ``rsvlm_index_embeddings`` (np.save BLOBs)
     query  -> text tower -> one matrix product with the (tiles x 14, D) token matrix -> top k
 
-Hits are ranked exactly as :func:`pipeline.search` ranks them (the best of a tile's global
+Hits are ranked exactly as :func:`.search.search` ranks them (the best of a tile's global
 token and its 13 region tokens, cosine similarity; ties to the earlier tile); their captions
 are composed from the knowledge base, since the object tokens the decoder needs are not kept.
 """
@@ -24,19 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import ModelBundle
-from .dris import PlanConfig, Tile, TilePlan
-from .errors import RsVlmError
-from .expansion import expand_queries
-from .geometry import Extent
-from .gpkg import write_geopackage
-from .pipeline import (EncodedTile, JobConfig, SearchResult, _tile_level, check_query, composed_captions,
-                       encode_extent, guide_scorer)
-from .progress import NullProgress, ProgressBackend, check_canceled
-from .qa import QueryScorer, as_scorer
-from .raster import RasterSource
-from .records import IndexTile, SearchHit
-from .validation import text_warnings
+from ..bundle import ModelBundle
+from ..planning.dris import PlanConfig, Tile, TilePlan
+from ..errors import RsVlmError
+from ..expansion import expand_queries
+from ..geometry import Extent
+from ..locate.guided import guided_encoding
+from ..gpkg import write_geopackage
+from ..encoding.encode import encode_extent
+from ..encoding.tiles import EncodedTile
+from .captioning import composed_captions
+from .config import JobConfig
+from .query import tile_level, check_query, guide_scorer
+from .results import SearchResult
+from ..progress import NullProgress, ProgressBackend, check_canceled
+from ..qa import QueryScorer, as_scorer
+from ..raster import RasterSource
+from ..records import IndexTile, SearchHit
+from ..validation import text_warnings
 
 INDEX_FORMAT = "rsvlm-index"
 INDEX_VERSION = 1
@@ -141,8 +146,6 @@ def build_index(source: RasterSource, bundle: ModelBundle, path: str | Path, ext
     start = time.perf_counter()
     guide = guide_scorer(bundle, config)
     if guide is not None:  # JobConfig.guide_query: refined where that text scores (tiles elsewhere stay coarse)
-        from .locate.guided import guided_encoding
-
         encoding = guided_encoding(source, bundle, extent, dataclasses.replace(config, outlines=False), guide, progress,
                                    text=config.guide_query.strip())  # an index keeps no object tokens
     else:
@@ -163,11 +166,11 @@ def index_tables(encoded: list[EncodedTile], tiers: dict[str, np.ndarray],
     """The index rows of encoded tiles (their regions and leaves, in order) and their arrays.
 
     Args:
-        encoded: The encoded tiles (:attr:`pipeline.Encoding.tiles`).
+        encoded: The encoded tiles (:attr:`..encoding.tiles.Encoding.tiles`).
         tiers: Their ``embedding`` and ``regions`` tokens, one row per encoded tile.
         dtype: How the embeddings are stored.
     """
-    rows = [(i, _tile_level(t)) for i, t in enumerate(encoded) if _tile_level(t) is not None]
+    rows = [(i, tile_level(t)) for i, t in enumerate(encoded) if tile_level(t) is not None]
     picked = [i for i, _ in rows]
     tiles = [IndexTile(k, encoded[i].key, level, encoded[i].depth, encoded[i].extent,
                        encoded[i].gsd_m, encoded[i].complexity) for k, (i, level) in enumerate(rows)]
@@ -330,7 +333,7 @@ class EmbeddingIndex:
         """Each tile's score for a normalised query embedding (its best token's cosine similarity)
         or for a query scorer (its best token's score, see :meth:`expansion.ExpandedQueries.scorer`).
 
-        The same as :func:`pipeline.tile_scores` without a bundle, over the (tiles x 14, D) tokens at once.
+        The same as :func:`.query.tile_scores` without a bundle, over the (tiles x 14, D) tokens at once.
         """
         score = as_scorer(query if callable(query) else np.asarray(query, np.float32))
         return score(self.tokens).reshape(len(self), self.tokens_per_tile).max(1)
@@ -344,7 +347,7 @@ class EmbeddingIndex:
     def top(self, scores: np.ndarray, max_hits: int, min_score: float | None = None,
             rows: np.ndarray | None = None) -> np.ndarray:
         """Rows of the best ``max_hits`` tiles (among ``rows``, default all), best first, ties to the
-        lower row (as ``pipeline.search``)."""
+        lower row (as ``jobs.search.search``)."""
         rows = np.arange(len(scores)) if rows is None else np.asarray(rows)
         if min_score is not None:
             rows = rows[scores[rows] >= min_score]
@@ -360,7 +363,7 @@ class EmbeddingIndex:
 
         Args:
             extent: Only tiles overlapping this area (the index's CRS) compete; None for all.
-            knowledge: Score the text with its knowledge-base parts, as :func:`pipeline.search`
+            knowledge: Score the text with its knowledge-base parts, as :func:`.search.search`
                 does with ``JobConfig.knowledge``.
 
         Raises:

@@ -10,7 +10,7 @@ it is, and ``score`` holds the query score of the tiles a guided plan encoded.
 from __future__ import annotations
 
 from .dris import TilePlan
-from .records import PlanTileRecord
+from ..records import PlanTileRecord
 
 PLAN_LAYER = "dris_plan"
 """GeoPackage layer name of the DRIS plan."""

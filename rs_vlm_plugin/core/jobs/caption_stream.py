@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bundle import ModelBundle
-from .progress import ProgressBackend
+from ..bundle import ModelBundle
+from ..progress import ProgressBackend
 
 CAPTION_BLOCK = 32
 """Tiles per decoder call; :meth:`ModelBundle.caption` decodes in blocks of this many."""

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .complexity import cell_complexity, complexity_map
-from .errors import RsVlmError
-from .geometry import Extent
+from ..errors import RsVlmError
+from ..geometry import Extent
 
 _GSD_TOLERANCE = 1e-9  # relative slack so a child exactly at native resolution is allowed
 MAX_UNIFORM_TILES = 20_000

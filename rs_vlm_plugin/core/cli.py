@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import traceback
@@ -16,7 +17,7 @@ from .models import cli as models_cli
 from .bundle import ModelBundle, RuntimeOptions
 from .cli_options import check_args, common_raster_parser, model_dir, plan_job_options
 from .dris import PlanConfig
-from .errors import CancelledError, RsVlmError
+from .errors import CancelledError, RsVlmError, one_line
 from .geometry import Extent
 from .gpkg import write_geopackage
 from .pipeline import (AnswerResult, ClassifyResult, JobConfig, SearchResult, ask, check_query, classify, describe,
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
         progress: Where the job reports and whether it is cancelled (default: a progress bar on
             stderr, which Ctrl-C cancels).
     """
+    # GDAL prints its errors on stderr as well as returning them; the sentence quotes what matters, so
+    # the user reads one line (CPL_LOG set by the user still wins).
+    os.environ.setdefault("CPL_LOG", os.devnull)
     args = _parser().parse_args(argv)
     handler = next((m for m in (index_cli, batch_cli, models_cli) if args.command in m.COMMANDS), None)
     terminal = TerminalProgress(quiet=args.quiet) if progress is None else None
@@ -135,11 +139,11 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
     try:
         result = (handler.run if handler else run)(args, progress or terminal)
     except CancelledError as exc:
-        code, message = 130, str(exc)
+        code, message = 130, one_line(str(exc))
     except KeyboardInterrupt:
         code, message = 130, INTERRUPTED
     except RsVlmError as exc:
-        code, message = 1, f"Error: {exc}"
+        code, message = 1, one_line(f"Error: {exc}")
     except Exception:  # noqa: BLE001 - a bug: keep its traceback, say so in one line
         code, message = 70, traceback.format_exc() + INTERNAL_ERROR
     finally:
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
     if handler:
         return handler.report(result, args.json) or 0
     for warning in result.warnings:
-        print(f"Warning: {warning}", file=sys.stderr)
+        print(one_line(f"Warning: {warning}"), file=sys.stderr)
     if args.json:
         summary = {"output": str(args.output), "tiles": result.plan.n_tiles, "timings": result.timings}
         if isinstance(result, ClassifyResult):

@@ -72,7 +72,7 @@ def format_table(result, width: int = 100) -> str:
         for ev in result.evidence[:5]:
             lines.append(f"{ev.rank:>4}  {ev.score:6.3f}  {ev.level:<7} {textwrap.shorten(ev.caption, width - 30)}")
     elif isinstance(result, SearchResult):
-        lines.append(f"Search: {result.query!r}  ({result.plan.n_tiles} DRIS tiles)")
+        lines.append(f"Search: {textwrap.shorten(result.query, width - 30)!r}  ({result.plan.n_tiles} DRIS tiles)")
         lines.append(f"{'rank':>4}  {'score':>6}  {'level':<7} {'gsd m':>6}  caption")
         for hit in result.hits:
             lines.append(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.level:<7} {hit.gsd_m:6.2f}  {hit.caption}")

@@ -224,7 +224,7 @@ def planning_share(bundle: ModelBundle, rasters: dict[str, Path]) -> dict:
 
 READ_CHILD = """
 import json, sys, time
-from rs_vlm_plugin.core.dris import PlanConfig
+from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.geometry import Extent
 from rs_vlm_plugin.core.raster import open_raster
 path, overview, windows = sys.argv[1], sys.argv[2] == "1", json.loads(sys.argv[3])

@@ -132,8 +132,11 @@ class ModelBundle:
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or not UTF-8 text (UnicodeDecodeError)
             raise RsVlmError(f"The model manifest {manifest_path} is not valid JSON ({exc}); export the model again.") from exc
+        if not isinstance(manifest, dict):
+            raise RsVlmError(f"The model manifest {manifest_path} is not valid JSON (it holds a "
+                             f"{type(manifest).__name__}, not an object); export the model again.")
         if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") not in SUPPORTED_VERSIONS:
             raise RsVlmError(
                 f"{manifest_path} is a {manifest.get('format')!r} bundle of version "
@@ -141,7 +144,11 @@ class ModelBundle:
                 f"{SUPPORTED_VERSIONS}. Export the model again with this version of RS-VLM."
             )
         for key in ("image_encoder", "text_encoder"):
-            file = folder / manifest[key]["file"]
+            try:
+                file = folder / manifest[key]["file"]
+            except (KeyError, TypeError) as exc:
+                raise RsVlmError(f"The model manifest {manifest_path} does not name its {key} file; export the "
+                                 "model again.") from exc
             if not file.exists():
                 raise RsVlmError(f"The model file {file} is missing; export the model again.")
         return cls(folder, manifest, options or RuntimeOptions())
@@ -398,7 +405,12 @@ class ModelBundle:
 
             spec = self.manifest["knowledge_base"]
             bias = self.folder / spec["bias"] if spec.get("bias") else None
-            self._kb = KnowledgeBase.load(self.folder / spec["file"], self.folder / spec["embeddings"], bias)
+            try:
+                self._kb = KnowledgeBase.load(self.folder / spec["file"], self.folder / spec["embeddings"], bias)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # np.load refuses pickles with ValueError
+                raise RsVlmError(
+                    f"The knowledge base of the model {self.folder} is damaged or not what this plugin reads "
+                    f"({str(exc).splitlines()[0][:200]}); export the model again or reinstall it.") from exc
         return self._kb
 
 

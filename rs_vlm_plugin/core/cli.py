@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import traceback
@@ -14,7 +15,7 @@ from . import index_cli
 from .bundle import ModelBundle, RuntimeOptions
 from .cli_options import check_args, common_raster_parser, model_dir, plan_job_options
 from .distributed import batch_cli
-from .errors import CancelledError, RsVlmError
+from .errors import CancelledError, RsVlmError, one_line
 from .geometry import Extent
 from .gpkg import write_geopackage
 from .jobs.classify import split_classes
@@ -74,7 +75,7 @@ def format_table(result, width: int = 100) -> str:
         for ev in result.evidence[:5]:
             lines.append(f"{ev.rank:>4}  {ev.score:6.3f}  {ev.level:<7} {textwrap.shorten(ev.caption, width - 30)}")
     elif isinstance(result, SearchResult):
-        lines.append(f"Search: {result.query!r}  ({result.plan.n_tiles} DRIS tiles)")
+        lines.append(f"Search: {textwrap.shorten(result.query, width - 30)!r}  ({result.plan.n_tiles} DRIS tiles)")
         lines.append(f"{'rank':>4}  {'score':>6}  {'level':<7} {'gsd m':>6}  caption")
         for hit in result.hits:
             lines.append(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.level:<7} {hit.gsd_m:6.2f}  {hit.caption}")
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
             terminal and a plain line per 10 % or 30 s elsewhere; nothing with ``--quiet`` or
             ``--json``, whose warnings go into the JSON; Ctrl-C cancels).
     """
+    # GDAL prints its errors on stderr as well as returning them; the sentence quotes what matters, so
+    # the user reads one line (CPL_LOG set by the user still wins).
+    os.environ.setdefault("CPL_LOG", os.devnull)
     args = _parser().parse_args(argv)
     handler = next((m for m in (index_cli, batch_cli, models_cli) if args.command in m.COMMANDS), None)
     as_json = bool(getattr(args, "json", False))
@@ -140,11 +144,11 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
     try:
         result = (handler.run if handler else run)(args, progress or terminal)
     except CancelledError as exc:
-        code, message = 130, str(exc)
+        code, message = 130, one_line(str(exc))
     except KeyboardInterrupt:
         code, message = 130, INTERRUPTED
     except RsVlmError as exc:
-        code, message = 1, f"Error: {exc}"
+        code, message = 1, one_line(f"Error: {exc}")
     except Exception:  # noqa: BLE001 - a bug: keep its traceback, say so in one line
         code, message = 70, traceback.format_exc() + INTERNAL_ERROR
     finally:
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None, progress: ProgressBackend | None = None)
     warnings = list(dict.fromkeys([*(terminal.warnings if terminal is not None else []), *result.warnings]))
     if not args.json:
         for warning in result.warnings:
-            print(f"Warning: {warning}", file=sys.stderr)
+            print(one_line(f"Warning: {warning}"), file=sys.stderr)
     if args.json:
         summary = {"output": str(args.output), "tiles": result.plan.n_tiles, "timings": result.timings,
                    "warnings": warnings}

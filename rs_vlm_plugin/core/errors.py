@@ -1,4 +1,4 @@
-"""Errors raised by the core."""
+"""Errors raised by the core, and how their sentences are printed."""
 
 
 class RsVlmError(Exception):
@@ -14,3 +14,9 @@ class CancelledError(RsVlmError):
 
     def __init__(self, message: str = "The job was cancelled; no output was written.") -> None:
         super().__init__(message)
+
+
+def one_line(message: str) -> str:
+    """``message`` with its control characters written as escapes (``\\n``, ``\\x1b``), so that a file
+    name or a text holding them keeps the sentence on one line and cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)

@@ -17,7 +17,7 @@ concept has one part, and its score is its plain cosine similarity.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -210,21 +210,28 @@ def expand_text(kb_concepts: Sequence[Concept], text: str, max_parts: int = MAX_
     """
     concepts = list(kb_concepts)
     matches = match_concepts(concepts, text)
-    parts = [text]
-    for concept, start, end in matches:
-        surface = _plain(text[start:end])
-        parts += [_replace(text, start, end, other) for other in (concept.name, concept.phrase, *concept.synonyms)
-                  if _plain(other) != surface]
-    spans = {(start, end) for _, start, end in matches}
-    if len(spans) == 1 and _alone(text, *spans.pop()):
-        named = [c for c, _, _ in matches]
-        # The knowledge base's own embeddings were made from "{name}: {description}" (modeling/export.py).
-        parts += [f"{c.name}: {c.description}" for c in named if c.description]
-        parts += [child.phrase for c in named for child in concepts if child.parent == c.id]
+
+    def parts() -> Iterator[str]:
+        yield text
+        for concept, start, end in matches:
+            surface = _plain(text[start:end])
+            yield from (_replace(text, start, end, other) for other in (concept.name, concept.phrase, *concept.synonyms)
+                        if _plain(other) != surface)
+        spans = {(start, end) for _, start, end in matches}
+        if len(spans) == 1 and _alone(text, *spans.pop()):
+            named = [c for c, _, _ in matches]
+            # The knowledge base's own embeddings were made from "{name}: {description}" (modeling/export.py).
+            yield from (f"{c.name}: {c.description}" for c in named if c.description)
+            yield from (child.phrase for c in named for child in concepts if child.parent == c.id)
+
+    # Made one by one until there are enough: a long text names concepts thousands of times, and
+    # each part is a copy of it (a 100 kB query took 30 s to expand into parts it then dropped).
     unique: dict[str, str] = {}
-    for part in parts:
+    for part in parts():
         unique.setdefault(_plain(part), part)
-    return list(unique.values())[:max(1, max_parts)]
+        if len(unique) >= max(1, max_parts):
+            break
+    return list(unique.values())
 
 
 # Scoring -----------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Writing result records to a GeoPackage, atomically.
 
 The file is written under a temporary name in the target folder and renamed over the target
-only once it is complete and closed, so a failed or cancelled job leaves either the old file
-or nothing, never half a GeoPackage.
+only once it is complete and closed, so a failed, cancelled or killed job leaves either the old
+file or nothing, never half a GeoPackage. Replacing an existing GeoPackage keeps its other layers
+and tables: the temporary file starts as a copy of it (SQLite's backup, which sees a WAL too), and
+only the layers the job writes are replaced.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
@@ -113,7 +116,8 @@ def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_
         layers: Records by layer name; each layer holds one record type. Empty layers are
             created with their fields.
         crs_wkt: The CRS of the records' extents as WKT; None writes layers without a CRS.
-        overwrite: Replace an existing file; when False an existing file is an error.
+        overwrite: Replace an existing file; when False an existing file is an error. An existing
+            GeoPackage keeps its other layers (only the layers in ``layers`` are replaced).
         kinds: Record type by layer name, for empty layers (otherwise taken from the first
             record; CaptionRecord when a layer is empty and not listed).
         finish: Called with the temporary file once GDAL has closed it and before it is renamed
@@ -142,16 +146,20 @@ def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_
     srs = _spatial_reference(crs_wkt)
 
     temporary = folder / f".{target.stem}.tmp-{os.getpid()}.gpkg"
+    _remove_stale_temporaries(folder, target.stem)
     _remove_sqlite_files(temporary)
     ds = None
     try:
-        try:
-            ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(temporary))
-        except RuntimeError as exc:
-            raise RsVlmError(
-                f"Could not create a GeoPackage in {folder} ({exc}); check that the folder is writable "
-                "and the disk is not full."
-            ) from exc
+        if target.is_file() and _is_geopackage(target):
+            ds = _copy_to_update(target, temporary, list(layers))
+        else:
+            try:
+                ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(temporary))
+            except RuntimeError as exc:
+                raise RsVlmError(
+                    f"Could not create a GeoPackage in {folder} ({exc}); check that the folder is writable "
+                    "and the disk is not full."
+                ) from exc
         for name, records in layers.items():
             _write_layer(ds, name, schemas[name], records, srs)
         finished, ds = ds, None  # never close twice: a closed proxy points at freed memory
@@ -174,6 +182,63 @@ def write_geopackage(path: str | Path, layers: dict[str, Sequence[Record]], crs_
         _remove_sqlite_files(temporary)
         raise
     return target
+
+
+def _is_geopackage(path: Path) -> bool:
+    """Whether a file starts as an SQLite database with the GeoPackage application id."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(72)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[68:72] == b"GPKG"
+
+
+def _copy_to_update(target: Path, temporary: Path, replaced: list[str]):
+    """``target`` copied to ``temporary`` and opened for update, without the layers named in ``replaced``.
+
+    Raises:
+        RsVlmError: The existing GeoPackage cannot be read (it is then left as it is).
+    """
+    from osgeo import ogr
+
+    try:
+        source = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            copy = sqlite3.connect(str(temporary))
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        ds = ogr.Open(str(temporary), update=1)
+    except (sqlite3.Error, RuntimeError) as exc:
+        raise RsVlmError(
+            f"The existing GeoPackage {target} cannot be read ({exc}), so its other layers could not be kept; it "
+            "was left as it is. Choose another file name, or delete it first.") from exc
+    for name in replaced:
+        for i in range(ds.GetLayerCount()):
+            if ds.GetLayerByIndex(i).GetName().lower() == name.lower():  # GeoPackage table names ignore case
+                ds.DeleteLayer(i)
+                break
+    return ds
+
+
+def _remove_stale_temporaries(folder: Path, stem: str) -> None:
+    """Remove the temporary files of writes of this output whose process died (``kill -9``, a crash)."""
+    prefix = f".{stem}.tmp-"
+    for path in folder.iterdir():
+        pid = path.name[len(prefix):-len(".gpkg")]
+        if not (path.name.startswith(prefix) and path.name.endswith(".gpkg")) or not pid.isdigit() \
+                or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_sqlite_files(path)
+        except OSError:
+            pass  # runs, under another user
 
 
 def read_layer_names(path: str | Path) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .bundle import ModelBundle, RuntimeOptions
 from .distributed import batch_cli
 from .cli_options import add_run_options, check_args, model_dir
+from .errors import one_line
 from .geometry import Extent
 from .gpkg import write_geopackage
 from .jobs.index import EmbeddingIndex, build_index
@@ -87,7 +88,7 @@ def report(summary: dict, as_json: bool) -> int | None:
     if summary.get("archive"):
         return batch_cli.report(summary, as_json)
     for warning in summary.get("warnings", []):
-        print(f"Warning: {warning}", file=sys.stderr)
+        print(one_line(f"Warning: {warning}"), file=sys.stderr)
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -192,8 +192,10 @@ class RasterioSource(RasterSource):
                     "open one of its subdatasets instead."
                 )
             georef, has_crs = _georeference(self._ds, label)
-            dtype = np.result_type(*self._ds.dtypes).name
-            super().__init__(label, georef, self._ds.count, dtype, rgb_bands)
+            self._palette = _palette_table(self._ds)
+            dtype = "uint8" if self._palette is not None else np.result_type(*self._ds.dtypes).name
+            count = 3 if self._palette is not None else self._ds.count  # a palette band reads as RGB
+            super().__init__(label, georef, count, dtype, rgb_bands)
         except BaseException:
             self._ds.close()
             raise
@@ -230,10 +232,17 @@ class RasterioSource(RasterSource):
         else:
             resampling = Resampling.nearest
         with self._damage_as_sentence(window):
-            block = self._ds.read(window=window, out_shape=shape, resampling=resampling, out_dtype="float32")
+            if self._palette is not None:  # indices are not values to average: the nearest, then its colour
+                resampling = Resampling.nearest
+                colours = self._palette[self._ds.read(1, window=window, out_shape=shape[1:], resampling=resampling)]
+                block = np.moveaxis(colours[..., :3], -1, 0).astype(np.float32)
+            else:
+                block = self._ds.read(window=window, out_shape=shape, resampling=resampling, out_dtype="float32")
             masks = None if self._all_valid else self._ds.read_masks(window=window, out_shape=shape,
                                                                      resampling=resampling)
         ok = np.ones(shape[1:], bool)
+        if self._palette is not None:
+            ok &= colours[..., 3] > 0  # a transparent entry of the colour table
         if masks is not None:
             ok &= (masks >= 128).all(axis=0)  # at least half of the pixel's area is valid
         if self._is_float:
@@ -361,6 +370,24 @@ def _all_valid_flag():
     return MaskFlags.all_valid
 
 
+def _palette_table(ds) -> np.ndarray | None:
+    """The colour table of a one-band paletted raster as a ``(entries, 4)`` uint8 RGBA lookup, else None
+    (indices missing from the table are transparent)."""
+    from rasterio.enums import ColorInterp
+
+    if ds.count != 1 or ds.colorinterp[0] != ColorInterp.palette or ds.dtypes[0] not in ("uint8", "uint16"):
+        return None
+    try:
+        colormap = ds.colormap(1)
+    except ValueError:  # a palette interpretation without a table
+        return None
+    table = np.zeros((256 if ds.dtypes[0] == "uint8" else 65536, 4), np.uint8)
+    for index, rgba in colormap.items():
+        if 0 <= index < len(table):
+            table[index] = rgba
+    return table
+
+
 def _georeference(ds, name: str) -> tuple[GeoReference, bool]:
     """The grid of an open rasterio dataset, and whether it has a CRS."""
     t = ds.transform
@@ -379,6 +406,11 @@ def _georeference(ds, name: str) -> tuple[GeoReference, bool]:
             "warp it to a north-up grid first (Raster > Projections > Warp in QGIS, or gdalwarp)."
         )
     if ds.crs.is_geographic:
+        north, south = t.f, t.f + t.e * ds.height
+        if north > 90.0 + abs(t.e) / 2 or south < -90.0 - abs(t.e) / 2:  # half a pixel: centre-registered grids
+            raise RsVlmError(
+                f"The raster {name} reaches latitude {north if north > 90 else south:.6g}, beyond the pole; its "
+                "georeferencing is wrong. Fix its geotransform (gdal_edit.py -a_ullr) or assign the right CRS.")
         metres = metres_per_degree(t.f + t.e * ds.height / 2.0)  # at the centre latitude
     else:
         try:

@@ -51,6 +51,9 @@ def check_input_file(path: str | Path, what: str = "raster file") -> Path:
         raise RsVlmError(f"The {what} {path} does not exist; check the path.")
     if path.is_dir():
         raise RsVlmError(f"The {what} {path} is a folder; give the file itself.")
+    if not path.is_file():  # opening a named pipe would wait for a writer forever
+        raise RsVlmError(f"The {what} {path} is not a regular file (a named pipe, socket or device); give the file "
+                         "itself.")
     try:
         with open(path, "rb") as handle:
             handle.read(1)

@@ -51,3 +51,48 @@ def index_file(tmp_path_factory, hostile, bundle_dir) -> Path:
 def broken_indexes(tmp_path_factory, index_file) -> dict[str, Path]:
     """Damaged copies of the real index (see :func:`hostile_data.make_broken_indexes`)."""
     return hostile_data.make_broken_indexes(index_file, tmp_path_factory.mktemp("indexes"))
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory) -> dict[str, Path]:
+    """Model packages, good and hostile (see :func:`hostile_data.make_packages`)."""
+    return hostile_data.make_packages(tmp_path_factory.mktemp("packages"))
+
+
+# The case table: every hostile case attaches its row (reliability_support.record_case); the rows are
+# printed at the end of the run and written to out/hostile_report.md.
+_ROWS: list[dict] = []
+
+
+def pytest_runtest_logreport(report):
+    rows = [value for key, value in report.user_properties if key == "hostile_case"]
+    if not rows or (report.when == "setup" and report.passed) or (report.when == "teardown" and report.passed):
+        return
+    row = dict(rows[0], outcome=report.outcome)
+    _ROWS[:] = [r for r in _ROWS if (r["table"], r["case"]) != (row["table"], row["case"])] + [row]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _ROWS:
+        return
+    passed = sum(r["outcome"] == "passed" for r in _ROWS)
+    results = sum(r["got"] == 0 for r in _ROWS if r["outcome"] == "passed")
+    lines = [f"| {r['table']} | {r['case']} | `{r['input'].replace('|', '/')}` | {r['expected']} | "
+             f"{'-' if r['got'] is None else 'exit ' + str(r['got'])} | "
+             f"{'-' if r['seconds'] is None else format(r['seconds'], '.1f')} / {r['limit_s']:g} | {r['outcome']} |"
+             for r in _ROWS]
+    summary = (f"hostile cases: {len(_ROWS)}, passed {passed} ({results} correct results, {passed - results} "
+               f"refusals in one sentence), {len(_ROWS) - passed} failed or skipped")
+    root = Path(__file__).resolve().parents[2]
+    try:
+        (root / "out").mkdir(exist_ok=True)
+        (root / "out" / "hostile_report.md").write_text(
+            f"# Hostile-input suite\n\n{summary}\n\n| table | case | input | expected | got | s / limit | verdict |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        where = f"; the table is in {root / 'out' / 'hostile_report.md'}"
+    except OSError:
+        where = ""
+    terminalreporter.write_sep("-", summary + where)
+    for r in _ROWS:
+        if r["outcome"] != "passed":
+            terminalreporter.write_line(f"  {r['outcome']}: {r['table']}::{r['case']}")

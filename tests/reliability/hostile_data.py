@@ -126,6 +126,178 @@ def make_rasters(folder: Path, seed: int = 0) -> dict[str, Path]:
     out["strip"] = write_tif(folder / "strip.tif", rng.integers(0, 256, (3, 600, 3), dtype=np.uint8))
     (folder / "a_folder.tif").mkdir(exist_ok=True)
     out["a_folder"] = folder / "a_folder.tif"
+    out.update(make_odd_rasters(folder / "odd", _scene_array(rng, 256)))
+    return out
+
+
+def _write_geographic(path: Path, data: np.ndarray, west: float, north: float, dx: float, dy: float) -> Path:
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": data.dtype.name, "crs": CRS.from_epsg(4326), "transform": from_origin(west, north, dx, dy)}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def _vrt(path: Path, width: int, height: int, bands: str) -> Path:
+    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>EPSG:26914</SRS>'
+                    f'<GeoTransform>{ORIGIN[0]}, {PIXEL_M}, 0, {ORIGIN[1]}, 0, {-PIXEL_M}</GeoTransform>{bands}'
+                    '</VRTDataset>', encoding="utf-8")
+    return path
+
+
+def make_odd_rasters(folder: Path, scene: np.ndarray) -> dict[str, Path]:
+    """Well-formed files of unusual kinds, and files that GDAL reads in unusual ways.
+
+    - ``renamed_png``: a PNG (no CRS, no geotransform) named ``.tif``.
+    - ``zero_vrt``: a VRT of 0 x 0 pixels.
+    - ``uint16``: the scene as 12-bit values in uint16.
+    - ``nan_patches``: the scene as float32 with a NaN block and no nodata value.
+    - ``palette``: one uint8 band of 8 classes with a colour table (index 7 transparent).
+    - ``bands12``: 12 bands uint16 (a multispectral product).
+    - ``no_crs``: a GeoTIFF with a geotransform and no CRS.
+    - ``rotated``: a GeoTIFF whose geotransform rotates the grid.
+    - ``polar_globe``: EPSG:4326 covering the whole globe, -180..180 x -90..90.
+    - ``north_cap``: EPSG:4326, 85..90 degrees north (its top edge is the pole).
+    - ``beyond_pole``: EPSG:4326 whose top edge is at 95 degrees north.
+    - ``antimeridian``: EPSG:4326 from 179.99 to 180.0156 degrees east (across the antimeridian).
+    - ``huge_vrt``: a VRT of 200,000 x 200,000 pixels holding the scene at its centre.
+    - ``self_vrt``: a VRT whose only source is itself.
+    - ``raster_gpkg``: the scene as a GeoPackage raster (an input that is a ``.gpkg``).
+    - ``unicode``: the scene at a path with spaces and non-ASCII letters.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(folder / "renamed.png", "w", driver="PNG", width=256, height=256, count=3,
+                           dtype="uint8") as dst:
+            dst.write(scene)
+    os.replace(folder / "renamed.png", folder / "renamed_png.tif")
+    out["renamed_png"] = folder / "renamed_png.tif"
+    out["zero_vrt"] = _vrt(folder / "zero.vrt", 0, 0, '<VRTRasterBand dataType="Byte" band="1"/>')
+    out["uint16"] = write_tif(folder / "uint16.tif", scene.astype(np.uint16) * 16)
+    patches = scene.astype(np.float32)
+    patches[:, :48, :48] = np.nan
+    out["nan_patches"] = write_tif(folder / "nan_patches.tif", patches)
+    path = folder / "palette.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8",
+                       crs=CRS.from_epsg(26914), transform=from_origin(*ORIGIN, PIXEL_M, PIXEL_M)) as dst:
+        dst.write((scene[0] // 32)[None])
+        dst.write_colormap(1, {i: (i * 36 % 256, 255 - i * 30, i * 17 % 256, 0 if i == 7 else 255) for i in range(8)})
+    out["palette"] = path
+    out["bands12"] = write_tif(folder / "bands12.tif",
+                               np.random.default_rng(3).integers(0, 4000, (12, 128, 128)).astype(np.uint16))
+    out["no_crs"] = write_tif(folder / "no_crs.tif", scene, crs=None)
+    path = folder / "rotated.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8",
+                       crs=CRS.from_epsg(26914),
+                       transform=rasterio.Affine(0.5, 0.1, ORIGIN[0], 0.1, -0.5, ORIGIN[1])) as dst:
+        dst.write(scene)
+    out["rotated"] = path
+    out["polar_globe"] = _write_geographic(folder / "polar_globe.tif", scene, -180, 90, 360 / 256, 180 / 256)
+    out["north_cap"] = _write_geographic(folder / "north_cap.tif", scene, 10, 90, 5 / 256, 5 / 256)
+    out["beyond_pole"] = _write_geographic(folder / "beyond_pole.tif", scene, 0, 95, 0.05, 0.05)
+    out["antimeridian"] = _write_geographic(folder / "antimeridian.tif", scene, 179.99, 10, 1e-4, 1e-4)
+    write_tif(folder / "centre.tif", scene)
+    sources = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">centre.tif'
+        f'</SourceFilename><SourceBand>{b}</SourceBand><SrcRect xOff="0" yOff="0" xSize="256" ySize="256"/>'
+        '<DstRect xOff="100000" yOff="100000" xSize="256" ySize="256"/></SimpleSource></VRTRasterBand>'
+        for b in (1, 2, 3))
+    out["huge_vrt"] = _vrt(folder / "huge.vrt", 200_000, 200_000, sources)
+    out["self_vrt"] = _vrt(folder / "self.vrt", 256, 256,
+                           '<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="1">'
+                           'self.vrt</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>')
+    path = folder / "raster.gpkg"
+    with rasterio.open(path, "w", driver="GPKG", width=256, height=256, count=3, dtype="uint8",
+                       crs=CRS.from_epsg(26914), transform=from_origin(*ORIGIN, PIXEL_M, PIXEL_M)) as dst:
+        dst.write(scene)
+    out["raster_gpkg"] = path
+    named = folder / "räster ünï 東京 with spaces"
+    named.mkdir(exist_ok=True)
+    out["unicode"] = write_tif(named / "scène 1 (copy).tif", scene)
+    for extra in folder.rglob("*.aux.xml"):
+        extra.unlink()
+    return out
+
+
+def pickle_npy(path: Path, marker: Path) -> Path:
+    """An ``.npy`` holding an object array whose unpickling would create ``marker`` (code run on load)."""
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    np.save(path, np.array([Payload()], dtype=object), allow_pickle=True)
+    return path
+
+
+def package_bytes(members: dict[str, bytes], sums: dict[str, bytes] | None = None, links: tuple[str, ...] = (),
+                  folder: str = "tiny") -> dict[str, bytes]:
+    """Members of a model package: ``members`` under ``folder/`` plus a SHA256SUMS of ``sums`` (default
+    the members); ``links`` are added as symbolic-link members."""
+    import hashlib
+
+    listed = members if sums is None else sums
+    text = "".join(f"{hashlib.sha256(v).hexdigest()}  {k}\n" for k, v in sorted(listed.items())).encode()
+    return {**{f"{folder}/{k}": v for k, v in members.items()}, f"{folder}/SHA256SUMS": text,
+            **{f"@link:{folder}/{k}": b"/etc/passwd" for k in links}}
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip of ``members`` (names starting ``@link:`` become symbolic-link members)."""
+    import stat
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            if name.startswith("@link:"):
+                info = zipfile.ZipInfo(name[len("@link:"):])
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                zf.writestr(info, data)
+            else:
+                zf.writestr(name, data)
+    return path
+
+
+def make_packages(folder: Path) -> dict[str, Path]:
+    """Model packages (zips), good and hostile; a tiny bundle of a manifest and 64 kB of weights.
+
+    - ``pkg_good``: a well-formed package.
+    - ``pkg_traversal``: a member ``tiny/../escaped`` (path traversal).
+    - ``pkg_absolute``: a member ``/tmp/rsvlm-absolute/manifest.json``.
+    - ``pkg_symlink``: a member that is a symbolic link to /etc/passwd.
+    - ``pkg_bomb``: a 200 MB member of zeros packed into 0.2 MB.
+    - ``pkg_bad_sum``: a member whose SHA-256 differs from SHA256SUMS.
+    - ``pkg_cut``: the good package cut in half.
+    - ``pkg_bad_crc``: the good package with a byte of a member's data flipped.
+    - ``pkg_manifest_not_json``, ``pkg_manifest_list``, ``pkg_manifest_not_utf8``: malformed manifests.
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = json.dumps({"format": "rs-vlm-bundle", "format_version": 2, "name": "tiny"}).encode()
+    weights = np.random.default_rng(5).integers(0, 256, 65536, dtype=np.uint8).tobytes()
+    good = {"manifest.json": manifest, "image_encoder.onnx": weights}
+    out = {"pkg_good": write_zip(folder / "good.zip", package_bytes(good))}
+    out["pkg_traversal"] = write_zip(folder / "traversal.zip", {**package_bytes(good), "tiny/../escaped": b"x"})
+    out["pkg_absolute"] = write_zip(folder / "absolute.zip",
+                                    {**package_bytes(good), "/tmp/rsvlm-absolute/manifest.json": manifest})
+    out["pkg_symlink"] = write_zip(folder / "symlink.zip",
+                                   package_bytes(good, {**good, "link": b"/etc/passwd"}, links=("link",)))
+    out["pkg_bomb"] = write_zip(folder / "bomb.zip", package_bytes({**good, "image_encoder.onnx": bytes(200 << 20)}))
+    out["pkg_bad_sum"] = write_zip(folder / "bad_sum.zip",
+                                   package_bytes({**good, "image_encoder.onnx": weights[:-1] + b"!"}, good))
+    data = out["pkg_good"].read_bytes()
+    (folder / "cut.zip").write_bytes(data[:len(data) // 2])
+    out["pkg_cut"] = folder / "cut.zip"
+    raw = bytearray(data)
+    raw[data.index(b"tiny/image_encoder.onnx") + 200] ^= 0xFF  # inside the member's deflated data
+    (folder / "bad_crc.zip").write_bytes(bytes(raw))
+    out["pkg_bad_crc"] = folder / "bad_crc.zip"
+    for name, text in (("not_json", b'{"format": "rs-vlm-bundle",'), ("list", b"[]"), ("not_utf8", b'{"a": "\xff"}')):
+        out[f"pkg_manifest_{name}"] = write_zip(folder / f"manifest_{name}.zip",
+                                                package_bytes({**good, "manifest.json": text}))
     return out
 
 

@@ -1,7 +1,9 @@
 """Hostile inputs through the real command line, in process (``cli.main``), one table row each.
 
 For every case: the exit code, the sentence on stderr (no traceback), no input or pre-existing
-file changed (sha256 before and after), and no new file but the output of a job that succeeded.
+file changed (sha256 before and after), no new file but the output of a job that succeeded, and
+a time limit (``limit_s``, SIGALRM). The cases that need a process of their own (a changed
+environment, a kill, two writers, a server) are in ``test_hostile_processes.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import time
+
 import pytest
-from reliability_support import snapshot
+from reliability_support import record_case, snapshot, time_limit
 from osgeo import ogr
 
 from rs_vlm_plugin.core.cli import main
@@ -64,6 +68,7 @@ class Case:
         setup: Key of :data:`SETUPS` preparing files in the case folder first.
         changes: Pre-existing files (names in the case folder) the case may change or remove.
         needs_non_root: Only meaningful where permissions apply (root reads and writes anything).
+        limit_s: The time limit in seconds.
     """
 
     argv: tuple[str, ...]
@@ -72,6 +77,7 @@ class Case:
     setup: str | None = None
     changes: tuple[str, ...] = ()
     needs_non_root: bool = False
+    limit_s: float = 60.0
 
 
 CAP = ("caption", "{scene}", "-o", "{out}", "--max-tiles", "4")
@@ -192,8 +198,9 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_case(name, paths, tmp_path, capsys):
+def test_hostile_case(name, paths, tmp_path, capsys, request):
     case = CASES[name]
+    row = record_case(request, "in-process", name, case.argv, case.code, case.says, case.limit_s)
     if case.needs_non_root and os.geteuid() == 0:
         pytest.skip("root reads and writes files whatever their permissions")
     folder = tmp_path / "case"
@@ -208,7 +215,10 @@ def test_hostile_case(name, paths, tmp_path, capsys):
     watched = sorted({Path(v).parent for v in paths.values()} | {folder})
     before = snapshot(*watched)
 
-    code = run_cli(argv)
+    start = time.monotonic()
+    with time_limit(case.limit_s):
+        code = run_cli(argv)
+    row["got"], row["seconds"] = code, time.monotonic() - start
 
     err = capsys.readouterr().err
     after = snapshot(*watched)
@@ -229,8 +239,11 @@ def test_hostile_case(name, paths, tmp_path, capsys):
         assert not (folder / "out.gpkg.lock").exists()
 
 
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 40
+def test_the_tables_hold_at_least_90_cases():
+    from test_hostile_processes import PROCESS_CASES
+
+    assert len(CASES) + len(PROCESS_CASES) >= 90
+    assert not set(CASES) & set(PROCESS_CASES)  # one name, one case
 
 
 def test_half_nodata_skips_the_tiles_that_show_nothing(paths, tmp_path, capsys):

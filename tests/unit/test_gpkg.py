@@ -136,13 +136,19 @@ def test_failure_leaves_an_existing_target_untouched(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gpkg"]
 
 
-def test_overwrite_replaces_and_refuses_when_asked(tmp_path):
+def test_overwrite_replaces_its_layers_keeps_the_others_and_refuses_when_asked(tmp_path):
     target = write_geopackage(tmp_path / "out.gpkg", {"captions": captions()}, utm_wkt())
     write_geopackage(target, {"hits": hits()}, utm_wkt())
-    assert read_layer_names(target) == ["hits"]
+    assert read_layer_names(target) == ["captions", "hits"]  # the earlier layer is kept
+    write_geopackage(target, {"captions": captions()[:1]}, utm_wkt())
+    assert read_layer_names(target) == ["hits", "captions"]
+    ds = ogr.Open(str(target))
+    assert ds.GetLayerByName("captions").GetFeatureCount() == 1  # replaced, not appended to
+    ds = None
     with pytest.raises(RsVlmError, match="already exists"):
         write_geopackage(target, {"captions": captions()}, utm_wkt(), overwrite=False)
-    assert read_layer_names(target) == ["hits"]
+    assert read_layer_names(target) == ["hits", "captions"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gpkg"]
 
 
 def test_missing_folder_is_a_sentence(tmp_path):

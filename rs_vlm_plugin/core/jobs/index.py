@@ -481,6 +481,8 @@ def _write_tables(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None
     db = sqlite3.connect(str(path))
     try:
         with db:
+            for table in (META_TABLE, EMBEDDINGS_TABLE):  # an index written over an older one
+                db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(f"CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             db.executemany(f"INSERT INTO {META_TABLE} VALUES (?, ?)",
                            [(key, json.dumps(value)) for key, value in meta.items()])

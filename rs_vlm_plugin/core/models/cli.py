@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from ..progress import ProgressBackend
-from .download import make_opener
+from ..errors import RsVlmError
+from .download import TIMEOUT_S, make_opener
 from .install import clean_partial, install_archive, install_from_registry, installed_models, remove_model
 from .registry import load_registry, user_models_dir
 
@@ -36,6 +37,8 @@ def add_parsers(sub) -> None:
     install.add_argument("model", help="a registry name (rs-vlm-lite0) or a package file (.zip)")
     install.add_argument("--mirror", default="", help="download from this base URL instead of the project's releases")
     install.add_argument("--proxy", default="", help="HTTP(S) proxy URL (default: the environment's)")
+    install.add_argument("--timeout", type=float, default=TIMEOUT_S,
+                         help=f"seconds without data from the server before giving up (default {TIMEOUT_S:g})")
     remove = actions.add_parser("remove", parents=[common], help="remove an installed model")
     remove.add_argument("model", help="the installed model's name")
 
@@ -49,7 +52,10 @@ def run(args: argparse.Namespace, progress: ProgressBackend) -> dict:
         if args.model.lower().endswith(".zip") or Path(args.model).is_file():
             folder = install_archive(Path(args.model), root, progress=progress)
         else:
-            folder = install_from_registry(registry, args.model, root, args.mirror, progress, make_opener(args.proxy))
+            if not args.timeout > 0:
+                raise RsVlmError(f"--timeout must be a positive number of seconds, not {args.timeout:g}.")
+            folder = install_from_registry(registry, args.model, root, args.mirror, progress, make_opener(args.proxy),
+                                           args.timeout)
         return {"action": "installed", "model": folder.name, "folder": str(folder)}
     if args.action == "remove":
         return {"action": "removed", "model": args.model, "folder": str(remove_model(args.model, root))}

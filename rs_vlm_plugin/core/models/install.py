@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 import urllib.request
 import zipfile
@@ -23,11 +24,15 @@ from pathlib import Path
 from ..errors import RsVlmError
 from ..progress import NullProgress, ProgressBackend, check_canceled
 from .archive import SUMS, parse_sums, sha256_of
-from .download import download
+from .download import TIMEOUT_S, download
 from .registry import ModelEntry, Registry
 
 PARTIAL_PREFIXES = (".installing-", ".replaced-")
 DOWNLOADS = ".downloads"
+MAX_RATIO = 100
+"""A member more than this many times smaller packed than unpacked (over :data:`RATIO_FROM` bytes) is a
+zip bomb: model weights hardly compress, and the text files of a bundle are small."""
+RATIO_FROM = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,9 @@ def install_archive(archive: str | os.PathLike, models_root: str | os.PathLike, 
     progress = progress or NullProgress()
     archive, root = Path(archive), Path(models_root)
     name, members = _read_members(archive)
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIXES[0], dir=root))
+    work = _work_folder(root)
     try:
+        _check_room(archive, root)
         progress.set_stage("Unpacking the model")
         with zipfile.ZipFile(archive) as zf:
             for i, member in enumerate(members):
@@ -108,14 +113,41 @@ def install_archive(archive: str | os.PathLike, models_root: str | os.PathLike, 
         if exc.errno == errno.ENOSPC:
             raise RsVlmError(f"The disk is full while unpacking {archive.name} into {root}; free some space and "
                              "try again (nothing was installed).") from exc
-        raise
+        raise RsVlmError(f"{archive.name} could not be installed into {root} ({exc.strerror or exc}); check that "
+                         "the models folder is writable (nothing was installed).") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _work_folder(root: Path) -> Path:
+    """A new ``.installing-*`` folder in ``root`` (created with its parents); a sentence when it cannot be."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIXES[0], dir=root))
+    except OSError as exc:
+        raise RsVlmError(f"The models folder {root} cannot be created or written ({exc.strerror or exc}); choose "
+                         "another one (--models-dir, or RSVLM_MODELS_DIR) or fix its permissions.") from exc
+
+
+def _check_room(archive: Path, root: Path) -> None:
+    """Refuse a package whose unpacked files would not fit beside the models, or that unpacks like a zip bomb."""
+    with zipfile.ZipFile(archive) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+    for info in infos:
+        if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            raise RsVlmError(f"{archive.name} is not a model package: {info.filename} would unpack to "
+                             f"{info.file_size / 1e6:,.0f} MB from {info.compress_size / 1e6:,.1f} MB (a zip bomb); "
+                             "nothing was installed.")
+    needed, free = sum(i.file_size for i in infos), shutil.disk_usage(root).free
+    if needed > free:
+        raise RsVlmError(f"There is not enough free space in {root} to unpack {archive.name}: it needs "
+                         f"{needed / 1e6:,.0f} MB, {free / 1e6:,.0f} MB are free. Free some space or choose another "
+                         "models folder.")
+
+
 def install_from_registry(registry: Registry, name: str, models_root: str | os.PathLike, mirror: str = "",
                           progress: ProgressBackend | None = None,
-                          opener: urllib.request.OpenerDirector | None = None) -> Path:
+                          opener: urllib.request.OpenerDirector | None = None, timeout_s: float = TIMEOUT_S) -> Path:
     """Download a registry model (resuming an earlier attempt), check it and install it.
 
     The package is kept in ``<models>/.downloads/`` only while incomplete (for a resume).
@@ -132,10 +164,14 @@ def install_from_registry(registry: Registry, name: str, models_root: str | os.P
                          f"of RS-VLM reads {SUPPORTED_VERSIONS}. Update the plugin first.")
     root = Path(models_root)
     downloads = root / DOWNLOADS
-    downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RsVlmError(f"The models folder {root} cannot be created or written ({exc.strerror or exc}); choose "
+                         "another one (--models-dir, or RSVLM_MODELS_DIR) or fix its permissions.") from exc
     check_free_space(entry, downloads)
     package = downloads / entry.file
-    download(registry.url_of(entry, mirror), package, entry.size, entry.sha256, progress, opener)
+    download(registry.url_of(entry, mirror), package, entry.size, entry.sha256, progress, opener, timeout_s)
     try:
         return install_archive(package, root, entry.version, progress)
     finally:
@@ -179,9 +215,14 @@ def _read_members(archive: Path) -> tuple[str, list[str]]:
     """The bundle's name and its files in a package; a sentence when it is not a package."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            names = [i.filename for i in zf.infolist() if not i.is_dir()]
+            infos = [i for i in zf.infolist() if not i.is_dir()]
     except (OSError, zipfile.BadZipFile) as exc:
         raise RsVlmError(f"{archive} is not a model package (a zip file from the project's releases): {exc}.") from exc
+    names = [i.filename for i in infos]
+    links = [i.filename for i in infos if stat.S_ISLNK(i.external_attr >> 16)]
+    if links:
+        raise RsVlmError(f"{archive.name} is not a model package: {links[0]} is a symbolic link, and a package holds "
+                         "model files only.")
     tops = {n.split("/", 1)[0] for n in names}
     flat = all(n.count("/") == 1 for n in names)
     if len(tops) != 1 or not flat or any(n.startswith("/") or ".." in n.split("/") or "\\" in n for n in names):
@@ -206,9 +247,13 @@ def _check_sums(work: Path, archive: Path) -> None:
 
 def _manifest(work: Path, archive: Path) -> dict:
     try:
-        return json.loads((work / "manifest.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        manifest = json.loads((work / "manifest.json").read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not UTF-8 text
         raise RsVlmError(f"The manifest in {archive.name} is not valid JSON ({exc}); download it again.") from exc
+    if not isinstance(manifest, dict):
+        raise RsVlmError(f"The manifest in {archive.name} is not a model manifest (it holds a "
+                         f"{type(manifest).__name__}, not an object); download it again.")
+    return manifest
 
 
 def _move_into_place(work: Path, target: Path) -> Path:

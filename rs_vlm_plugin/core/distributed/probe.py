@@ -74,10 +74,9 @@ def check_worker(digest: str, model: dict, paths: list[str]) -> dict:
     if "error" in found or found["digest"] != digest:
         return found
     try:
-        from rs_vlm_plugin.core.distributed.worker_cache import ModelRef, cached_bundle
-        from rs_vlm_plugin.core.index import model_fingerprint
-
-        found["fingerprint"] = model_fingerprint(cached_bundle(ModelRef(**model)))
+        cache = importlib.import_module("rs_vlm_plugin.core.distributed.worker_cache")  # sent by value: no relative import
+        index = importlib.import_module("rs_vlm_plugin.core.index")
+        found["fingerprint"] = index.model_fingerprint(cache.cached_bundle(cache.ModelRef(**model)))
     except Exception as exc:  # noqa: BLE001 - the model's own sentence, or the exception in one line
         found["model_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     found["unreadable"] = [p for p in paths if not is_virtual_path(p) and not os.access(p, os.R_OK)]

@@ -8,6 +8,7 @@
     python3 build.py release [--model DIR]   the same, and record the model package in the registry
     python3 build.py screenshots     drive the panel in the QGIS desktop (Xvfb); docs/screenshots/*.jpg
     python3 build.py install-plugin  unpack that zip into a QGIS profile and enable it
+    python3 build.py wheel [--dist DIR]  dist/rs_vlm_core-VERSION-py3-none-any.whl: the core for Dask workers (no QGIS)
     python3 build.py bench           DRIS vs uniform grid, ONNX vs torch speed, parity (prints figures)
     python3 build.py bench-index     build a 12k-tile embedding index, time 200+ text queries against it
     python3 build.py bench-import    import a full-size random ViT-B-32 CLIP: export time, ONNX vs torch speed
@@ -339,6 +340,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cmd_wheel(args) -> int:
+    """The core's wheel (scripts/build_wheel.py): `pip install` it on the scheduler and every Dask worker."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_wheel import build_wheel
+
+    wheel = build_wheel(ROOT, Path(args.dist) if args.dist else ROOT / "dist")
+    log(f"wrote {wheel} ({wheel.stat().st_size / 1e3:.0f} kB); on each machine of the cluster: "
+        f"python -m pip install {wheel.name}")
+    return 0
+
+
 def qgis_profile_dir(profile: str) -> Path:
     """The plugins folder of a QGIS 3 profile."""
     return Path.home() / ".local" / "share" / "QGIS" / "QGIS3" / "profiles" / profile
@@ -483,6 +495,9 @@ def main(argv=None) -> int:
                        "registry: the only step that writes rs_vlm_plugin/resources/models.json")
     p.add_argument("--model", default=None, help="bundle folder to package (default: as package)")
     p.set_defaults(func=cmd_package)
+    p = sub.add_parser("wheel", help="the core's wheel for Dask workers and the command line (no QGIS)")
+    p.add_argument("--dist", default=None, help="folder to write it to (default: dist/)")
+    p.set_defaults(func=cmd_wheel)
     sub.add_parser("screenshots", help="drive the panel in QGIS under Xvfb, save docs/screenshots/*.jpg"
                    ).set_defaults(func=cmd_screenshots)
     p = sub.add_parser("install-plugin", help="install the zip into a QGIS profile")

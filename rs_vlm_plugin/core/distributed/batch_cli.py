@@ -25,11 +25,11 @@ from ..errors import RsVlmError
 from ..geometry import Extent
 from ..progress import ProgressBackend
 from ..validation import OutputLock
-from .cluster import connect, parse_address
+from .cluster import parse_address
 from .inputs import BATCH_PATTERN, LIST_SUFFIXES, expand_inputs
 from .manifest import Manifest
 from .outputs import write_archive_index, write_captions
-from .runner import BatchOutcome, DaskExecutor, SerialExecutor, run_batch
+from .runner import BatchOutcome, SerialExecutor, cluster_executor, run_batch
 from .tasks import RasterJob
 from .worker_cache import ModelRef
 
@@ -66,13 +66,14 @@ def wants_archive(args: argparse.Namespace) -> bool:
 
 
 @contextmanager
-def executor_for(address: str | None, bundle: ModelBundle, model: ModelRef) -> Iterator:
-    """A Dask executor for the address (connected before any work), or this process's."""
+def executor_for(address: str | None, bundle: ModelBundle, model: ModelRef, paths: list[str]) -> Iterator:
+    """A Dask executor for the address (connected and checked, :mod:`.preflight`, before any
+    work), or this process's."""
     if not address:
         yield SerialExecutor(bundle, model)
         return
-    with connect(parse_address(address)) as client:
-        yield DaskExecutor(client, model)
+    with cluster_executor(parse_address(address), model, paths) as executor:
+        yield executor
 
 
 def run(args: argparse.Namespace, progress: ProgressBackend) -> dict:
@@ -101,7 +102,7 @@ def _run_archive(args: argparse.Namespace, inputs: list[Path], kind: str, progre
         model = ModelRef.of(bundle, args.threads)
         jobs = [RasterJob(str(f), f.stem, kind, plan, extent=extent, chunk_tiles=args.chunk_tiles) for f in files]
         manifest = Manifest(args.output, jobs[0].settings() + "\n" + model.fingerprint)
-        with executor_for(args.dask, bundle, model) as executor:
+        with executor_for(args.dask, bundle, model, [job.path for job in jobs]) as executor:
             outcome = run_batch(jobs, bundle, executor, progress, model, manifest)
         if not outcome.outcomes:
             for j in sorted(outcome.failures):

@@ -18,6 +18,11 @@ CONNECT_TIMEOUT_S = 10.0
 """How long to wait for a scheduler to answer before saying so."""
 
 
+class ClusterError(RsVlmError):
+    """The cluster, not a raster, is at fault (a lost scheduler, a worker without the core): the
+    batch stops, the rasters finished so far are kept for a rerun."""
+
+
 @dataclass(frozen=True)
 class DaskAddress:
     """Where the work goes.
@@ -109,6 +114,31 @@ def connect(address: DaskAddress, timeout_s: float = CONNECT_TIMEOUT_S) -> Itera
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def cluster_problem(exc: BaseException, address: str, client=None) -> ClusterError | None:
+    """The sentence for a task failure that is the cluster's fault, or None (the raster's).
+
+    Args:
+        exc: What a task's future raised (or waiting for futures raised).
+        address: The scheduler, for the sentence.
+        client: The client, whose status tells a lost scheduler from a cancelled task.
+    """
+    from .preflight import install_hint
+    from ... import __version__
+
+    text = str(exc)
+    if isinstance(exc, ImportError) or "deserializ" in text.lower():
+        return ClusterError(f"A machine of the Dask cluster at {address} cannot load RS-VLM's tasks "
+                            f"({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}); "
+                            f"{install_hint(__version__)}.")
+    lost = "scheduler-connection-lost" in text or (client is not None and client.status not in ("running", "newly-created"))
+    if lost and (isinstance(exc, (OSError, TimeoutError)) or type(exc).__name__.endswith("CancelledError")
+                 or type(exc).__name__ == "CommClosedError"):
+        return ClusterError(f"The Dask scheduler at {address} stopped answering mid-run; restart it (and its "
+                            "workers), then run the same command again: the rasters finished so far are kept "
+                            "and not done again.")
+    return None
 
 
 def worker_threads(cores: int | None = None, task_threads: int | None = None) -> int:

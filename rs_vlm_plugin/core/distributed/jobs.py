@@ -12,9 +12,9 @@ from ..planning.dris import PlanConfig
 from ..geometry import Extent
 from ..progress import ProgressBackend
 from ..validation import model_tile_size
-from .cluster import connect, parse_address
+from .cluster import parse_address
 from .outputs import write_archive_index
-from .runner import BatchOutcome, DaskExecutor, run_batch
+from .runner import BatchOutcome, cluster_executor, run_batch
 from .tasks import RasterJob
 from .worker_cache import ModelRef
 
@@ -40,8 +40,8 @@ def caption_files(address: str, files: list[tuple[Path, str]], plan: PlanConfig,
     """
     address_, bundle, model, plan = _setup(address, model_dir, plan)
     jobs = [RasterJob(str(path), name, "describe", plan) for path, name in files]
-    with connect(address_) as client:
-        return run_batch(jobs, bundle, DaskExecutor(client, model), progress, model)
+    with cluster_executor(address_, model, [job.path for job in jobs]) as executor:
+        return run_batch(jobs, bundle, executor, progress, model)
 
 
 def index_file(address: str, path: Path, name: str, output: Path, plan: PlanConfig, model_dir: str | Path | None,
@@ -54,9 +54,9 @@ def index_file(address: str, path: Path, name: str, output: Path, plan: PlanConf
     """
     start = time.perf_counter()
     address_, bundle, model, plan = _setup(address, model_dir, plan)
-    with connect(address_) as client:
-        outcome = run_batch([RasterJob(str(path), name, "index", plan, extent=extent)], bundle, DaskExecutor(client, model),
-                            progress, model)
+    jobs = [RasterJob(str(path), name, "index", plan, extent=extent)]
+    with cluster_executor(address_, model, [str(path)]) as executor:
+        outcome = run_batch(jobs, bundle, executor, progress, model)
     if outcome.failures:
         from ..errors import RsVlmError
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..bundle import ModelBundle
 from ..errors import CancelledError, RsVlmError
 from ..progress import ProgressBackend, check_canceled
+from .cluster import ClusterError, DaskAddress, cluster_problem, connect
 from .manifest import Manifest
 from .outputs import RasterOutcome, assemble
+from .preflight import check_cluster
 from .tasks import RasterJob, encode_chunk, plan_raster
 from .worker_cache import ModelRef, preload_plugin, remember
 
@@ -66,10 +69,16 @@ class _Call:
 
 
 class DaskExecutor:
-    """Runs the tasks on a ``dask.distributed.Client``; the model is preloaded on every worker."""
+    """Runs the tasks on a ``dask.distributed.Client``; the model is preloaded on every worker.
 
-    def __init__(self, client, model: ModelRef) -> None:
+    A failure that is the cluster's (:func:`.cluster.cluster_problem`: a lost scheduler, a machine
+    without the core) raises :class:`.cluster.ClusterError`, which stops the batch instead of
+    blaming the raster.
+    """
+
+    def __init__(self, client, model: ModelRef, address: str = "") -> None:
         self.client = client
+        self.address = address or str(getattr(client.scheduler, "address", "the scheduler"))
         register = getattr(client, "register_plugin", None) or client.register_worker_plugin
         register(preload_plugin(model))
 
@@ -88,14 +97,37 @@ class DaskExecutor:
                 wait(handles, timeout=timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
             pass
+        except BaseException as exc:  # asyncio's CancelledError is not an Exception
+            raise cluster_problem(exc, self.address, self.client) or exc
         return [f for f in handles if f.done()]
 
     def result(self, handle):  # noqa: D102
-        return handle.result()
+        try:
+            return handle.result()
+        except BaseException as exc:
+            problem = cluster_problem(exc, self.address, self.client)
+            if problem is not None:
+                raise problem from None
+            raise
 
     def cancel(self, handles: list) -> None:  # noqa: D102
-        if handles:
+        if handles and self.client.status == "running":  # a lost scheduler has nothing left to cancel
             self.client.cancel(handles)
+
+
+@contextmanager
+def cluster_executor(address: DaskAddress, model: ModelRef, paths: list[str]) -> Iterator[DaskExecutor]:
+    """A :class:`DaskExecutor` on the cluster at ``address``, connected and checked
+    (:func:`.preflight.check_cluster`: the core, the model and the rasters on every machine) before
+    any task is submitted.
+
+    Raises:
+        RsVlmError: dask missing, the scheduler unreachable or without workers, or a machine of the
+            cluster not ready (one sentence each).
+    """
+    with connect(address) as client:
+        check_cluster(client, model, paths, str(address))
+        yield DaskExecutor(client, model, str(address))
 
 
 @dataclass
@@ -177,6 +209,8 @@ def run_batch(jobs: list[RasterJob], bundle: ModelBundle, executor, progress: Pr
                 kind, j = pending.pop(handle)
                 try:
                     value = executor.result(handle)
+                except ClusterError:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - one raster's failure must not stop the batch
                     fail(j, exc)
                     continue

@@ -2,7 +2,7 @@
 plan order, then one GeoPackage (merged captions) or one index of all rasters.
 
 Assembly runs in the client: it ranks a raster's tiles against the knowledge base all at once,
-as :func:`pipeline.caption_tiles` does in a single-process run, so scores are the same to the bit.
+as :func:`jobs.captioning.caption_tiles` does in a single-process run, so scores are the same to the bit.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RasterOutcome:
     """One finished raster.
 
     Attributes:
-        records: Its caption records (describe), sorted as :func:`pipeline.caption_tiles` sorts them.
+        records: Its caption records (describe), sorted as :func:`jobs.captioning.caption_tiles` sorts them.
         tiles, arrays, meta: Its index rows, arrays and metadata (index).
     """
 

@@ -75,7 +75,7 @@ def check_worker(digest: str, model: dict, paths: list[str]) -> dict:
         return found
     try:
         cache = importlib.import_module("rs_vlm_plugin.core.distributed.worker_cache")  # sent by value: no relative import
-        index = importlib.import_module("rs_vlm_plugin.core.index")
+        index = importlib.import_module("rs_vlm_plugin.core.jobs.index")
         found["fingerprint"] = index.model_fingerprint(cache.cached_bundle(cache.ModelRef(**model)))
     except Exception as exc:  # noqa: BLE001 - the model's own sentence, or the exception in one line
         found["model_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -2,12 +2,12 @@
 
 Each task opens the raster itself (no GDAL handle crosses processes) and gets the model from
 the worker's cache (:mod:`.worker_cache`). A raster is planned once, exactly as
-:func:`pipeline.encode_extent` plans it (one coarse read: cheap even for a 100k x 100k mosaic);
+:func:`encoding.encode.encode_extent` plans it (one coarse read: cheap even for a 100k x 100k mosaic);
 its tiles are then cut into chunks of whole ONNX batches, in the plan's tile order, so every
 batch the image tower sees holds the same tiles as in a single-process run and the outputs are
 the same bit for bit (onnxruntime's and BLAS's results change in the last bit with the batch's
 composition). The knowledge-base ranking is left to the writer, which ranks all of a raster's
-tiles at once as :func:`pipeline.caption_tiles` does.
+tiles at once as :func:`jobs.captioning.caption_tiles` does.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class RasterJob:
         name: The raster's name in records and messages (the file name without extension).
         kind: "describe" (captions at three levels) or "index" (global and region tokens).
         plan: The planner's settings, tile size already the model's input size.
-        batch_size: Tiles per ONNX batch, as :class:`pipeline.JobConfig`.
+        batch_size: Tiles per ONNX batch, as :class:`jobs.config.JobConfig`.
         top_concepts: Concepts kept per caption.
         extent: Part of the raster (its CRS); None for all of it.
         chunk_tiles: Tiles per chunk task (rounded to whole batches and caption blocks).
@@ -72,7 +72,7 @@ class RasterPlan:
     """What planning one raster found (sent back to the client; small).
 
     Attributes:
-        tiles: The tiles to encode, in the order :func:`pipeline.tiles_to_encode` gives them.
+        tiles: The tiles to encode, in the order :func:`encoding.tiles.tiles_to_encode` gives them.
         chunks: ``(first, end)`` ranges of ``tiles``, one task each.
     """
 
@@ -93,7 +93,7 @@ class ChunkResult:
     Attributes:
         first: Position of the chunk's first tile in the plan's tile list.
         rows: Positions (in the plan's tile list) of the tiles encoded; tiles without one valid
-            pixel are skipped, as in :func:`pipeline.encode_extent`.
+            pixel are skipped, as in :func:`encoding.encode.encode_extent`.
         tiers: ``embedding`` (describe: float32 for the ranking) or ``embedding`` and
             ``regions`` (index: float16, as stored), one row per encoded tile.
         captions: Decoded captions of the encoded tiles (describe with a decoder), else None.
@@ -146,7 +146,7 @@ def plan_raster(job: RasterJob) -> RasterPlan:
 @sentences_only
 def encode_chunk(job: RasterJob, model: ModelRef, first: int, tiles: list[EncodedTile]) -> ChunkResult:
     """Read and encode one chunk of a raster's tiles (a task) with :func:`pipeline.encode_tiles`,
-    batch by batch as :func:`pipeline.encode_extent` does; for describe, decode their captions
+    batch by batch as :func:`encoding.encode.encode_extent` does; for describe, decode their captions
     too, in :data:`caption_stream.CAPTION_BLOCK` blocks from the chunk's start, as
     :func:`pipeline.describe` does from the raster's start.
 

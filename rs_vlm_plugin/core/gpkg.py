@@ -53,6 +53,7 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("gsd_m", "real", _attr("gsd_m")),
         _Field("caption", "str", _attr("caption")),
         _Field("source", "str", _attr("source")),
+        _Field("familiar", "real", _attr("familiar")),
     ),
     ClassRecord: (
         _Field("class", "str", _attr("label")),
@@ -62,6 +63,7 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("depth", "int", _attr("depth")),
         _Field("gsd_m", "real", _attr("gsd_m")),
         _Field("source", "str", _attr("source")),
+        _Field("familiar", "real", _attr("familiar")),
     ),
     EvidenceRecord: (
         _Field("question", "str", _attr("question")),
@@ -72,6 +74,7 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("depth", "int", _attr("depth")),
         _Field("caption", "str", _attr("caption")),
         _Field("source", "str", _attr("source")),
+        _Field("familiar", "real", _attr("familiar")),
     ),
     PlanTileRecord: (
         _Field("key", "str", _attr("key")),
@@ -93,6 +96,7 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("depth", "int", _attr("depth")),
         _Field("gsd_m", "real", _attr("gsd_m")),
         _Field("source", "str", _attr("source")),
+        _Field("familiar", "real", _attr("familiar")),
     ),
     IndexTile: (
         _Field("tile_id", "int", _attr("tile_id")),

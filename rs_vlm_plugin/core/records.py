@@ -54,6 +54,8 @@ class SearchHit:
         gsd_m: Ground sample distance in metres per model pixel.
         caption: The tile's caption, to show why it matched.
         source: Name of the raster.
+        familiar: How familiar the model is with the query, in [0, 1] (``seen_bias.query_familiarity``;
+            under 0.7 the job warns that it has seen little like it).
     """
 
     query: str
@@ -65,6 +67,7 @@ class SearchHit:
     gsd_m: float
     caption: str = ""
     source: str = ""
+    familiar: float = 1.0
 
 
 @dataclass
@@ -80,6 +83,8 @@ class ClassRecord:
         extent: The tile's footprint in the raster's CRS.
         gsd_m: Ground sample distance in metres per model pixel.
         source: Name of the raster.
+        familiar: How familiar the model is with the tile's class name, in [0, 1] (``seen_bias.query_familiarity``;
+            under 0.7 the job warns that it has seen little like it).
     """
 
     label: str
@@ -90,6 +95,7 @@ class ClassRecord:
     extent: Extent
     gsd_m: float
     source: str = ""
+    familiar: float = 1.0
 
 
 @dataclass
@@ -106,6 +112,8 @@ class EvidenceRecord:
         extent: The tile's footprint in the raster's CRS.
         caption: The tile's caption.
         source: Name of the raster.
+        familiar: How familiar the model is with the question's subject, in [0, 1] (``seen_bias.query_familiarity``;
+            under 0.7 the job warns that it has seen little like it).
     """
 
     question: str
@@ -117,6 +125,7 @@ class EvidenceRecord:
     extent: Extent
     caption: str = ""
     source: str = ""
+    familiar: float = 1.0
 
 
 @dataclass
@@ -163,6 +172,8 @@ class OutlineRecord:
         extent: Its bounding box in the raster's CRS.
         geometry_wkb: The outline as a WKB polygon in the raster's CRS (the writer's geometry).
         source: Name of the raster.
+        familiar: How familiar the model is with the query, in [0, 1] (``seen_bias.query_familiarity``;
+            under 0.7 the job warns that it has seen little like it).
     """
 
     query: str
@@ -176,6 +187,7 @@ class OutlineRecord:
     extent: Extent
     geometry_wkb: bytes = b""
     source: str = ""
+    familiar: float = 1.0
 
 
 @dataclass

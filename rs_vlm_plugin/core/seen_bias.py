@@ -29,6 +29,7 @@ from .expansion import prompt_ensemble
 
 if TYPE_CHECKING:
     from .bundle import ModelBundle
+    from .progress import ProgressBackend
 
 MANIFEST_KEY = "seen_bias"
 
@@ -158,3 +159,17 @@ def query_familiarity(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequ
         return out
 
     return bundle.text_memo(("familiarity", tuple(texts), tuple(prompts)), make)
+
+
+def warn_unfamiliar(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequence[str],
+                    progress: "ProgressBackend") -> list[Familiarity]:
+    """:func:`query_familiarity` of each text, with a warning on ``progress`` for each unfamiliar one.
+
+    The warning reaches the user as the job's other warnings do (stderr and ``--json`` on the command
+    line, the panel, Processing's log).
+    """
+    found = query_familiarity(bundle, texts, prompts)
+    for f in found:
+        if not f.familiar:
+            progress.warn(f.message)
+    return found

@@ -543,3 +543,15 @@ def test_a_plugin_without_weights_exports_the_installed_trained_model(processing
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == \
         sorted(p.name for p in bundle_dir.iterdir())
     assert any("was copied to" in m for m in feedback.infos)
+
+
+def test_an_unfamiliar_query_is_a_warning_in_the_log_and_a_field(processing, rasters, tmp_path):
+    """A text far from the trained classes: Processing's log warns, each hit carries familiar < 0.7."""
+    odd = "a violin concerto in a minor key"
+    out = tmp_path / "odd.gpkg"
+    feedback = RecordingFeedback.make()
+    processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": odd, "MAX_TILES": 4, "TOP_K": 3,
+                                           "OUTLINES": False, "OUTPUT": str(out)}, feedback=feedback)
+    assert any(w.startswith(f"RS-VLM has seen little like '{odd}'") for w in feedback.warnings), feedback.warnings
+    rows, _ = read_layer(out, SEARCH_LAYER)
+    assert rows and all(r["familiar"] < 0.7 for r in rows)

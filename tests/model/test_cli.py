@@ -184,3 +184,16 @@ def test_classify_and_ask_agree_on_the_tiles(bundle_dir, generated, tmp_path, ca
     answered = json.loads(capsys.readouterr().out)
     assert answered["value"] <= share + 1e-9  # counted only where it also passes the presence threshold
     assert answered["tiles"] == classified["tiles"]  # the same plan, not one guided by the subject
+
+
+def test_an_unfamiliar_query_is_told_on_stderr_and_in_the_json(bundle_dir, generated, tmp_path, capsys):
+    odd = "a violin concerto in a minor key"
+    out = tmp_path / "odd.gpkg"
+    assert main(["search", str(generated["scene"]), odd, "-o", str(out), "--top-k", "3", "-q",
+                 "--model", str(bundle_dir)]) == 0
+    assert f"Warning: RS-VLM has seen little like '{odd}'" in capsys.readouterr().err
+    assert main(["search", str(generated["scene"]), odd, "-o", str(tmp_path / "odd_json.gpkg"), "--top-k", "3", "--json",
+                 "--model", str(bundle_dir)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert any(w.startswith(f"RS-VLM has seen little like '{odd}'") for w in json.loads(captured.out)["warnings"])

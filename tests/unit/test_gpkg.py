@@ -66,7 +66,7 @@ def test_round_trip_fields_counts_and_crs(tmp_path):
 
     rows, _, _ = read_rows(path, "hits")
     assert [r["rank"] for r in rows] == [1, 2, 3]
-    assert list(rows[0]) == ["query", "rank", "score", "level", "depth", "gsd_m", "caption", "source"]
+    assert list(rows[0]) == ["query", "rank", "score", "level", "depth", "gsd_m", "caption", "source", "familiar"]
 
     ds = ogr.Open(str(path))
     empty = ds.GetLayerByName("no_hits")

@@ -13,6 +13,7 @@ from ..progress import NullProgress, ProgressBackend
 from ..qa import SUBJECT_PROMPTS, parse_question
 from ..raster import RasterSource
 from ..records import EvidenceRecord
+from ..seen_bias import warn_unfamiliar
 from ..summaries import subject_share, subject_wins
 from ..validation import text_warnings
 from .captioning import tile_captions
@@ -35,10 +36,12 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
     config = config or JobConfig()
     progress = progress or NullProgress()
     query = None
+    familiar = 1.0  # "what is this area?" names no subject: its answer is the knowledge base's own scenes
     if parsed.subject:
         what = f"The subject of the question (\"{parsed.subject[:40]}\")"
         for warning in text_warnings(bundle, parsed.subject, what):
             progress.warn(warning)
+        familiar = warn_unfamiliar(bundle, [parsed.subject], CLASS_PROMPTS, progress)[0].score
         queries = expand_queries(bundle, [parsed.subject], SUBJECT_PROMPTS, knowledge=config.knowledge)
         query = queries.scorer(0)
         note = describe_expansions(queries, 0)
@@ -93,10 +96,12 @@ def ask(source: RasterSource, bundle: ModelBundle, question: str, extent: Extent
     captions = tile_captions(encoding, bundle, [i for _, i, _ in chosen[:10]], config.top_concepts)
     evidence = [EvidenceRecord(question=parsed.text, answer=answer, rank=k, score=score, level=level or "object",
                                depth=tiles[i].depth, extent=tiles[i].extent, caption=captions.get(i, ""),
-                               source=source.name)
+                               source=source.name, familiar=familiar)
                 for k, (score, i, level) in enumerate(chosen, start=1)]
     outlines = job_outlines(encoding, bundle, parsed.subject, config, source, progress) \
         if parsed.kind == "where" else None
+    for outline in outlines or []:
+        outline.familiar = familiar
     progress.set_fraction(1.0)
     progress.info(answer)
     return AnswerResult(parsed, answer, value, evidence, encoding.plan, source.georef.crs_wkt, list(source.warnings),

@@ -12,7 +12,7 @@ from ..geometry import Extent
 from ..progress import NullProgress, ProgressBackend
 from ..raster import RasterSource
 from ..records import ClassRecord
-from ..seen_bias import seen_bias_offsets
+from ..seen_bias import query_familiarity, seen_bias_offsets, warn_unfamiliar
 from ..summaries import whole_view_classes
 from ..validation import text_warnings
 from .config import JobConfig
@@ -84,6 +84,10 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
     for name in classes:
         for warning in text_warnings(bundle, name, f"The class name \"{name[:40]}\""):
             progress.warn(warning)
+    # the user's names are checked; the default list (the knowledge base's scenes) is what RS-VLM offers
+    familiarity = (warn_unfamiliar(bundle, classes, CLASS_PROMPTS, progress) if user_list
+                   else query_familiarity(bundle, classes, CLASS_PROMPTS))
+    familiar = {f.text: f.score for f in familiarity}
     queries = expand_queries(bundle, classes, CLASS_PROMPTS, knowledge=config.knowledge)
     expanded = sum(bool(queries.expansions(k)) for k in range(len(classes)))
     if expanded:
@@ -110,7 +114,7 @@ def classify(source: RasterSource, bundle: ModelBundle, classes: list[str] | Non
             scene = [(classes[j], float(probs[i, j])) for j in order[i, :3]]
         if "object" in tile.levels:  # the leaves tile the extent exactly once
             records.append(ClassRecord(classes[best], float(probs[i, best]), classes[second], "object", tile.depth,
-                                       tile.extent, tile.gsd_m, source.name))
+                                       tile.extent, tile.gsd_m, source.name, familiar[classes[best]]))
     scene, note = whole_view_classes(classes, records, scene)  # the class of the tiles, not of one image
     if note:
         progress.info(note)

@@ -34,6 +34,7 @@ from ..gpkg import write_geopackage
 from ..encoding.encode import encode_extent
 from ..encoding.tiles import EncodedTile
 from .captioning import composed_captions
+from .classify import CLASS_PROMPTS
 from .config import JobConfig
 from .query import tile_level, check_query, guide_scorer
 from .results import SearchResult
@@ -41,6 +42,7 @@ from ..progress import NullProgress, ProgressBackend, check_canceled
 from ..qa import QueryScorer, as_scorer
 from ..raster import RasterSource
 from ..records import IndexTile, SearchHit
+from ..seen_bias import query_familiarity
 from ..validation import text_warnings
 
 INDEX_FORMAT = "rsvlm-index"
@@ -373,6 +375,7 @@ class EmbeddingIndex:
         self.check_model(bundle)
         t0 = time.perf_counter()
         scorer = expand_queries(bundle, [text], knowledge=knowledge).scorer(0)
+        familiar = query_familiarity(bundle, [text], CLASS_PROMPTS)[0]  # as search.search reports it
         t1 = time.perf_counter()
         scores = self.scores(scorer)
         rows = self.top(scores, max_hits, min_score, None if extent is None else self.within(extent))
@@ -382,10 +385,11 @@ class EmbeddingIndex:
         t3 = time.perf_counter()
         hits = [SearchHit(query=text, rank=rank, score=float(scores[i]), level=levels[rank - 1],
                           depth=int(self.depths[i]), extent=self.extent(i), gsd_m=float(self.gsd_m[i]),
-                          caption=captions[rank - 1], source=self.tile_source(i))
+                          caption=captions[rank - 1], source=self.tile_source(i), familiar=familiar.score)
                 for rank, i in enumerate(rows, start=1)]
         timings = {"text_s": t1 - t0, "score_s": t2 - t1, "caption_s": t3 - t2, "tiles": len(self)}
-        return SearchResult(text, hits, [], self.plan, self.crs_wkt, text_warnings(bundle, text), timings)
+        warnings = text_warnings(bundle, text) + ([familiar.message] if familiar.message else [])
+        return SearchResult(text, hits, [], self.plan, self.crs_wkt, warnings, timings)
 
 
 # Storage -------------------------------------------------------------------------------------

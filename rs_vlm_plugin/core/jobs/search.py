@@ -10,8 +10,10 @@ from ..geometry import Extent
 from ..progress import NullProgress, ProgressBackend
 from ..raster import RasterSource
 from ..records import SearchHit
+from ..seen_bias import warn_unfamiliar
 from ..validation import text_warnings
 from .captioning import tile_captions
+from .classify import CLASS_PROMPTS
 from .config import JobConfig
 from .query import check_query, job_outlines, query_encoding, refined_rows, tile_level, tile_scores
 from .results import SearchResult
@@ -33,6 +35,7 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     progress = progress or NullProgress()
     for warning in text_warnings(bundle, text):
         progress.warn(warning)
+    familiar = warn_unfamiliar(bundle, [text], CLASS_PROMPTS, progress)[0].score
     queries = expand_queries(bundle, [text], knowledge=config.knowledge)
     note = describe_expansions(queries, 0, "searched")
     if note:
@@ -58,10 +61,12 @@ def search(source: RasterSource, bundle: ModelBundle, query: str, extent: Extent
     for rank, (score, i, level) in enumerate(candidates, start=1):
         tile = encoding.tiles[i]
         hits.append(SearchHit(query=text, rank=rank, score=score, level=level, depth=tile.depth, extent=tile.extent,
-                              gsd_m=tile.gsd_m, caption=captions.get(i, ""), source=source.name))
+                              gsd_m=tile.gsd_m, caption=captions.get(i, ""), source=source.name, familiar=familiar))
     progress.set_fraction(1.0)
     if hits:
         progress.info(f"Best match for \"{text}\": score {hits[0].score:.3f}.")
     outlines = job_outlines(encoding, bundle, text, config, source, progress)
+    for outline in outlines or []:
+        outline.familiar = familiar
     return SearchResult(text, hits, [], encoding.plan, source.georef.crs_wkt, list(source.warnings), encoding.timings,
                         outlines)

@@ -66,11 +66,14 @@ class ExternalCluster:
         self.scheduler = self._spawn("scheduler", ["scheduler", "--scheduler-file", str(self.scheduler_file),
                                                    "--host", "127.0.0.1", "--port", "0", "--no-dashboard"])
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.scheduler_file.exists():
-            if self.scheduler.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the scheduler did not start: {self.log('scheduler')}")
-            time.sleep(0.2)
-        self.address = json.loads(self.scheduler_file.read_text())["address"]
+        while True:  # the file appears before the scheduler has finished writing it
+            try:
+                self.address = json.loads(self.scheduler_file.read_text())["address"]
+                break
+            except (OSError, ValueError, KeyError):
+                if self.scheduler.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the scheduler did not start: {self.log('scheduler')}") from None
+                time.sleep(0.2)
 
     def _spawn(self, name: str, argv: list[str], python: Path | None = None) -> subprocess.Popen:
         with open(self.folder / f"{name}.log", "ab") as log:

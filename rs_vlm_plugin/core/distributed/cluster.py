@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import RsVlmError
+from .worker_cache import worker_threads  # noqa: F401 (the cluster's callers take it from here)
 
 DASK_MISSING = ("Running on a Dask cluster needs dask.distributed, which is not installed; install it with "
                 "`python -m pip install \"dask[distributed]\"` (the same version on every machine of the cluster), "
@@ -139,16 +140,3 @@ def cluster_problem(exc: BaseException, address: str, client=None) -> ClusterErr
                             "workers), then run the same command again: the rasters finished so far are kept "
                             "and not done again.")
     return None
-
-
-def worker_threads(cores: int | None = None, task_threads: int | None = None) -> int:
-    """onnxruntime threads for a task on this worker: the cores shared among its task threads."""
-    cores = cores or os.cpu_count() or 1
-    if task_threads is None:
-        try:
-            from dask.distributed import get_worker
-
-            task_threads = get_worker().state.nthreads
-        except (ImportError, ValueError, AttributeError):
-            task_threads = 1
-    return max(1, cores // max(1, task_threads))

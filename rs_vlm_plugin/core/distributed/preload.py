@@ -28,7 +28,7 @@ def dask_setup(worker) -> None:
     folder = os.environ.get(MODEL_VARIABLE)
     if folder:
         from ..bundle import ModelBundle, RuntimeOptions
-        from .cluster import worker_threads
+        from .worker_cache import worker_threads
         from .worker_cache import ModelRef, remember
 
         bundle = ModelBundle.load(Path(folder), RuntimeOptions("auto", worker_threads(task_threads=worker.state.nthreads)))

@@ -8,6 +8,7 @@ tasks do not all wait for it.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,6 @@ def cached_bundle(ref: ModelRef) -> ModelBundle:
 
 
 def _load(ref: ModelRef) -> ModelBundle:
-    from .cluster import worker_threads
-
     threads = ref.threads or worker_threads()
     for folder in dict.fromkeys((Path(ref.folder), default_bundle_dir())):
         if (folder / "manifest.json").is_file():
@@ -101,3 +100,16 @@ def remember(ref: ModelRef, bundle: ModelBundle) -> None:
     """Put a bundle already loaded in this process into the cache (tasks run here reuse it)."""
     with _LOCK:
         _CACHE.setdefault((ref.fingerprint, ref.device), bundle)
+
+
+def worker_threads(cores: int | None = None, task_threads: int | None = None) -> int:
+    """onnxruntime threads for a task on this worker: the cores shared among its task threads."""
+    cores = cores or os.cpu_count() or 1
+    if task_threads is None:
+        try:
+            from dask.distributed import get_worker
+
+            task_threads = get_worker().state.nthreads
+        except (ImportError, ValueError, AttributeError):
+            task_threads = 1
+    return max(1, cores // max(1, task_threads))

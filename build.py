@@ -318,9 +318,11 @@ def cmd_package(args) -> int:
     setup()
     bundle = Path(args.model) if getattr(args, "model", None) else shrunk_bundle()
     made = package(bundle, release=args.command == "release")
+    from rs_vlm_plugin.core.models.archive import sha256_of
+
     for kind in ("repository", "model", "offline"):
         path = made[kind]
-        log(f"wrote {kind:10s} {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)})")
+        log(f"wrote {kind:10s} {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_of(path)})")
     if "url" in made:
         log(f"registry: {made['model'].name} recorded in rs_vlm_plugin/resources/models.json; upload it as {made['url']}")
     elif not made["registry_matches"]:
@@ -329,15 +331,6 @@ def cmd_package(args) -> int:
             "`python3 build.py release` records this package.")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "validate_plugin_zip.py"), str(made["repository"]),
                            "--forbid", "models/", "resources/weights/"]).returncode
-
-
-def sha256_file(path: Path) -> str:
-    """A file's SHA-256 (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cmd_wheel(args) -> int:

@@ -84,10 +84,6 @@ class Texts:
         """The multi-positive key of a class's prompts (negative: never a text row)."""
         return -1 - self.prompt_names.index(feat.readable(label))
 
-    def prompts_of(self, label: str) -> list[int]:
-        """Text rows of a class's prompt ensemble (RESISC, extra or AID class)."""
-        return self.scene_prompts[label] if label in self.scene_prompts else self.aid_prompts[label]
-
     def aid_text(self, rng: np.random.Generator, image: int, share: float) -> tuple[int, int]:
         """(text row, key) for an AID image: one of its sentences with probability ``share``, else a
         class prompt (keyed by class, so all prompts of a class are one positive)."""

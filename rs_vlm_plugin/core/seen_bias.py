@@ -151,12 +151,9 @@ def query_familiarity(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequ
     def make() -> list[Familiarity]:
         t_emb = prompt_ensemble(bundle, trained, prompts)
         q_emb = prompt_ensemble(bundle, list(texts), prompts)
-        sims = np.clip(q_emb @ t_emb.T, 0.0, 1.0)
-        out = []
-        for text, row in zip(texts, sims):
-            order = np.argsort(-row)[:n_nearest]
-            out.append(Familiarity(text, float(row.max()), tuple(trained[k] for k in order)))
-        return out
+        nearest = np.argsort(-(q_emb @ t_emb.T), axis=1)[:, :n_nearest]
+        return [Familiarity(text, float(score), tuple(trained[k] for k in order))
+                for text, score, order in zip(texts, familiarity(q_emb, t_emb), nearest)]
 
     return bundle.text_memo(("familiarity", tuple(texts), tuple(prompts)), make)
 

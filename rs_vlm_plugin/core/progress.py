@@ -159,7 +159,10 @@ class TerminalProgress:
         if self._bar is not None:
             self._bar.write(message, file=self._stream)
         else:
-            print(message, file=self._stream, flush=True)
+            # One write with its newline: print() writes the end separately, and a Ctrl+C between the
+            # two would glue the next line ("Interrupted; ...") onto this one.
+            self._stream.write(message + "\n")
+            self._stream.flush()
 
 
 def check_canceled(progress: ProgressBackend) -> None:

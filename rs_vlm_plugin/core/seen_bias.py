@@ -108,6 +108,7 @@ def seen_bias_offsets(bundle: "ModelBundle", classes: Sequence[str], prompts: Se
 # --------------------------------------------------------------------------- what users are told
 
 FAMILIAR_THRESHOLD = 0.7  # below it a text is "outside what the model learnt" (left-out classes: 0.55-0.75)
+MAX_FAMILIARITY_WARNINGS = 5  # sentences naming one text each; the rest are counted in one more
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,12 @@ def warn_unfamiliar(bundle: "ModelBundle", texts: Sequence[str], prompts: Sequen
     line, the panel, Processing's log).
     """
     found = query_familiarity(bundle, texts, prompts)
-    for f in found:
-        if not f.familiar:
-            progress.warn(f.message)
+    unfamiliar = [f for f in found if not f.familiar]
+    for f in unfamiliar[:MAX_FAMILIARITY_WARNINGS]:
+        progress.warn(f.message)
+    rest = unfamiliar[MAX_FAMILIARITY_WARNINGS:]
+    if rest:  # a long class list gets a few sentences and a count, not one line per name
+        names = ", ".join(f"'{f.text}'" for f in rest[:3])
+        progress.warn(f"RS-VLM has seen little like {len(rest)} more of the texts given ({names}, ...); "
+                      "their results are guesses too (the 'familiar' field of the output says which).")
     return found

@@ -51,6 +51,12 @@ SQL = "'); DROP TABLE gpkg_contents; --"
 CONTROL = "trees\x01\x07\x1b[2J\r\x7f by the road"
 WORDS_100_KB = ("a road through a forest next to a river with houses " * 2000)[:100_000]
 CLASSES_1000 = ",".join(f"class {i}" for i in range(1000))
+# What a text outside the model's concepts earns on stderr: one warning sentence per text (a few at most,
+# then one count), and nothing else.
+_UNFAMILIAR_LINE = r"Warning: RS-VLM has seen little like [^\n]*\n"
+MAYBE_UNFAMILIAR = rf"^({_UNFAMILIAR_LINE})?$"  # "ice" is near the boundary: the model may know it
+SQL_UNFAMILIAR = r"^Warning: RS-VLM has seen little like ''\); DROP TABLE gpkg_contents; --' [^\n]*\n$"
+AT_MOST_SIX_WARNINGS = rf"^({_UNFAMILIAR_LINE}){{1,6}}$"
 ORT_TELEMETRY = r"^(\S*\d{4}-\d\d-\d\d [\d:.]+ \[W:onnxruntime:Default, telemetry_1ds\.cc:\d+ operator\(\)\] Failed to persist " \
                 r"telemetry device ID; using an in-memory identifier\S*\n)?$"
 """The one line a job may print where HOME is read-only: onnxruntime's own warning, at its import (not ours
@@ -549,7 +555,7 @@ PROCESS_CASES: dict[str, ProcessCase] = {
     "rotated": P(("caption", "{rotated}", "-o", "{out}"), 1, r"is rotated or sheared; warp it"),
     "polar_whole_globe_4326": P(("caption", "{polar_globe}", "-o", "{out}", "--max-tiles", "4"), 0, r"^$",
                                 check="polar_globe"),
-    "north_pole_cap_4326": P(("search", "{north_cap}", "ice", "-o", "{out}", "--max-tiles", "4"), 0, r"^$",
+    "north_pole_cap_4326": P(("search", "{north_cap}", "ice", "-o", "{out}", "--max-tiles", "4"), 0, MAYBE_UNFAMILIAR,
                              check="north_cap"),
     "beyond_the_pole_4326": P(("caption", "{beyond_pole}", "-o", "{out}"), 1, r"reaches latitude 95, beyond the pole"),
     "antimeridian_4326": P(("caption", "{antimeridian}", "-o", "{out}", "--max-tiles", "4"), 0, r"^$",
@@ -592,10 +598,10 @@ PROCESS_CASES: dict[str, ProcessCase] = {
                                      check="control_query"),
     "newline_in_output_name": P(("caption", "{scene}", "-o", "{dir}/out\nput.shp"), 1, r"out\\nput\.shp is not a GeoPackage"),
     "escape_in_raster_name": P(("caption", "{dir}/\x1b[2Jgone.tif", "-o", "{out}"), 1, r"\\x1b\[2Jgone\.tif does not exist"),
-    "sql_like_query": P(("search", "{scene}", SQL, "-o", "{out}", "--max-tiles", "4"), 0, r"^$", check="sql_query"),
-    "sql_like_classes": P(("classify", "{scene}", f"forest, {SQL}, water", "-o", "{out}", "--max-tiles", "4"), 0, r"^$",
+    "sql_like_query": P(("search", "{scene}", SQL, "-o", "{out}", "--max-tiles", "4"), 0, SQL_UNFAMILIAR, check="sql_query"),
+    "sql_like_classes": P(("classify", "{scene}", f"forest, {SQL}, water", "-o", "{out}", "--max-tiles", "4"), 0, SQL_UNFAMILIAR,
                           check="sql_classes"),
-    "sql_like_index_query": P(("search-index", "{index}", SQL, "-o", "{out}"), 0, r"^$", check="sql_query"),
+    "sql_like_index_query": P(("search-index", "{index}", SQL, "-o", "{out}"), 0, SQL_UNFAMILIAR, check="sql_query"),
     "max_tiles_negative": P(("caption", "{scene}", "-o", "{out}", "--max-tiles", "-5"), 1, r"--max-tiles must be at least 1"),
     "max_tiles_10e9": P(("caption", "{scene}", "-o", "{out}", "--max-tiles", "1000000000"), 0, r"^$"),
     "max_pixels_10e9": P((*CAP, "--max-pixels", "1000000000"), 0, r"^$"),
@@ -604,7 +610,7 @@ PROCESS_CASES: dict[str, ProcessCase] = {
                     r"^$", check="hits_at_most_tiles"),
     "max_hits_10e9": P(("search-index", "{index}", "trees", "-o", "{out}", "--max-hits", "1000000000"), 0, r"^$",
                        check="hits_at_most_tiles"),
-    "classes_1000": P(("classify", "{scene}", CLASSES_1000, "-o", "{out}", "--max-tiles", "1"), 0, r"^$", limit_s=300,
+    "classes_1000": P(("classify", "{scene}", CLASSES_1000, "-o", "{out}", "--max-tiles", "1"), 0, AT_MOST_SIX_WARNINGS, limit_s=300,
                       check="classes_1000"),
     "extent_inverted": P((*CAP, "--extent", "500100", "4100000", "500000", "4099900"), 1, r"is empty; give xmin < xmax"),
     "extent_nan": P((*CAP, "--extent", "nan", "4099900", "500100", "4100000"), 1, r"is empty"),

@@ -36,6 +36,7 @@ from rs_vlm_plugin.core.expansion import expand_queries
 from rs_vlm_plugin.core.jobs.classify import CLASS_PROMPTS as SCENE_PROMPTS
 from rs_vlm_plugin.core.jobs.classify import class_embeddings
 from rs_vlm_plugin.core.seen_bias import seen_bias_offsets
+from rs_vlm_plugin.core.jobs.grounding import grounded_captions, top_k_of
 
 from .classes import readable, truthfulness
 
@@ -85,7 +86,8 @@ def eval_captions(bundle: ModelBundle, folder: Path, split: str, meteor: bool = 
     out = {"images": len(items), "captions": len(txt), **retrieval_recalls(tiers["embedding"], txt, per_image.pop())}
     if bundle.has_decoder:
         t0 = time.perf_counter()
-        hyps = bundle.caption(tiers)
+        hyps = grounded_captions(bundle, tiers)  # what users get (jobs.grounding)
+        out["grounding_top_k"] = top_k_of(bundle)
         out["decode_seconds"] = round(time.perf_counter() - t0, 1)
         scores = caption_scores({str(k): i.sentences for k, i in enumerate(items)},
                                 {str(k): h for k, h in enumerate(hyps)}, meteor=meteor)
@@ -121,7 +123,7 @@ def eval_scenes(bundle: ModelBundle, folder: Path, only: set[str] | None = None,
         out[f"accuracy{key}"] = float(np.mean(pred == truth))
         out[f"per_class{key}"] = {c: float(np.mean(pred[truth == k] == k)) for k, c in enumerate(classes)}
     if truthful and bundle.has_decoder:
-        captions = bundle.caption(tiers)
+        captions = grounded_captions(bundle, tiers)
         out["truthfulness"] = truthfulness(captions, [c for _, c in pairs], source)
         out["truthfulness"]["examples"] = [{"image": pairs[k][0].name, "caption": captions[k]}
                                            for k in range(0, len(pairs), max(1, len(pairs) // 12))]
@@ -271,6 +273,8 @@ def markdown(report: dict) -> str:
             lines.append("")
     if "open_vocabulary" in report:
         lines += open_vocabulary_markdown(report["open_vocabulary"])
+    if "grounding" in report:
+        lines += grounding_markdown(report["grounding"])
     if "objects" in report:
         r = report["objects"]
         lines += [f"## Text-to-box retrieval: {r['folder']} ({r['boxes']} boxes in {r['images']} images, "
@@ -293,6 +297,43 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def grounding_markdown(g: dict) -> list[str]:
+    """The grounding cuts as a table (:mod:`grounding_eval`)."""
+    lines = ["## Caption grounding: things named that no reference names", "",
+             f"Cut chosen on these splits: top {g['chosen_top_k']}; the bundle ships top {g['shipped_top_k']} "
+             "(0: grounding off).", "",
+             _row(["split", "top k", "reference things kept", "unsupported things", "captions with one", "BLEU-4"]),
+             _row(["---"] * 6)]
+    for split in ("ucm", "aid"):
+        for k, r in g.get(split, {}).get("cuts", {}).items():
+            lines.append(_row([split, k, f"{r['reference_things_kept']:.1f} %", f"{r['unsupported_things']:.1f} %",
+                               f"{r['captions_with_unsupported']:.1f} %",
+                               f"{100 * r['BLEU-4']:.2f}" if "BLEU-4" in r else "-"]))
+    return lines + [""]
+
+
+def grounding_report(bundle: ModelBundle, captions: Path, split: str, data: Path | None) -> dict:
+    """Caption-grounding cuts on the caption split and on AID val (its RSICD sentences)."""
+    from .grounding_eval import choose_cut, eval_grounding
+
+    items = read_captions(captions, split)
+    out = {"ucm": eval_grounding(bundle, encode_files(bundle, [i.path for i in items]), [i.sentences for i in items])}
+    if data is not None and (data / "aid" / "images").exists():
+        from .aid import aid_held_out, read_aid
+
+        every = read_aid(data)
+        val = aid_held_out(every)
+        aid = [a for a in every if a.path.name in val and a.sentences]
+        out["aid"] = eval_grounding(bundle, encode_files(bundle, [a.path for a in aid]), [a.sentences for a in aid],
+                                    bleu=False)
+    both = {k: {"reference_things_kept": min(r["reference_things_kept"] for r in (v["cuts"][k] for v in out.values())),
+                "unsupported_things": float(np.mean([v["cuts"][k]["unsupported_things"] for v in out.values()]))}
+            for k in out["ucm"]["cuts"]}
+    out["chosen_top_k"] = choose_cut(both)
+    out["shipped_top_k"] = top_k_of(bundle)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -308,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-vocabulary", type=Path, default=Path("out/train/open_vocabulary.json"),
                         help="leave-classes-out results written by `build.py train --leave-out`")
     parser.add_argument("--out", type=Path, default=Path("out/eval"))
+    parser.add_argument("--grounding", action="store_true",
+                        help="compare caption-grounding cuts on UCM val and AID val (rs_vlm_train.grounding_eval)")
     args = parser.parse_args(argv)
     if not (args.data or args.captions or args.scenes or args.objects):
         parser.error("give --data DIR, or --captions DIR, --scenes DIR and/or --objects DIR")
@@ -340,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         report["aid"] = {"folder": str(args.data / "aid" / "images") + " (val: 10 % by name hash)",
                          **eval_scenes(bundle, args.data / "aid" / "images", aid_val, truthful=True, source="aid",
                                        label_of=lambda p: p.stem.lower().rsplit("_", 1)[0])}
+    if args.grounding and captions:
+        report["grounding"] = grounding_report(bundle, captions, args.split, args.data)
     if objects:
         report["objects"] = {"folder": str(objects) + (" (held-back 20 %)" if object_only else ""),
                              **eval_objects(bundle, objects, object_only)}

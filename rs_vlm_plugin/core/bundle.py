@@ -347,10 +347,14 @@ class ModelBundle:
         return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in parts.items()}
 
     def caption(self, tiers: dict[str, np.ndarray], beam: int | None = None, max_len: int = 24,
-                progress: ProgressBackend | None = None) -> list[str]:
+                progress: ProgressBackend | None = None, banned: np.ndarray | None = None) -> list[str]:
         """Captions decoded (beam search) from the tiers of :meth:`encode_tiers`, one per tile.
 
         Cancellation is checked between chunks of 32 tiles.
+
+        Args:
+            banned: (tiles, vocab) bool, words a tile's caption may not use
+                (:func:`jobs.grounding.banned_tokens`); None: any word.
         """
         from .decoding import as_sentence, beam_search, detokenize
 
@@ -373,7 +377,8 @@ class ModelBundle:
             def sub_step(r, prefix, rows=rows):
                 return step(rows[r], prefix)
 
-            out += [as_sentence(detokenize(seq, self.vocab)) for seq in beam_search(sub_step, len(rows), beam, max_len)]
+            out += [as_sentence(detokenize(seq, self.vocab)) for seq in
+                    beam_search(sub_step, len(rows), beam, max_len, banned=None if banned is None else banned[rows])]
         return out
 
     def encode_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

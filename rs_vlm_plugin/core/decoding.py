@@ -19,11 +19,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def beam_search(step: StepFn, n_images: int, beam: int = 3, max_len: int = 24, length_penalty: float = 0.0,
-                min_len: int = 2) -> list[list[int]]:
+                min_len: int = 2, banned: np.ndarray | None = None) -> list[list[int]]:
     """The best token sequence (without BOS/EOS) for each of ``n_images``.
 
     Hypotheses of all images are decoded together, one step call per position.  Scores are
     summed log-probabilities divided by ``len ** length_penalty`` when a hypothesis ends.
+
+    Args:
+        banned: (n_images, vocab) bool, tokens an image's sequence may not contain (grounding).
     """
     beams = [[(0.0, [BOS])] for _ in range(n_images)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_images)]
@@ -40,6 +43,8 @@ def beam_search(step: StepFn, n_images: int, beam: int = 3, max_len: int = 24, l
         logp[:, PAD] = -np.inf
         logp[:, BOS] = -np.inf
         logp[:, UNK] = -np.inf
+        if banned is not None:
+            logp[:, :banned.shape[1]][banned[np.asarray(rows)]] = -np.inf
         if t < min_len:
             logp[:, EOS] = -np.inf
         candidates: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_images)]

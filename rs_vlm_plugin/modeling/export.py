@@ -326,6 +326,8 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
             # A concept's mean similarity to the training images; subtracted when ranking.
             np.save(work / "kb_bias.npy", (kb_emb @ arrays["stats.image_mean"].astype(np.float32)).astype(np.float32))
             kb_files["bias"] = "kb_bias.npy"
+            np.save(work / "image_mean.npy", arrays["stats.image_mean"].astype(np.float32))  # caption grounding
+            kb_files["image_mean"] = "image_mean.npy"
         shutil.copy2(knowledge_base, work / "knowledge_base.json")
         tok_src = minilm_dir() / "tokenizer.json"
         shutil.copy2(tok_src, work / "tokenizer.json")

@@ -125,3 +125,20 @@ def selection_mask(mask_layer, raster_layer) -> tuple[object, bytes]:
         raise RsVlmError(f"The selected features of {mask_layer.name()} have no geometry; select polygons.")
     union = QgsGeometry.unaryUnion(parts)
     return to_extent(union.boundingBox()), bytes(union.asWkb())
+
+
+def zoom_canvas_to(canvas, extent: Extent, crs_wkt: str | None = None) -> str | None:
+    """Zoom ``canvas`` to ``extent`` (in the CRS of ``crs_wkt``) with a margin and flash it; the
+    reason in one sentence when the extent cannot be shown in the canvas's CRS, else None."""
+    crs = QgsCoordinateReferenceSystem.fromWkt(crs_wkt) if crs_wkt else QgsCoordinateReferenceSystem()
+    target = canvas.mapSettings().destinationCrs()
+    try:
+        rect = transform_rectangle(to_rectangle(extent), crs, target)
+    except RsVlmError as exc:
+        return str(exc)
+    flash = QgsGeometry.fromRect(rect)
+    rect.scale(1.1)
+    canvas.setExtent(rect)
+    canvas.refresh()
+    canvas.flashGeometries([flash], target)
+    return None

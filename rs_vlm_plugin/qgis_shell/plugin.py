@@ -12,8 +12,6 @@ from pathlib import Path
 from qgis.core import (
     Qgis,
     QgsApplication,
-    QgsCoordinateReferenceSystem,
-    QgsGeometry,
     QgsMapLayerType,
     QgsMessageLog,
     QgsProject,
@@ -265,23 +263,12 @@ class RsVlmPlugin(ModelActions):
 
     def zoom_to_result(self, extent, crs_wkt=None) -> None:
         """Zoom the canvas to a result's extent (given in the CRS of ``crs_wkt``) and flash it."""
-        canvas = self._canvas()
-        if canvas is None:
-            return
-        from .extent import to_rectangle, transform_rectangle
+        from .extent import zoom_canvas_to
 
-        crs = QgsCoordinateReferenceSystem.fromWkt(crs_wkt) if crs_wkt else QgsCoordinateReferenceSystem()
-        target = canvas.mapSettings().destinationCrs()
-        try:
-            rect = transform_rectangle(to_rectangle(extent), crs, target)
-        except RsVlmError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
-            return
-        flash = QgsGeometry.fromRect(rect)
-        rect.scale(1.1)
-        canvas.setExtent(rect)
-        canvas.refresh()
-        canvas.flashGeometries([flash], target)
+        canvas = self._canvas()
+        problem = zoom_canvas_to(canvas, extent, crs_wkt) if canvas is not None else None
+        if problem:
+            self._message(problem, Qgis.MessageLevel.Warning)
 
     def filter_results(self, threshold: float) -> None:
         """Show only the features of the last run's layers that score at least ``threshold``."""

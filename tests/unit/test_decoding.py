@@ -51,3 +51,12 @@ def test_sentence_formatting():
     assert as_sentence("a dense forest") == "A dense forest."
     assert as_sentence("") == ""
     assert detokenize([1, 4, 5, 2, 0], VOCAB) == "a forest"
+
+
+def test_banned_words_are_never_written_and_the_next_best_is():
+    # "river" is the likelier word, but this image's grounding bans it: the caption says "forest".
+    table = {(BOS,): {4: 1.0}, (BOS, 4): {6: 0.7, 5: 0.3}, (BOS, 4, 5): {EOS: 1.0}, (BOS, 4, 6): {EOS: 1.0}}
+    banned = np.zeros((2, len(VOCAB)), bool)
+    banned[0, 6] = True  # image 0 may not say "river"; image 1 may
+    out = beam_search(_table_step(table), 2, beam=3, banned=banned)
+    assert [detokenize(s, VOCAB) for s in out] == ["a forest", "a river"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..bundle import ModelBundle
 from ..progress import ProgressBackend
+from .grounding import grounded_captions
 
 CAPTION_BLOCK = 32
 """Tiles per decoder call; :meth:`ModelBundle.caption` decodes in blocks of this many."""
@@ -71,6 +72,6 @@ class CaptionStream:
         block = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
         head = {k: v[:rows] for k, v in block.items()}
         rest = {k: v[rows:] for k, v in block.items()}
-        self.captions += self.bundle.caption(head, progress=self.progress)
+        self.captions += grounded_captions(self.bundle, head, progress=self.progress)
         self._pending_rows -= rows
         self._pending = [rest] if self._pending_rows else []

@@ -12,6 +12,7 @@ from ..encoding.tiles import Encoding
 from ..knowledge import LEVEL_OF_CAPTION
 from ..progress import ProgressBackend
 from ..records import CaptionRecord
+from .grounding import grounded_captions
 
 
 def caption_tiles(encoding: Encoding, bundle: ModelBundle, top_k: int, source_name: str,
@@ -31,7 +32,7 @@ def caption_tiles(encoding: Encoding, bundle: ModelBundle, top_k: int, source_na
     if decoded is None and bundle.has_decoder and len(encoding.tiles):
         if progress is not None:
             progress.set_stage(f"Writing captions for {len(encoding.tiles)} tiles")
-        decoded = bundle.caption(encoding.tiers, progress=progress)
+        decoded = grounded_captions(bundle, encoding.tiers, progress=progress)
     records = []
     for i, tile in enumerate(encoding.tiles):
         for level in tile.levels:
@@ -52,7 +53,7 @@ def tile_captions(encoding: Encoding, bundle: ModelBundle, rows: list[int], top_
     if not rows:
         return {}
     if bundle.has_decoder:
-        return dict(zip(rows, bundle.caption(tile_tiers(encoding, bundle, rows))))
+        return dict(zip(rows, grounded_captions(bundle, tile_tiers(encoding, bundle, rows))))
     return dict(zip(rows, composed_captions(bundle, encoding.embeddings[rows], top_k)))
 
 

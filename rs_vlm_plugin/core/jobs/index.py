@@ -34,6 +34,7 @@ from ..gpkg import write_geopackage
 from ..encoding.encode import encode_extent
 from ..encoding.tiles import EncodedTile
 from .captioning import composed_captions
+from .identity import file_identity, model_fingerprint, source_identity  # noqa: F401 - the index's public names
 from .classify import CLASS_PROMPTS
 from .config import JobConfig
 from .query import tile_level, check_query, guide_scorer
@@ -55,33 +56,6 @@ INDEX_SUFFIX = ".rsvlm-index.gpkg"
 CHUNK_ROWS = 4096
 """Tiles per BLOB: keeps every BLOB far below SQLite's 1 GB limit however large the index."""
 LEVEL_CODES = ("region", "object")
-
-
-def model_fingerprint(bundle: ModelBundle) -> str:
-    """sha256 of the bundle's manifest.json and the sizes of its ONNX files.
-
-    A re-exported model gets a new fingerprint, so an index of the old one is detected.
-    """
-    digest = hashlib.sha256((bundle.folder / "manifest.json").read_bytes())
-    for onnx in sorted(bundle.folder.glob("*.onnx")):
-        digest.update(f"\n{onnx.name}:{onnx.stat().st_size}".encode())
-    return digest.hexdigest()
-
-
-def file_identity(path: str | Path) -> str:
-    """A raster file's identity: its resolved path, size and modification time."""
-    resolved = Path(path).resolve()
-    try:
-        stat = resolved.stat()
-    except OSError:
-        return str(resolved)
-    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def source_identity(source: RasterSource) -> str:
-    """The identity of a source: :func:`file_identity` for files, its name otherwise."""
-    path = getattr(source, "path", None)
-    return file_identity(path) if path is not None and not str(path).startswith("/vsi") else source.name
 
 
 def default_index_path(folder: str | Path, source_name: str, source_id: str, bundle: ModelBundle) -> Path:

@@ -4,6 +4,7 @@
         rs_vlm_plugin/__init__.py, __main__.py, LICENSE     (the package imports without QGIS)
         rs_vlm_plugin/core/**.py                            (the core: CLI, tasks, workers' code)
         rs_vlm_plugin/resources/models.json                 (``python -m rs_vlm_plugin models install``)
+        rs_vlm_plugin/resources/grounding.json              (the things a caption may name only where seen)
         rs_vlm_core-VERSION.dist-info/                      (METADATA with the runtime requirements, RECORD, ...)
 
 No QGIS shell, no torch side, no model: the model goes on shared storage or is installed on each
@@ -53,7 +54,8 @@ def requirements(requirements_txt: Path) -> list[str]:
 
 def package_files(plugin: Path) -> list[Path]:
     """The files of ``rs_vlm_plugin`` that go into the wheel."""
-    files = [plugin / "__init__.py", plugin / "__main__.py", plugin / "LICENSE", plugin / "resources" / "models.json"]
+    files = [plugin / "__init__.py", plugin / "__main__.py", plugin / "LICENSE", plugin / "resources" / "models.json",
+             plugin / "resources" / "grounding.json"]
     files += [p for p in (plugin / "core").rglob("*.py") if "__pycache__" not in p.parts]
     return sorted(files)
 

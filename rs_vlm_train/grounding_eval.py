@@ -11,9 +11,9 @@ with the things the references name:
   caption name (the cut's cost; measured without decoding, for every cut);
 - BLEU-4 of the captions, so that a cut that keeps the words right but the sentences worse shows.
 
-``--grounding`` of :mod:`rs_vlm_train.evaluate` runs it for several cuts (``top_k``); the
-shipped cut is chosen there (largest share of unsupported things removed while references keep
-at least 90 % of their things).
+``--grounding`` of :mod:`rs_vlm_train.evaluate` runs it for several cuts (``top_k``) and names the
+cut :func:`choose_cut` picks (fewest unsupported things among the cuts that keep at least 90 % of
+the references' things; none did, so ``grounding.TOP_K`` is 0).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def grounding_scores(captions: list[str], truth: list[set[str]]) -> dict:
 
 def kept_share(bundle: ModelBundle, tiers: dict[str, np.ndarray], truth: list[set[str]], top_k: int) -> float:
     """Percent of the references' things that the cut lets the captions name."""
-    names = list(lexicon())
     if top_k <= 0:
         return 100.0
+    column = {name: j for j, name in enumerate(lexicon())}
     seen = seen_things(bundle, tiers, top_k)
-    pairs = [(i, names.index(t)) for i, ts in enumerate(truth) for t in ts]
+    pairs = [(i, column[t]) for i, ts in enumerate(truth) for t in ts]
     return 100.0 * float(np.mean([seen[i, j] for i, j in pairs])) if pairs else 100.0
 
 

@@ -15,8 +15,8 @@ from osgeo import ogr
 from rs_vlm_plugin.core.bundle import ModelBundle
 from rs_vlm_plugin.core.planning.dris import PlanConfig
 from rs_vlm_plugin.core.errors import CancelledError, RsVlmError
-from rs_vlm_plugin.core.jobs.index import (TILES_LAYER, EmbeddingIndex, build_index, default_index_path, file_identity,
-                                           find_index, model_fingerprint)
+from rs_vlm_plugin.core.jobs.identity import file_identity, model_fingerprint
+from rs_vlm_plugin.core.jobs.index import TILES_LAYER, EmbeddingIndex, build_index, default_index_path, find_index
 from rs_vlm_plugin.core.jobs.config import JobConfig
 from rs_vlm_plugin.core.jobs.search import search
 from rs_vlm_plugin.core.progress import RecordingProgress

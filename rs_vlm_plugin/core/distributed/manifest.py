@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..jobs.index import file_identity
+from ..jobs.identity import file_identity
 from .outputs import RasterOutcome, outcome_bytes, outcome_from_bytes
 
 MANIFEST_FORMAT = "rsvlm-batch-manifest"

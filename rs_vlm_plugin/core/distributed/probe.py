@@ -75,8 +75,8 @@ def check_worker(digest: str, model: dict, paths: list[str]) -> dict:
         return found
     try:
         cache = importlib.import_module("rs_vlm_plugin.core.distributed.worker_cache")  # sent by value: no relative import
-        index = importlib.import_module("rs_vlm_plugin.core.jobs.index")
-        found["fingerprint"] = index.model_fingerprint(cache.cached_bundle(cache.ModelRef(**model)))
+        identity = importlib.import_module("rs_vlm_plugin.core.jobs.identity")
+        found["fingerprint"] = identity.model_fingerprint(cache.cached_bundle(cache.ModelRef(**model)))
     except Exception as exc:  # noqa: BLE001 - the model's own sentence, or the exception in one line
         found["model_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     found["unreadable"] = [p for p in paths if not is_virtual_path(p) and not os.access(p, os.R_OK)]

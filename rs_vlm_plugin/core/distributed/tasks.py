@@ -23,7 +23,7 @@ import numpy as np
 from ..planning.dris import PlanConfig, TilePlan
 from ..errors import RsVlmError
 from ..geometry import Extent
-from ..jobs.index import source_identity
+from ..jobs.identity import source_identity
 from ..jobs.caption_stream import CAPTION_BLOCK, CaptionStream
 from ..encoding.encode import encode_tiles
 from ..encoding.tiles import EncodedTile, make_plan, tiles_to_encode

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..bundle import ModelBundle, RuntimeOptions, default_bundle_dir
 from ..errors import RsVlmError
-from ..jobs.index import model_fingerprint
+from ..jobs.identity import model_fingerprint
 
 _CACHE: dict[tuple[str, str], ModelBundle] = {}
 _LOCK = threading.Lock()
@@ -28,7 +28,7 @@ class ModelRef:
     Attributes:
         folder: The bundle folder as the client sees it; a worker that has no such folder uses
             its own default bundle, which must then have the same fingerprint.
-        fingerprint: :func:`index.model_fingerprint` of the bundle.
+        fingerprint: :func:`identity.model_fingerprint` of the bundle.
         device: onnxruntime device ("auto", "cpu", "cuda").
         threads: onnxruntime threads per task (0: the worker's cores shared among its task threads).
     """

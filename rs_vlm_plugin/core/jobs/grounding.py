@@ -13,7 +13,7 @@ tanks, ...); the words of a thing that is not among the tile's :data:`TOP_K` bes
 things no reference names (UCM val 7.0 % -> 4.7-7.9 %, AID val 17.9 % -> 16.3-18.0 %) while they kept
 only 55-87 % of the things the references do name and cost UCM BLEU-4 1.8-4.5 points; on the demo
 scene the version-4 candidate writes 2 river captions without it and 3 with a cut of 12. A tile's global token
-ranks the things too weakly for this to be a good filter; the figures are in the session note of issue 20. A
+ranks the things too weakly for this to be a good filter; the figures are in MODEL_CARD.md. A
 model's manifest may turn it on (``decoder.grounding.top_k``), the evaluation measures any cut.
 
 May import: the bundle, expansion (prompt ensembles), numpy. Imported by the caption jobs.
@@ -21,6 +21,7 @@ May import: the bundle, expansion (prompt ensembles), numpy. Imported by the cap
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -35,8 +36,9 @@ TOP_K = 0
 """A thing may be named when it is among this many things best evidenced by the tile's token (0: any)."""
 
 
+@functools.lru_cache(maxsize=4)
 def lexicon(path: Path = LEXICON_PATH) -> dict[str, tuple[str, ...]]:
-    """Thing -> the decoder words that name it."""
+    """Thing -> the decoder words that name it (read once per file; do not modify the result)."""
     groups = json.loads(Path(path).read_text(encoding="utf-8"))["groups"]
     return {name: tuple(words) for name, words in groups.items()}
 

@@ -34,7 +34,7 @@ from ..gpkg import write_geopackage
 from ..encoding.encode import encode_extent
 from ..encoding.tiles import EncodedTile
 from .captioning import composed_captions
-from .identity import file_identity, model_fingerprint, source_identity  # noqa: F401 - the index's public names
+from .identity import model_fingerprint, source_identity
 from .classify import CLASS_PROMPTS
 from .config import JobConfig
 from .query import tile_level, check_query, guide_scorer

@@ -101,7 +101,8 @@ def ensure_venv() -> None:
 def bundle_inputs_digest() -> str:
     """Hash of everything the exported bundle depends on, to re-export only when needed."""
     h = hashlib.sha256()
-    files = [PLUGIN / "resources" / "knowledge_base.json", PLUGIN / "resources" / "weights" / "rs_vlm_lite0.npz",
+    weights = PLUGIN / "resources" / "weights"
+    files = [PLUGIN / "resources" / "knowledge_base.json", weights / "rs_vlm_lite0.npz", weights / "rs_vlm_boxes.npz",
              *sorted((PLUGIN / "modeling").glob("*.py")), ROOT / "requirements.txt"]
     for f in files:
         if f.exists():

@@ -8,7 +8,9 @@ at their own pixel size, their boxes moved with them; plus the NAIP scenes of ``
 
 - text-guided DRIS (``locate.guided``): coarse first, refined where the query scores, down to native;
 - complexity DRIS on the native grid (the plan Describe uses), with the same budget of tiles;
-- the native uniform grid (every tile at the raster's pixel size): the reference.
+- the native uniform grid (every tile at the raster's pixel size): the reference;
+- boxes (issue 22): the object box head (``locate.boxes``) on the native tiles text-guided DRIS chose,
+  one box per object (the model must have a box head; otherwise the method is left out).
 
 The budget of both DRIS variants is a share (``--share``, 0.30) of the native grid's tiles. For
 each: box AP at IoU 0.5 of the outlines (their bounding boxes, pooled over the scenes per class),
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from rs_vlm_plugin.core.bundle import ModelBundle, RuntimeOptions, default_bundle_dir  # noqa: E402
 from rs_vlm_plugin.core.planning.dris import PlanConfig  # noqa: E402
 from rs_vlm_plugin.core.expansion import expand_queries  # noqa: E402
+from rs_vlm_plugin.core.locate.boxes import BoxConfig, find_boxes  # noqa: E402
 from rs_vlm_plugin.core.locate.guided import guided_encoding  # noqa: E402
 from rs_vlm_plugin.core.locate.metrics import average_precision  # noqa: E402
 from rs_vlm_plugin.core.locate.outlines import find_outlines  # noqa: E402
@@ -53,7 +56,8 @@ QUERIES = {"airplane": "airplanes", "ship": "ships", "storage tank": "storage ta
            "basketball court": "basketball courts", "ground track field": "ground track fields",
            "harbor": "harbors", "bridge": "bridges", "vehicle": "vehicles"}
 NAIP_QUERIES = ("a lake", "roads", "farmland", "buildings")
-METHODS = ("guided", "complexity", "native")
+METHODS = ("guided", "complexity", "native", "boxes")
+SCENE_PX = 2560 * 2560  # seconds are also given per 2560 x 2560 px of scene
 HITS = 10
 
 
@@ -180,6 +184,19 @@ def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_
                     "hit_share": union_area([h.to_polygon() for h in got["hits"]]) / scene_area,
                     "_polygons": polygons, "_hits": got["hits"],
                 }
+            if bundle.box_head is not None:
+                t0 = time.perf_counter()
+                boxes = find_boxes(guided, bundle, source, text, BoxConfig(min_score=0.01, max_boxes=500))
+                boxes_s = time.perf_counter() - t0
+                polygons = outline_polygons(boxes)
+                row["boxes"] = {
+                    "tiles": len(guided.tiles), "pixels": len(guided.tiles) * bundle.image_size ** 2,
+                    "outlines": [(o.score, o.extent.as_tuple()) for o in boxes],
+                    "outline_share": union_area(polygons) / scene_area, "hit_share": row["guided"]["hit_share"],
+                    "box_tiles": int(guided.timings["box_tiles"]), "boxes_s": boxes_s,
+                    "seconds": guided_s + boxes_s, "per_2560_s": (guided_s + boxes_s) * SCENE_PX / (g.width * g.height),
+                    "_polygons": polygons, "_hits": row["guided"]["_hits"],
+                }
             row["guided"]["seconds"] = guided_s
             row["guided"]["plan_s"] = guided.timings["plan_s"]
             row["guided"]["overview_s"] = guided.timings["overview_s"]
@@ -189,12 +206,18 @@ def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_
     return out
 
 
+def methods_of(scenes_out: list[dict]) -> tuple[str, ...]:
+    """The methods every scene has (boxes only with a box head)."""
+    first = next(iter(scenes_out[0]["queries"].values())) if scenes_out else {}
+    return tuple(m for m in METHODS if m in first)
+
+
 def score_vhr(scenes_out: list[dict], truths: list[list[tuple[str, tuple]]]) -> dict:
     """AP, recall and area share per class and method, pooled over the scenes."""
     report = {}
     for label in QUERIES:
         per_method = {}
-        for method in METHODS:
+        for method in methods_of(scenes_out):
             detections, all_truths = [], []
             inside = total = hit_inside = 0
             shares, hit_shares, tiles, pixels = [], [], [], []
@@ -227,12 +250,13 @@ def score_vhr(scenes_out: list[dict], truths: list[list[tuple[str, tuple]]]) -> 
 def summarise(report: dict) -> dict:
     """Means over the classes with objects, and the guided/complexity figures relative to the native grid."""
     out = {}
-    for method in METHODS:
+    methods = [m for m in METHODS if m in next(iter(report.values()))]
+    for method in methods:
         rows = [r[method] for r in report.values() if r[method]["objects"]]
         out[method] = {key: float(np.mean([r[key] for r in rows if r[key] is not None]))
                        for key in ("ap50", "recall_outlines", "recall_hits", "outline_share", "hit_share", "tiles",
                                    "pixels")}
-    for method in ("guided", "complexity"):
+    for method in [m for m in methods if m != "native"]:
         nat = out["native"]
         out[method]["vs_native"] = {
             "ap50": out[method]["ap50"] / nat["ap50"] if nat["ap50"] else None,
@@ -258,7 +282,7 @@ def naip_agreement(scene: dict) -> dict:
     for text, row in scene["queries"].items():
         native = unary_union(row["native"]["_polygons"]) if row["native"]["_polygons"] else None
         entry = {}
-        for method in METHODS:
+        for method in [m for m in METHODS if m in row]:
             mine = unary_union(row[method]["_polygons"]) if row[method]["_polygons"] else None
             covered = (mine.intersection(native).area / native.area) if (mine is not None and native is not None
                                                                          and native.area > 0) else None
@@ -310,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
           "/ tiles):")
     for label, per in report.items():
         cells = []
-        for m in METHODS:
+        for m in per:
             r = per[m]
             ap = "  -  " if r["ap50"] is None else f"{r['ap50']:.3f}"
             rec = "  -  " if r["recall_outlines"] is None else f"{r['recall_outlines']:.2f}"
@@ -318,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{m} {ap}/{rec}/{hits}/{100 * r['outline_share']:.1f}%/{r['tiles']:.0f}")
         print(f"  {label:18s} ({per['native']['objects']:3d} objects)  " + "   ".join(cells))
     print("\nmeans over classes:")
-    for m in METHODS:
+    for m in summary:
         s = summary[m]
         rel = s.get("vs_native")
         extra = "" if rel is None else (f"  vs native: AP x{rel['ap50']:.2f}, recall x{rel['recall_outlines']:.2f}, "
@@ -326,13 +350,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {m:10s} AP50 {s['ap50']:.3f}  recall(outlines) {s['recall_outlines']:.3f}  recall(hits) "
               f"{s['recall_hits']:.3f}  outline share {100 * s['outline_share']:.2f} %  hit share "
               f"{100 * s['hit_share']:.1f} %  tiles {s['tiles']:.0f}" + extra)
+    box_rows = [q["boxes"] for s in results for q in s["queries"].values() if "boxes" in q]
+    if box_rows:
+        summary["boxes"]["seconds_per_scene"] = float(np.mean([r["seconds"] for r in box_rows]))
+        summary["boxes"]["seconds_per_2560"] = float(np.mean([r["per_2560_s"] for r in box_rows]))
+        summary["boxes"]["box_tiles"] = float(np.mean([r["box_tiles"] for r in box_rows]))
+        summary["boxes"]["native_tiles"] = float(np.mean([s["native_tiles"] for s in results]))
+        print(f"  boxes: {summary['boxes']['seconds_per_scene']:.2f} s per query and scene, "
+              f"{summary['boxes']['seconds_per_2560']:.2f} s per 2560 x 2560 px; the head ran on "
+              f"{summary['boxes']['box_tiles']:.0f} tiles, {summary['boxes']['tiles']:.0f} encoded of a native grid of "
+              f"{summary['boxes']['native_tiles']:.0f} ({100 * summary['boxes']['tiles'] / summary['boxes']['native_tiles']:.0f} %)")
     print(f"  guided planning share of the job: {100 * plan_share:.1f} % (overview read, complexity, selection); "
           f"{100 * compute_share:.1f} % without the overview read")
     for scene in naip:
         print(f"\nNAIP {scene['file']} (native grid {scene['native_tiles']} tiles, budget {scene['budget']}):")
         for text, entry in scene["queries"].items():
             parts = []
-            for m in METHODS:
+            for m in entry:
                 e = entry[m]
                 cov = "-" if e["covers_native_outlines"] is None else f"{100 * e['covers_native_outlines']:.0f}%"
                 parts.append(f"{m} outlines {100 * e['outline_share']:.1f}% hits {100 * e['hit_share']:.0f}% "

@@ -223,6 +223,21 @@ class ModelBundle:
         return self._image_session
 
     @property
+    def box_head(self) -> dict | None:
+        """The manifest's entry of the object box head (``boxes.onnx``; issue 22), None without one."""
+        return self.manifest.get("boxes")
+
+    def detect(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Run the box head on uint8 (N, W, W, 3) windows: heat (N, h, w), log sizes and offsets
+        (N, 2, h, w) and L2-normalised embeddings (N, D, h, w) at the head's stride."""
+        spec = self.box_head
+        if spec is None:
+            raise RsVlmError(f"The model {self.name} has no object box head; export it again with one.")
+        session = self._session(spec["file"], stop_spinning=True)
+        heat, size, offset, embed = session.run(list(spec["outputs"]), {spec["input"]: self.preprocess(windows)})
+        return heat[:, 0], size, offset, embed
+
+    @property
     def text_session(self):
         """The text tower's onnxruntime session."""
         if self._text_session is None:

@@ -13,7 +13,14 @@ import traceback
 
 from . import index_cli
 from .bundle import ModelBundle, RuntimeOptions
-from .cli_options import check_args, common_raster_parser, model_dir, plan_job_options
+from .cli_options import (
+    add_answer_options,
+    answer_job_options,
+    check_args,
+    common_raster_parser,
+    model_dir,
+    plan_job_options,
+)
 from .distributed import batch_cli
 from .errors import CancelledError, RsVlmError, one_line
 from .geometry import Extent
@@ -43,12 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     search_parser = sub.add_parser("search", parents=[common], help="find tiles matching a text")
     search_parser.add_argument("query", help="what to look for, e.g. \"a road through a forest\"")
     search_parser.add_argument("--top-k", type=int, default=10)
+    add_answer_options(search_parser)
     classify_parser = sub.add_parser("classify", parents=[common], help="classify the tiles into your classes")
     classify_parser.add_argument("classes", nargs="?", default="",
                                  help="comma-separated class names (default: the knowledge base's scene concepts)")
     ask_parser = sub.add_parser("ask", parents=[common], help="answer a question about the area")
     ask_parser.add_argument("question", help="\"is there X?\", \"what is this area?\", \"where is X?\", "
                                              "\"how much of the area is X?\"")
+    add_answer_options(ask_parser)
     index_cli.add_parsers(sub, common)
     batch_cli.add_parsers(sub)
     models_cli.add_parsers(sub)
@@ -57,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def job_config(args: argparse.Namespace, plan: PlanConfig) -> JobConfig:
     """The job settings from parsed (and checked) arguments."""
-    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits), **plan_job_options(args))
+    return JobConfig(plan=plan, max_hits=getattr(args, "top_k", JobConfig().max_hits), **plan_job_options(args),
+                     **answer_job_options(args))
 
 
 def format_table(result, width: int = 100) -> str:

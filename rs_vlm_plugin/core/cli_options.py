@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from .bundle import default_bundle_dir
+from .locate.boxes import ANSWERS, BoxConfig
 from .planning.dris import MAX_UNIFORM_TILES, PlanConfig
 from .validation import JobCheck, check_job
 
@@ -56,6 +58,45 @@ def plan_job_options(args: argparse.Namespace) -> dict:
     """The JobConfig fields of --guide, --no-guided and --no-outlines."""
     return {"guide_query": getattr(args, "guide", ""), "guided": None if getattr(args, "guided", True) else False,
             "outlines": getattr(args, "outlines", True)}
+
+
+def add_answer_options(parser: argparse.ArgumentParser) -> None:
+    """--answers, --min-score, --max-boxes (search, ask: how what is found is drawn)."""
+    group = parser.add_argument_group("answers", "how search and \"where is X?\" draw what they find")
+    group.add_argument("--answers", choices=ANSWERS, default="auto",
+                       help="auto (default): one box per object when the query names an object (airplanes, "
+                            "ships, storage tanks, vehicles, ...), relevance outlines when it names a region "
+                            "(\"flooded fields\"); boxes, outlines: that kind whatever the query (a model "
+                            "without a box head always outlines)")
+    group.add_argument("--min-score", dest="min_box_score", type=_box_setting("min_score", float),
+                       default=BoxConfig().min_score, metavar="S",
+                       help="drop boxes scoring below S (heat x p(query), 0 to 1; default %(default)s)")
+    group.add_argument("--max-boxes", type=_box_setting("max_boxes", int), default=BoxConfig().max_boxes,
+                       metavar="N", help="keep at most N boxes, best first (default %(default)s)")
+
+
+def answer_job_options(args: argparse.Namespace) -> dict:
+    """The JobConfig fields of --answers, --min-score and --max-boxes (none for the commands without them)."""
+    if not hasattr(args, "answers"):
+        return {}
+    return {"answers": args.answers, "boxes": BoxConfig(min_score=args.min_box_score, max_boxes=args.max_boxes)}
+
+
+def _box_setting(name: str, parse: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type for the BoxConfig field ``name``: read by ``parse``, checked by BoxConfig itself,
+    so that a wrong value is an argument error (exit 2) with BoxConfig's sentence."""
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {parse.__name__} value: {text!r}") from None
+        try:
+            BoxConfig(**{name: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return convert
 
 
 def model_dir(args: argparse.Namespace) -> Path:

@@ -97,6 +97,8 @@ SCHEMAS: dict[type, tuple[_Field, ...]] = {
         _Field("gsd_m", "real", _attr("gsd_m")),
         _Field("source", "str", _attr("source")),
         _Field("familiar", "real", _attr("familiar")),
+        _Field("found_by", "str", _attr("found_by")),
+        _Field("tile", "str", _attr("tile")),
     ),
     IndexTile: (
         _Field("tile_id", "int", _attr("tile_id")),

@@ -174,6 +174,9 @@ class OutlineRecord:
         source: Name of the raster.
         familiar: How familiar the model is with the query, in [0, 1] (``seen_bias.query_familiarity``;
             under 0.7 the job warns that it has seen little like it).
+        found_by: "boxes" (the object box head: one box per object, ``score`` is ``heat * p(query)``)
+            or "relevance" (an outline of the relevance map; see :func:`locate.boxes.answer_kind`).
+        tile: Key of the tile a box came from (empty for relevance outlines, which may span tiles).
     """
 
     query: str
@@ -188,6 +191,8 @@ class OutlineRecord:
     geometry_wkb: bytes = b""
     source: str = ""
     familiar: float = 1.0
+    found_by: str = "relevance"
+    tile: str = ""
 
 
 @dataclass

@@ -47,6 +47,7 @@ BUNDLE_FORMAT = "rs-vlm-bundle"
 BUNDLE_VERSION = 2
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = PACKAGE_ROOT / "resources" / "weights" / "rs_vlm_lite0.npz"
+DEFAULT_BOX_WEIGHTS = PACKAGE_ROOT / "resources" / "weights" / "rs_vlm_boxes.npz"
 KNOWLEDGE_BASE = PACKAGE_ROOT / "resources" / "knowledge_base.json"
 PARITY_BATCHES = (1, 3, 5)
 
@@ -258,8 +259,10 @@ def validate_text(tower, tokenizer, path: Path, batches=PARITY_BATCHES) -> float
 
 
 def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbone: str = "efficientnet-lite0",
-                  model_name: str = "rs-vlm-lite0", knowledge_base: Path = KNOWLEDGE_BASE) -> dict:
-    """Export both towers, the tokenizer and the embedded knowledge base into ``out_dir``.
+                  model_name: str = "rs-vlm-lite0", knowledge_base: Path = KNOWLEDGE_BASE,
+                  box_weights: Path | None = DEFAULT_BOX_WEIGHTS) -> dict:
+    """Export both towers, the tokenizer and the embedded knowledge base into ``out_dir``, and the
+    object box head (:mod:`.boxnet`) when ``box_weights`` exist.
 
     The bundle is written into a temporary sibling folder and renamed into place at the end,
     so an interrupted export never leaves a half-written bundle.
@@ -368,6 +371,12 @@ def export_bundle(out_dir: Path, weights: Path | None = DEFAULT_WEIGHTS, backbon
         graphs = {"image_encoder": image_path, "text_encoder": text_path}
         if decoder_step is not None:
             graphs["decoder"] = decoder_path
+        if box_weights is not None and Path(box_weights).is_file():
+            from .boxnet import export_boxes
+
+            _progress(90, "Exporting the object box head")
+            manifest["boxes"] = export_boxes(box_weights, work, backbone)
+            graphs["boxes"] = work / "boxes.onnx"
         _progress(95, "Moving the bundle into place")
         finish_bundle(work, out_dir, manifest, graphs)
         _progress(100, f"Bundle written to {out_dir} in {time.time() - start:.1f} s")
@@ -410,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(LITE_CONFIGS))
     parser.add_argument("--name", default="rs-vlm-lite0")
     parser.add_argument("--knowledge-base", type=Path, default=KNOWLEDGE_BASE, help="concepts to embed (JSON)")
+    parser.add_argument("--boxes", type=Path, default=DEFAULT_BOX_WEIGHTS,
+                        help="the object box head's trained weights (.npz; exported when the file exists)")
     parser.add_argument("--untrained", action="store_true",
                         help="export randomly initialised heads and no caption decoder (for tests of the export only)")
     args = parser.parse_args(argv)
@@ -421,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         export_bundle(args.out, None if args.untrained else args.weights, args.backbone, args.name,
-                      args.knowledge_base)
+                      args.knowledge_base, None if args.untrained else args.boxes)
     except (RuntimeError, LoadReport) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

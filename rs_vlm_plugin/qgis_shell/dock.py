@@ -15,6 +15,7 @@ from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDockWidget,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -31,9 +32,10 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.jobs.results import AnswerResult, ClassifyResult, DescribeResult, SearchResult
+from ..core.locate.boxes import BoxConfig
 from ..core.pace import format_duration
 from ..core.planning.dris import PlanConfig
-from .panel_options import DEVICES, MODES, SCOPES, DockRequest
+from .panel_options import ANSWERS, DEVICES, MODES, SCOPES, DockRequest
 
 MAX_TILE_BUDGET = 1024
 DETAIL_STEPS = (6, 12, 24, 48, 96, 192, 384, 768)
@@ -136,6 +138,25 @@ class RsVlmDock(QDockWidget):
         detail_row.addWidget(self.budget_spin)
         form.addRow("Detail", detail_row)
 
+        answers_row = QHBoxLayout()
+        self.answers_combo = QComboBox(body)
+        for answers, label in ANSWERS.items():
+            self.answers_combo.addItem(label, answers)
+        self.answers_combo.setToolTip(
+            "How Search and \"where is X?\" draw what they find: one box per object when the text names an object "
+            "(airplanes, ships, storage tanks, vehicles, …), relevance outlines when it names a region "
+            "(\"flooded fields\").")
+        self.box_score_spin = QDoubleSpinBox(body)
+        self.box_score_spin.setRange(0.0, 1.0)
+        self.box_score_spin.setDecimals(2)
+        self.box_score_spin.setSingleStep(0.05)
+        self.box_score_spin.setPrefix("min. box score ")
+        self.box_score_spin.setValue(BoxConfig().min_score)
+        self.box_score_spin.setToolTip("Boxes scoring below this (heat × p(query), 0 to 1) are not drawn.")
+        answers_row.addWidget(self.answers_combo, 1)
+        answers_row.addWidget(self.box_score_spin)
+        form.addRow("Answers", answers_row)
+
         self.device_combo = QComboBox(body)
         for device, label in DEVICES.items():
             self.device_combo.addItem(label, device)
@@ -195,6 +216,7 @@ class RsVlmDock(QDockWidget):
         self.set_models(models or [])
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.scope_combo.currentIndexChanged.connect(self._update_controls)
+        self.answers_combo.currentIndexChanged.connect(self._update_controls)
         self.detail_slider.valueChanged.connect(lambda step: self.budget_spin.setValue(DETAIL_STEPS[step]))
         self.budget_spin.valueChanged.connect(self._budget_changed)
         self.run_button.clicked.connect(self._emit_run)
@@ -280,7 +302,9 @@ class RsVlmDock(QDockWidget):
         return DockRequest(mode=mode or self.mode(), query=self.query(), layer=self.current_layer(),
                            scope=self.scope_combo.currentData(), mask_layer=self.mask_combo.currentLayer(),
                            max_tiles=self.max_tiles(), model_dir=self.model_dir(),
-                           device=self.device_combo.currentData(), show_plan=self.plan_check.isChecked())
+                           device=self.device_combo.currentData(), show_plan=self.plan_check.isChecked(),
+                           answers=self.answers_combo.currentData(),
+                           boxes=BoxConfig(min_score=self.box_score_spin.value()))
 
     # State --------------------------------------------------------------------------------
 
@@ -456,3 +480,6 @@ class RsVlmDock(QDockWidget):
         for widget in (self.model_combo, self.models_button, self.mode_combo, self.layer_combo, self.scope_combo, self.mask_combo,
                        self.detail_slider, self.budget_spin, self.device_combo, self.plan_check):
             widget.setEnabled(idle)
+        answers = idle and needs_text  # only search and ask draw what they find
+        self.answers_combo.setEnabled(answers)
+        self.box_score_spin.setEnabled(answers and self.answers_combo.currentData() != "outlines")

@@ -1,11 +1,13 @@
-"""What the panel offers and what it hands over: its modes, scopes and devices (with their labels),
+"""What the panel offers and what it hands over: its modes, scopes, devices and answers (with their labels),
 and the :class:`DockRequest` the plugin validates and runs. No widgets: the panel (:mod:`.dock`)
 shows these, the plugin (:mod:`.plugin`) reads the request."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..core.locate.boxes import BoxConfig
 
 MODES = {
     # mode: (label, query label, placeholder, run button text, tooltip)
@@ -20,6 +22,9 @@ MODES = {
 }
 SCOPES = {"visible": "Visible extent", "layer": "Whole layer", "selection": "Selected polygons (mask)"}
 DEVICES = {"auto": "Auto (GPU when available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
+ANSWERS = {"auto": "Auto (boxes for objects, outlines for regions)", "boxes": "Boxes (one per object)",
+           "outlines": "Outlines (relevance)"}
+"""How search and "where is X?" draw what they find (the keys are :data:`...core.locate.boxes.ANSWERS`)."""
 
 
 @dataclass
@@ -36,6 +41,8 @@ class DockRequest:
         model_dir: The chosen model bundle folder.
         device: "auto", "cpu" or "cuda".
         show_plan: Also add the DRIS quadtree (where compute went) as a layer.
+        answers: "auto", "boxes" or "outlines" (search and "where is X?"; see :data:`ANSWERS`).
+        boxes: The box answers' settings (the panel sets their minimum score).
     """
 
     mode: str
@@ -47,3 +54,5 @@ class DockRequest:
     model_dir: Path | None
     device: str
     show_plan: bool
+    answers: str = "auto"
+    boxes: BoxConfig = field(default_factory=BoxConfig)

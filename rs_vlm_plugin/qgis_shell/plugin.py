@@ -26,6 +26,7 @@ from ..core.bundle import RuntimeOptions, available_providers
 from ..core.planning.dris import PlanConfig
 from ..core.errors import RsVlmError
 from ..core.jobs.config import JobConfig
+from ..core.locate.boxes import BoxConfig
 from .layers import filter_by_score
 from .model_actions import ModelActions
 from .outputs import ensure_writable_folder, run_output_path
@@ -177,7 +178,7 @@ class RsVlmPlugin(ModelActions):
             return
         self.start_job(request.mode, request.layer, request.query, extent=extent, max_tiles=request.max_tiles,
                        model_dir=request.model_dir, device=request.device, show_plan=request.show_plan,
-                       mask_wkb=mask, settings=settings)
+                       mask_wkb=mask, settings=settings, answers=request.answers, boxes=request.boxes)
 
     def show_dependencies(self) -> None:
         """The dependency report, with an installer for what is missing."""
@@ -212,7 +213,8 @@ class RsVlmPlugin(ModelActions):
 
     def start_job(self, kind: str, layer, query: str = "", extent=None, max_tiles: int | None = None,
                   output=None, model_dir=None, device: str = "auto", show_plan: bool = False,
-                  mask_wkb: bytes | None = None, settings: PluginSettings | None = None):
+                  mask_wkb: bytes | None = None, settings: PluginSettings | None = None,
+                  answers: str = "auto", boxes: BoxConfig | None = None):
         """Build the job on the main thread and run it as a background task.
 
         Args:
@@ -228,6 +230,7 @@ class RsVlmPlugin(ModelActions):
             show_plan: Also write the DRIS quadtree as a layer.
             mask_wkb: Selected polygons in the layer's CRS (WKB): tiles that miss them are skipped.
             settings: The plugin settings (default: as stored).
+            answers, boxes: How search and "where is X?" draw what they find (see :class:`JobConfig`).
 
         Returns:
             The started :class:`~.task.RsVlmTask`, or None when the inputs were not valid
@@ -241,7 +244,7 @@ class RsVlmPlugin(ModelActions):
         settings = settings or PluginSettings.load()
         try:
             request = self._build_request(kind, layer, query, extent, max_tiles, output, model_dir, device,
-                                          show_plan, mask_wkb, settings)
+                                          show_plan, mask_wkb, settings, answers, boxes)
         except RsVlmError as exc:
             self._refuse(str(exc))
             return None
@@ -278,7 +281,7 @@ class RsVlmPlugin(ModelActions):
     # Internals ----------------------------------------------------------------------------
 
     def _build_request(self, kind, layer, query, extent, max_tiles, output, model_dir, device, show_plan, mask_wkb,
-                       settings: PluginSettings):
+                       settings: PluginSettings, answers: str = "auto", boxes: BoxConfig | None = None):
         from ..core.jobs.query import check_query
         from ..core.qa import parse_question
         from .extent import canvas_extent_in_layer_crs, canvas_gsd_m
@@ -302,7 +305,8 @@ class RsVlmPlugin(ModelActions):
             max_tiles = self.dock.max_tiles() if self.dock is not None else PlanConfig().max_tiles
         if model_dir is None:  # the toolbar uses the model the panel (or the settings) chose
             model_dir = self.dock.model_dir() if self.dock is not None else chosen_model_dir(settings)
-        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=settings.max_hits, mask_wkb=mask_wkb)
+        config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=settings.max_hits, mask_wkb=mask_wkb,
+                           answers=answers, boxes=boxes)
         options = RuntimeOptions(device=device, threads=settings.threads)
         source_id = layer_source_id(layer)
         index_path = None

@@ -89,9 +89,11 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
     registry = QgsApplication.processingRegistry()
     expected = {
         "rsvlm:caption_raster": ["INPUT", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT", "GUIDE"],
-        "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "OUTLINES", "MODEL", "OUTPUT"],
+        "rsvlm:search_raster": ["INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "OUTLINES", "ANSWERS", "MIN_SCORE",
+                                "MAX_BOXES", "MODEL", "OUTPUT"],
         "rsvlm:classify_raster": ["INPUT", "CLASSES", "EXTENT", "MAX_TILES", "MODEL", "OUTPUT"],
-        "rsvlm:ask_raster": ["INPUT", "QUESTION", "EXTENT", "MAX_TILES", "OUTLINES", "MODEL", "OUTPUT"],
+        "rsvlm:ask_raster": ["INPUT", "QUESTION", "EXTENT", "MAX_TILES", "OUTLINES", "ANSWERS", "MIN_SCORE", "MAX_BOXES",
+                             "MODEL", "OUTPUT"],
         "rsvlm:batch_caption": ["LAYERS", "FOLDER", "PATTERN", "MAX_TILES", "MODEL", "OUTPUT_MODE", "OUTPUT",
                                 "OUTPUT_FOLDER", "SCHEDULER"],
         "rsvlm:export_model": ["PYTHON", "WEIGHTS", "OUTPUT_FOLDER"],
@@ -119,8 +121,9 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
     assert caption.parameterDefinition("MAX_TILES").defaultValue() == 48
     assert registry.algorithmById("rsvlm:search_raster").parameterDefinition("OUTLINES").defaultValue() is True
     # the optional parameters of text-guided DRIS, outlines and Dask are each explained in the help
-    documented = {"rsvlm:caption_raster": ["GUIDE"], "rsvlm:search_raster": ["OUTLINES"],
-                  "rsvlm:ask_raster": ["OUTLINES"], "rsvlm:batch_caption": ["SCHEDULER"],
+    answers = ["OUTLINES", "ANSWERS", "MIN_SCORE", "MAX_BOXES"]
+    documented = {"rsvlm:caption_raster": ["GUIDE"], "rsvlm:search_raster": answers,
+                  "rsvlm:ask_raster": answers, "rsvlm:batch_caption": ["SCHEDULER"],
                   "rsvlm:build_index": ["GUIDE", "SCHEDULER"]}
     for alg_id, names in documented.items():
         alg = registry.algorithmById(alg_id)
@@ -129,6 +132,48 @@ def test_algorithms_are_registered_with_upper_case_parameters(plugin):
     for alg_id in ("rsvlm:batch_caption", "rsvlm:build_index"):
         scheduler = registry.algorithmById(alg_id).parameterDefinition("SCHEDULER")
         assert scheduler.flags() & scheduler.FlagOptional and not scheduler.defaultValue()  # empty: runs here
+
+
+@pytest.mark.parametrize(("alg_id", "text"), [("rsvlm:search_raster", {"QUERY": "storage tanks"}),
+                                               ("rsvlm:ask_raster", {"QUESTION": "where are the ships?"})])
+def test_answer_parameters_reach_the_job_config(plugin, rasters, tmp_path, alg_id, text):
+    """ANSWERS, MIN_SCORE and MAX_BOXES of search and ask: their defaults are the core's, and what
+    the user sets is the JobConfig of the job (prepared on the main thread as Processing does)."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback
+
+    from rs_vlm_plugin.core.locate.boxes import ANSWERS, BoxConfig
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+    answers = alg.parameterDefinition("ANSWERS")
+    assert answers.options() == list(ANSWERS) and answers.defaultValue() == "auto" and answers.usesStaticStrings()
+    for name, value, low, high in (("MIN_SCORE", BoxConfig().min_score, 0.0, 1.0),
+                                   ("MAX_BOXES", BoxConfig().max_boxes, 1, None)):
+        param = alg.parameterDefinition(name)
+        assert param.defaultValue() == value and param.minimum() == low
+        assert high is None or param.maximum() == high
+    base = {"INPUT": str(rasters["scene"]), **text, "OUTPUT": str(tmp_path / "out.gpkg")}
+    for given, answers, boxes in (({}, "auto", BoxConfig()),
+                                  ({"ANSWERS": "boxes", "MIN_SCORE": 0.25, "MAX_BOXES": 7}, "boxes",
+                                   BoxConfig(min_score=0.25, max_boxes=7)),
+                                  ({"ANSWERS": "outlines", "MIN_SCORE": 1.0, "MAX_BOXES": 1}, "outlines",
+                                   BoxConfig(min_score=1.0, max_boxes=1))):
+        parameters, context = {**base, **given}, QgsProcessingContext()
+        assert alg.checkParameterValues(parameters, context)[0]
+        assert alg.prepareAlgorithm(parameters, context, QgsProcessingFeedback()) and alg.prepare_error is None
+        config = alg.job_request(parameters, context).config
+        assert (config.answers, config.boxes, config.outlines) == (answers, boxes, True)
+
+
+@pytest.mark.parametrize(("given", "name"), [({"MIN_SCORE": 1.5}, "MIN_SCORE"), ({"MIN_SCORE": -0.1}, "MIN_SCORE"),
+                                             ({"MAX_BOXES": 0}, "MAX_BOXES"), ({"ANSWERS": "polygons"}, "ANSWERS")])
+def test_wrong_answer_parameters_are_refused_before_the_run(processing, rasters, tmp_path, given, name):
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "never.gpkg"
+    with pytest.raises(QgsProcessingException, match=f"Incorrect parameter value for {name}"):
+        processing.run("rsvlm:search_raster", {"INPUT": str(rasters["scene"]), "QUERY": "storage tanks",
+                                               "OUTPUT": str(out), **given})
+    assert not out.exists()
 
 
 # Errors that need no model ------------------------------------------------------------------

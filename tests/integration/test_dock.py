@@ -73,6 +73,7 @@ def _extent() -> Extent:
 def test_modes_enable_run_and_request_what_the_panel_shows(qgis_app, rasters, project):
     from qgis.core import QgsVectorLayer
 
+    from rs_vlm_plugin.core.locate.boxes import ANSWERS, BoxConfig
     from rs_vlm_plugin.qgis_shell.dock import DETAIL_STEPS, RsVlmDock
 
     raster = raster_layer(rasters["scene"])
@@ -81,15 +82,26 @@ def test_modes_enable_run_and_request_what_the_panel_shows(qgis_app, rasters, pr
     dock = RsVlmDock(models=[("rs-vlm-lite0", Path("/models/rs-vlm-lite0")), ("georsclip", Path("/models/g"))])
     assert [dock.layer_combo.itemText(i) for i in range(dock.layer_combo.count())] == ["scene"]
     assert dock.mode() == "describe" and dock.run_button.isEnabled() and not dock.query_combo.isEnabled()
+    # the answer options: only search and ask draw what they find
+    assert [dock.answers_combo.itemData(i) for i in range(dock.answers_combo.count())] == list(ANSWERS)
+    assert not dock.answers_combo.isEnabled() and not dock.box_score_spin.isEnabled()
     dock.set_mode("search")
     assert dock.run_button.text() == "Search" and not dock.run_button.isEnabled()  # no text yet
+    assert dock.answers_combo.isEnabled() and dock.answers_combo.currentData() == "auto"
+    assert dock.box_score_spin.isEnabled() and dock.box_score_spin.value() == BoxConfig().min_score
     dock.query_edit.setText("  storage tanks ")
     assert dock.run_button.isEnabled()
     dock.set_mode("classify")
     dock.query_edit.setText("")
     assert dock.run_button.isEnabled()  # no classes: the knowledge base's scene types
+    assert not dock.answers_combo.isEnabled()
     dock.set_mode("ask")
     assert not dock.run_button.isEnabled()
+    dock.answers_combo.setCurrentIndex(dock.answers_combo.findData("outlines"))
+    assert dock.answers_combo.isEnabled() and not dock.box_score_spin.isEnabled()  # outlines have no box score
+    dock.answers_combo.setCurrentIndex(dock.answers_combo.findData("boxes"))
+    assert dock.box_score_spin.isEnabled()
+    dock.box_score_spin.setValue(0.3)
     dock.query_edit.setText("Is there a road?")
     dock.detail_slider.setValue(0)
     assert dock.max_tiles() == DETAIL_STEPS[0]
@@ -103,6 +115,7 @@ def test_modes_enable_run_and_request_what_the_panel_shows(qgis_app, rasters, pr
     (request,) = requests
     assert (request.mode, request.query, request.layer, request.max_tiles) == ("ask", "Is there a road?", raster, 100)
     assert request.model_dir == Path("/models/g") and request.show_plan and request.scope == "visible"
+    assert request.answers == "boxes" and request.boxes == BoxConfig(min_score=0.3)
 
     dock.scope_combo.setCurrentIndex(dock.scope_combo.findData("selection"))
     assert dock.mask_combo.isVisibleTo(dock) and dock.mask_combo.currentLayer() is polygons
@@ -209,6 +222,20 @@ def test_score_threshold_filters_the_result_layer(gui, bundle_dir):
     # fitted to the hit (with a 10 % margin) along at least one side
     assert (canvas.width() <= 1.11 * best.width + 1e-6) or (canvas.height() <= 1.11 * best.height + 1e-6)
     assert canvas.width() >= best.width - 1e-6 and canvas.height() >= best.height - 1e-6
+
+
+def test_the_panel_answer_options_reach_the_job(gui, bundle_dir):
+    from rs_vlm_plugin.core.locate.boxes import BoxConfig
+
+    dock = gui.dock
+    dock.set_mode("search")
+    dock.answers_combo.setCurrentIndex(dock.answers_combo.findData("outlines"))
+    dock.box_score_spin.setValue(0.35)
+    task = run(gui, "search", "storage tanks")
+    config = task.request.config
+    assert (config.answers, config.boxes) == ("outlines", BoxConfig(min_score=0.35))
+    outlines = task.outcome.result.outlines
+    assert outlines is not None and all(o.found_by == "relevance" for o in outlines)  # outlines, whatever the query
 
 
 def test_score_threshold_filters_hits_and_outlines_each_over_their_own_range(gui, tmp_path):

@@ -71,7 +71,8 @@ def test_plugin_is_enabled_and_lists_its_algorithms(cli):
 
 def test_help_shows_the_parameters(cli):
     text = cli("help", "rsvlm:search_raster", timeout=120).stdout
-    for name in ("INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "MODEL", "OUTPUT", "N_HITS", "BEST_SCORE"):
+    for name in ("INPUT", "QUERY", "EXTENT", "MAX_TILES", "TOP_K", "ANSWERS", "MIN_SCORE", "MAX_BOXES", "MODEL", "OUTPUT",
+                 "N_HITS", "BEST_SCORE"):
         assert f"{name}:" in text
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ..planning.dris import PlanConfig
 
 if TYPE_CHECKING:
+    from ..locate.boxes import BoxConfig
     from ..locate.relevance import LocateConfig
 
 
@@ -39,6 +40,10 @@ class JobConfig:
         guide_query: A text that guides the plan of Describe and of the index (with ``guided``
             not False); empty: the complexity plan.
         locate: Threshold and shapes of the outlines (None: :meth:`locate.relevance.LocateConfig.for_bundle`).
+        answers: How outlines are drawn: "auto" (one box per object from the box head when the query
+            names an object, relevance outlines otherwise; :func:`locate.boxes.answer_kind`),
+            "boxes" or "outlines".
+        boxes: Minimum score, number and overlap of the boxes (None: :class:`locate.boxes.BoxConfig`).
     """
 
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -53,3 +58,5 @@ class JobConfig:
     outlines: bool = True
     guide_query: str = ""
     locate: "LocateConfig | None" = None
+    answers: str = "auto"
+    boxes: "BoxConfig | None" = None

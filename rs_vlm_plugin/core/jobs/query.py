@@ -13,6 +13,7 @@ from ..encoding.tiles import EncodedTile, Encoding
 from ..errors import RsVlmError
 from ..expansion import expand_queries, prompt_ensemble
 from ..geometry import Extent
+from ..locate.boxes import answer_kind, boxes_note, find_boxes
 from ..locate.guided import guided_encoding
 from ..locate.outlines import find_outlines
 from ..progress import ProgressBackend
@@ -99,10 +100,19 @@ def job_outlines(encoding: Encoding, bundle: ModelBundle, text: str, config: Job
     """The outlines of what a query found (None when the job does not make them)."""
     if not config.outlines:
         return None
-    progress.set_stage("Outlining what was found")
+    kind = answer_kind(bundle, text, config.answers)
     t0 = time.perf_counter()
-    outlines = find_outlines(encoding, bundle, text, source.georef.metres_per_unit, source.name, config.locate)
+    if kind == "boxes":
+        progress.set_stage("Finding each object")
+        outlines = find_boxes(encoding, bundle, source, text, config.boxes, progress)
+        progress.info(boxes_note(kind, text, len(outlines)))
+    else:
+        progress.set_stage("Outlining what was found")
+        outlines = find_outlines(encoding, bundle, text, source.georef.metres_per_unit, source.name, config.locate)
+        if bundle.box_head is not None:
+            progress.info(boxes_note(kind, text))
     encoding.timings["outline_s"] = time.perf_counter() - t0
     if outlines:
-        progress.info(f"{len(outlines)} outlines of \"{text}\" (best {outlines[0].score:.3f}).")
+        what = "boxes" if kind == "boxes" else "outlines"
+        progress.info(f"{len(outlines)} {what} of \"{text}\" (best {outlines[0].score:.3f}).")
     return outlines

@@ -13,7 +13,6 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
-    QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -39,48 +38,14 @@ from ...core.jobs.config import JobConfig
 from ...core.jobs.query import check_query
 from ...core.jobs.results import SearchResult
 from ...core.validation import check_output, model_files
-from ...core.pace import Pace
 from ..extent import to_extent
 from ..layers import display_name, style_layer
 from ..settings import default_model_dir
 from ..source import QgsLayerSource
 from ..task import JobRequest, execute
+from .answer_parameters import ANSWERS_HELP, add_answer_parameters, answer_options
 from .constants import CANCELLED, GPKG_FILTER, ICON_PATH, MAX_TILE_BUDGET
-
-
-class FeedbackProgress:
-    """ProgressBackend over QgsProcessingFeedback: progress bar, log and the Cancel button.
-
-    The log gets one line per 10 % or 30 s with elapsed time, rate and time left (core/pace.py),
-    as the command line writes when its stderr is not a terminal.
-    """
-
-    def __init__(self, feedback: QgsProcessingFeedback | None) -> None:
-        self.feedback = feedback if feedback is not None else QgsProcessingFeedback()
-        self._pace = Pace()
-        self._stage = ""
-
-    def set_stage(self, stage: str) -> None:  # noqa: D102
-        self._stage = stage
-        self.feedback.setProgressText(stage)
-        self._log(self._pace.tick())
-
-    def set_fraction(self, fraction: float) -> None:  # noqa: D102
-        self.feedback.setProgress(100.0 * max(0.0, min(1.0, fraction)))
-        self._log(self._pace.update(fraction))
-
-    def _log(self, reading) -> None:
-        if reading is not None:
-            self.feedback.pushInfo(reading.line(self._stage))
-
-    def is_canceled(self) -> bool:  # noqa: D102
-        return self.feedback.isCanceled()
-
-    def info(self, message: str) -> None:  # noqa: D102
-        self.feedback.pushInfo(message)
-
-    def warn(self, message: str) -> None:  # noqa: D102
-        self.feedback.pushWarning(message)
+from .feedback import FeedbackProgress
 
 
 class StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
@@ -342,10 +307,9 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
             "first.\n\n"
             "Output: a GeoPackage layer search_hits (query, rank, score = cosine similarity, level, "
             "ground sample distance, the tile's caption). BEST_SCORE is the first hit's score.\n\n"
-            "OUTLINES (on by default): also outline what was found inside the finest tiles, in the layer "
-            "search_outlines (query, rank, score = calibrated relevance, shape: a box for a compact blob, "
-            "else the polygon of the merged cells, area in m²)."
-        )
+            "OUTLINES (on by default): also draw what was found inside the finest tiles, in the layer "
+            "search_outlines (query, rank, score, shape: box or polygon, area in m², found_by, tile)."
+        ) + "\n\n" + self.tr(ANSWERS_HELP)
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
@@ -355,6 +319,7 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "TOP_K", self.tr("Number of hits to keep"), QgsProcessingParameterNumber.Type.Integer, 10, False, 1, 1000))
         self.add_outlines_parameter()
+        add_answer_parameters(self)
         self.add_model_parameter()
         self.add_gpkg_output("Search hits")
         self.addOutput(QgsProcessingOutputNumber("N_HITS", self.tr("Number of hits")))
@@ -371,7 +336,8 @@ class SearchRasterAlgorithm(CaptionRasterAlgorithm):
         max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
         top_k = self.parameterAsInt(parameters, "TOP_K", context)
         config = JobConfig(plan=PlanConfig(max_tiles=max_tiles), max_hits=top_k,
-                           outlines=self.parameterAsBool(parameters, "OUTLINES", context))
+                           outlines=self.parameterAsBool(parameters, "OUTLINES", context),
+                           **answer_options(self, parameters, context))
         return JobRequest("search", self.source, self.extent, config, query=self.query,
                           model_dir=self.model_dir(parameters, context), output=self.gpkg_path(parameters, context))
 
@@ -453,9 +419,9 @@ class AskRasterAlgorithm(CaptionRasterAlgorithm):
             "- \"how much of the area is forest?\": the share of the fine tiles that look like it.\n\n"
             "Output: ANSWER as text, and a GeoPackage layer evidence with the tiles that support it "
             "(rank, score, caption).\n\n"
-            "OUTLINES (on by default): a \"where is X?\" question also outlines X inside the finest tiles, "
+            "OUTLINES (on by default): a \"where is X?\" question also draws X inside the finest tiles, "
             "in the layer evidence_outlines (boxes and polygons with a score each)."
-        )
+        ) + "\n\n" + self.tr(ANSWERS_HELP)
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster layer")))
@@ -463,6 +429,7 @@ class AskRasterAlgorithm(CaptionRasterAlgorithm):
         self.add_extent_parameter()
         self.add_budget_parameter()
         self.add_outlines_parameter()
+        add_answer_parameters(self)
         self.add_model_parameter()
         self.add_gpkg_output("Evidence")
         self.addOutput(QgsProcessingOutputString("ANSWER", self.tr("Answer")))
@@ -481,7 +448,8 @@ class AskRasterAlgorithm(CaptionRasterAlgorithm):
     def job_request(self, parameters, context) -> JobRequest:  # noqa: D102
         max_tiles = self.parameterAsInt(parameters, "MAX_TILES", context)
         config = JobConfig(plan=PlanConfig(max_tiles=max_tiles),
-                           outlines=self.parameterAsBool(parameters, "OUTLINES", context))
+                           outlines=self.parameterAsBool(parameters, "OUTLINES", context),
+                           **answer_options(self, parameters, context))
         return JobRequest("ask", self.source, self.extent, config,
                           query=self.question, model_dir=self.model_dir(parameters, context),
                           output=self.gpkg_path(parameters, context))

@@ -38,8 +38,9 @@ from ..layers import BATCH_LAYER
 from ..outputs import ensure_writable_folder, unique_path
 from ..source import QgsLayerSource
 from ..task import JobRequest, execute
-from .algorithms import FeedbackProgress, RsVlmAlgorithm
+from .algorithms import RsVlmAlgorithm
 from .constants import CANCELLED, GPKG_FILTER
+from .feedback import FeedbackProgress
 
 
 BATCH_MODES = ("merged", "per_input")

@@ -25,9 +25,10 @@ from ...core.jobs.query import check_query
 from ...core.jobs.results import SEARCH_LAYER, result_kinds, result_layers
 from ..source import layer_source_id
 from ..task import JobRequest, load_bundle, open_index
-from .algorithms import CaptionRasterAlgorithm, FeedbackProgress, RsVlmAlgorithm
+from .algorithms import CaptionRasterAlgorithm, RsVlmAlgorithm
 from .batch_algorithm import local_file
 from .constants import CANCELLED
+from .feedback import FeedbackProgress
 
 
 class BuildIndexAlgorithm(CaptionRasterAlgorithm):

@@ -24,7 +24,8 @@ from ...core.models.install import clean_partial, install_archive, install_from_
 from ...core.models.registry import load_registry
 from ..child_python import PLUGIN_ROOT, child_error, default_python, stream_command
 from ..settings import PluginSettings, models_root
-from .algorithms import FeedbackProgress, RsVlmAlgorithm
+from .algorithms import RsVlmAlgorithm
+from .feedback import FeedbackProgress
 
 
 class InstallModelAlgorithm(RsVlmAlgorithm):

@@ -1,0 +1,93 @@
+"""The object box head in the exported bundle (issue 22), through the real jobs and onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rs_vlm_plugin.core.jobs.config import JobConfig
+from rs_vlm_plugin.core.jobs.search import search
+from rs_vlm_plugin.core.locate.boxes import BoxConfig, answer_kind
+from rs_vlm_plugin.core.locate.metrics import box_iou
+from rs_vlm_plugin.core.planning.dris import PlanConfig
+from rs_vlm_plugin.core.raster import ArraySource, open_raster
+
+
+def test_the_bundle_has_a_box_head_checked_against_torch(bundle):
+    spec = bundle.box_head
+    assert spec is not None, "python3 build.py export writes boxes.onnx from resources/weights/rs_vlm_boxes.npz"
+    assert spec["parity_max_abs_diff"] <= 1e-3
+    assert spec["window"] == spec["tile"] + 2 * spec["margin"]
+    assert (bundle.folder / spec["file"]).is_file()
+    assert spec["training"]["map50_trained"] > 0.3  # the head's own val figure, written by rs_vlm_train.boxes
+
+
+@pytest.mark.parametrize("text, kind", [("storage tanks", "boxes"), ("airplanes", "boxes"), ("oil storage tanks", "boxes"),
+                                        ("ships", "boxes"), ("a forest", "outlines"), ("flooded fields", "outlines"),
+                                        ("farmland", "outlines")])
+def test_objects_get_boxes_and_regions_get_outlines(bundle, text, kind):
+    assert answer_kind(bundle, text) == kind
+
+
+def test_the_user_can_choose_how_answers_are_drawn(bundle):
+    assert answer_kind(bundle, "a forest", "boxes") == "boxes"
+    assert answer_kind(bundle, "airplanes", "outlines") == "outlines"
+    with pytest.raises(ValueError, match="answers must be one of"):
+        answer_kind(bundle, "airplanes", "circles")
+
+
+def demo_boxes(bundle, demo_scene, text="vehicles", **box):
+    config = JobConfig(plan=PlanConfig(max_tiles=24), max_hits=3, answers="boxes",
+                       boxes=BoxConfig(**({"min_score": 0.0, "max_boxes": 40} | box)))
+    with open_raster(demo_scene) as source:
+        result = search(source, bundle, text, config=config)
+        return result, source.georef.extent
+
+
+def test_boxes_are_ranked_unique_and_inside_their_tiles(bundle, demo_scene):
+    result, extent = demo_boxes(bundle, demo_scene)
+    boxes = result.outlines
+    assert boxes, "with no minimum score the head's peaks on the chosen tiles are boxes"
+    assert len(boxes) <= 40
+    assert [b.rank for b in boxes] == list(range(1, len(boxes) + 1))
+    assert [b.score for b in boxes] == sorted((b.score for b in boxes), reverse=True)
+    assert all(b.shape == "box" and b.found_by == "boxes" and 0.0 <= b.score <= 1.0 for b in boxes)
+    footprints = {t.key: t.extent for t in result.plan.nodes}
+    for b in boxes:
+        e = b.extent
+        assert extent.xmin <= e.xmin < e.xmax <= extent.xmax and extent.ymin <= e.ymin < e.ymax <= extent.ymax
+        tile = footprints[b.tile]
+        cx, cy = (e.xmin + e.xmax) / 2, (e.ymin + e.ymax) / 2
+        # the centre lies in its tile (unless the box was cut at the raster's edge)
+        if e.xmin > extent.xmin and e.xmax < extent.xmax and e.ymin > extent.ymin and e.ymax < extent.ymax:
+            assert tile.xmin - 1e-6 <= cx <= tile.xmax + 1e-6 and tile.ymin - 1e-6 <= cy <= tile.ymax + 1e-6
+    tuples = [b.extent.as_tuple() for b in boxes]
+    assert all(box_iou(a, c) < 0.5 for i, a in enumerate(tuples) for c in tuples[i + 1:])
+    assert result.timings["box_tiles"] <= 24  # the head runs on tiles the budget paid for, no more
+
+
+def test_min_score_and_max_boxes_bound_the_answers(bundle, demo_scene):
+    everything, _ = demo_boxes(bundle, demo_scene)
+    few, _ = demo_boxes(bundle, demo_scene, max_boxes=3)
+    assert [b.extent for b in few.outlines] == [b.extent for b in everything.outlines[:3]]
+    cut = everything.outlines[len(everything.outlines) // 2].score
+    strict, _ = demo_boxes(bundle, demo_scene, min_score=cut)
+    assert strict.outlines and all(b.score >= cut for b in strict.outlines)
+    assert len(strict.outlines) < len(everything.outlines)
+
+
+def test_a_region_query_keeps_relevance_outlines(bundle, demo_scene):
+    with open_raster(demo_scene) as source:
+        result = search(source, bundle, "a forest", config=JobConfig(plan=PlanConfig(max_tiles=16), max_hits=3))
+    assert result.outlines and all(o.found_by == "relevance" and o.tile == "" for o in result.outlines)
+
+
+def test_a_raster_of_one_tile_gets_boxes(bundle):
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 120, (120, 140, 3), dtype=np.uint8)
+    result = search(ArraySource(image, name="tiny"), bundle, "storage tanks",
+                    config=JobConfig(answers="boxes", boxes=BoxConfig(min_score=0.0)))
+    assert result.outlines is not None
+    for b in result.outlines:
+        e = b.extent
+        assert 0 <= e.xmin < e.xmax <= 140 and e.ymin < e.ymax

@@ -14,6 +14,8 @@
     python3 build.py bench-import    import a full-size random ViT-B-32 CLIP: export time, ONNX vs torch speed
     python3 build.py bench-speed [--provider cuda]   image tower tiles/s, planning share, peak memory at 10k/20k
     python3 build.py train --data ../shared/data [--ablations]   train the model (resumable), then `export`
+    python3 build.py train-boxes --data ../shared/data [--hold-out] [--epochs N]   train the object box head
+                                     (out/boxes/; copy the .npz to rs_vlm_plugin/resources/weights/rs_vlm_boxes.npz)
     python3 build.py export          re-export the ONNX bundle from the committed weights
     python3 build.py fit-decoder --model BUNDLE_DIR --data ../shared/data [--epochs N] [--max-sentences N]
                                      fit a caption decoder to any bundle's text space from caption text alone
@@ -440,6 +442,16 @@ def cmd_train(args) -> int:
     return run([VENV_PY, "-m", "rs_vlm_train.train", *args.train_args], check=False, cwd=ROOT).returncode
 
 
+def cmd_train_boxes(args) -> int:
+    """Train the object box head on VHR-10's boxes (rs_vlm_train/boxes.py; default out/boxes/head.npz)."""
+    ensure_apt()
+    ensure_venv()
+    extra = list(args.train_args)
+    if "--out" not in extra:
+        extra += ["--out", str(ROOT / "out" / "boxes" / ("held_out.npz" if "--hold-out" in extra else "head.npz"))]
+    return run([VENV_PY, "-m", "rs_vlm_train.boxes", *extra], check=False, cwd=ROOT).returncode
+
+
 def cmd_fit_decoder(args) -> int:
     """Fit a caption decoder to a bundle's text space from caption text (rs_vlm_train/fit_decoder.py)."""
     ensure_apt()
@@ -523,6 +535,9 @@ def main(argv=None) -> int:
         func=cmd_bench_scale)
     p = sub.add_parser("train", help="train the model: --data DIR [--ablations] (see rs_vlm_train/train.py)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train-boxes", help="train the object box head: --data DIR [--hold-out] [--epochs N] "
+                       "(see rs_vlm_train/boxes.py)")
+    p.set_defaults(func=cmd_train_boxes)
     sub.add_parser("export", help="re-export the ONNX bundle").set_defaults(func=cmd_export)
     p = sub.add_parser("fit-decoder", help="fit a caption decoder to a bundle's text space: --model DIR --data DIR "
                        "[--epochs N] [--max-sentences N] (see rs_vlm_train/fit_decoder.py)")
@@ -533,8 +548,8 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "eval":
         args.eval_args = extra  # passed on to rs_vlm_train.evaluate, which checks them
-    elif args.command == "train":
-        args.train_args = extra  # passed on to rs_vlm_train.train
+    elif args.command in ("train", "train-boxes"):
+        args.train_args = extra  # passed on to rs_vlm_train.train / rs_vlm_train.boxes
     elif args.command == "fit-decoder":
         args.fit_args = extra  # passed on to rs_vlm_train.fit_decoder, which checks them
     elif extra:

@@ -8,14 +8,15 @@
 - **Open vocabulary, measured honestly**: ``--hold-out`` removes the images that contain any box of
   ``HELD_OUT_CLASSES`` from training (their objects would otherwise be taught as background or as
   objects), so those three classes are found only through the text space.
-- **Features**: the frozen trunk (``boxnet.BoxTrunk``) on every training image at scales 1, 0.75 and
-  0.5 and mirrored at scale 1, whole images padded to a multiple of 32 (the graph is fully
-  convolutional), cached in fp16 under ``.cache/train/rsvlm``.
+- **Features**: the frozen trunk (``boxnet.BoxTrunk``) on every training image at scales 1, 0.7 and
+  0.5, mirrored and quarter-turned at 1, flipped at 0.7 (six views), whole images padded to a
+  multiple of 32 (the graph is fully convolutional), cached in fp16 under ``.cache/train/rsvlm``.
 - **Losses** (CenterNet): penalty-reduced focal loss on the class-agnostic heat map; L1 on log sizes
   and offsets at centres; a sigmoid loss of each centre's embedding against the prompt ensembles of
   the trained class names (``jobs.query.query_embedding``, what a search embeds), so a box's score
   for any text is ``heat * sigmoid(scale * cos + bias)``.
-- **Val**: mAP at IoU 0.5 per class on the val images (whole images, torch), printed and written.
+- **Val**: mAP at IoU 0.5 per class on the val images (whole images, torch) after every epoch; the
+  best epoch of the trained classes is kept (so the val figure chose the epoch: say so where reported).
 
 Writes the head's weights (``.npz`` with ``meta_json``) and a JSON report beside them.
 """
@@ -23,6 +24,7 @@ Writes the head's weights (``.npz`` with ``meta_json``) and a JSON report beside
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -48,6 +50,7 @@ QUERY = {"airplane": "airplanes", "ship": "ships", "storage tank": "storage tank
          "basketball court": "basketball courts", "ground track field": "ground track fields",
          "harbor": "harbors", "bridge": "bridges", "vehicle": "vehicles"}
 SCALES = (1.0, 0.7, 0.5)
+FLIPS = {1.0: ("h", "r"), 0.7: ("v",)}  # extra views: mirrored and quarter-turned (objects have no up)
 CACHE = ROOT / ".cache" / "train" / "rsvlm"
 
 
@@ -83,15 +86,25 @@ def views(path: Path, boxes: list, train: bool):
         sx, sy = size[0] / img.width, size[1] / img.height
         scaled = [(x1 * sx, y1 * sy, x2 * sx, y2 * sy, c) for x1, y1, x2, y2, c in boxes]
         out.append((arr, scaled))
-        if False and train and scale == 1.0:  # mirrored views: see SCALES
-            w = arr.shape[1]
-            out.append((arr[:, ::-1].copy(), [(w - x2, y1, w - x1, y2, c) for x1, y1, x2, y2, c in scaled]))
+        if train and scale in FLIPS:
+            out += [transformed(arr, scaled, how) for how in FLIPS[scale]]
     return out
 
 
-def cached_features(trunk: BoxTrunk, images: dict, name: str, train: bool) -> list[dict]:
+def transformed(arr: np.ndarray, boxes: list, how: str):
+    """A mirrored ("h", "v") or quarter-turned ("r", counter-clockwise) view and its boxes."""
+    h, w = arr.shape[:2]
+    if how == "h":
+        return arr[:, ::-1].copy(), [(w - x2, y1, w - x1, y2, c) for x1, y1, x2, y2, c in boxes]
+    if how == "v":
+        return arr[::-1].copy(), [(x1, h - y2, x2, h - y1, c) for x1, y1, x2, y2, c in boxes]
+    # np.rot90: new[i, j] = old[j, w - 1 - i], so a point (x, y) goes to (y, w - x)
+    return np.rot90(arr).copy(), [(y1, w - x2, y2, w - x1, c) for x1, y1, x2, y2, c in boxes]
+
+
+def cached_features(trunk: BoxTrunk, images: dict, name: str, train: bool, cache: Path = CACHE) -> list[dict]:
     """Trunk features (fp16) of every view of every image, computed once into the cache."""
-    path = CACHE / f"boxes_{name}.pt"
+    path = cache / f"boxes_{name}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     items, t0 = [], time.perf_counter()
@@ -103,7 +116,7 @@ def cached_features(trunk: BoxTrunk, images: dict, name: str, train: bool) -> li
                               "s8": s8[0].half(), "s16": s16[0].half(), "s32": s32[0].half()})
             if k % 50 == 0:
                 print(f"  {name}: {k}/{len(images)} images, {time.perf_counter() - t0:.0f} s", flush=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     torch.save(items, path)
     return items
 
@@ -145,8 +158,11 @@ def class_texts(bundle_dir: Path, classes: list[str]) -> np.ndarray:
 
 
 def train_head(items: list[dict], texts: torch.Tensor, classes: list[str], epochs: int, seed: int = 0,
-               channels=(40, 112, 192)) -> BoxHead:
-    """Fit the head over the cached views, one view per step (variable sizes), AdamW, cosine decay."""
+               channels=(40, 112, 192), val=None) -> tuple[BoxHead, list]:
+    """Fit the head over the cached views, one view per step (variable sizes), AdamW, one-cycle.
+
+    ``val``: (items, all class texts, all classes); the val mAP of the trained classes is measured
+    after every epoch and the best epoch's weights are kept (the curve is returned)."""
     torch.manual_seed(seed)
     head = BoxHead(channels)
     targets = [gaussian_targets(item, classes) for item in items]
@@ -155,6 +171,7 @@ def train_head(items: list[dict], texts: torch.Tensor, classes: list[str], epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=total, pct_start=0.05)
     rng = np.random.default_rng(seed)
     t0, step = time.perf_counter(), 0
+    curve, best = [], None
     for epoch in range(epochs):
         sums = np.zeros(4)
         for k in rng.permutation(len(items)):
@@ -189,10 +206,20 @@ def train_head(items: list[dict], texts: torch.Tensor, classes: list[str], epoch
             sched.step()
             step += 1
             sums += parts
-        print(f"  epoch {epoch + 1}/{epochs}: heat {sums[0] / len(items):.3f} size {sums[1] / len(items):.3f} "
-              f"offset {sums[2] / len(items):.3f} embed {sums[3] / len(items):.3f} ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
-    return head.eval()
+        line = (f"  epoch {epoch + 1}/{epochs}: heat {sums[0] / len(items):.3f} size {sums[1] / len(items):.3f} "
+                f"offset {sums[2] / len(items):.3f} embed {sums[3] / len(items):.3f}")
+        if val is not None:
+            ap = evaluate_head(head.eval(), *val)
+            head.train()
+            trained = float(np.mean([ap[c] for c in classes if ap[c] is not None]))
+            curve.append((epoch + 1, round(trained, 4), ap))
+            if best is None or trained > best[0]:
+                best = (trained, epoch + 1, copy.deepcopy(head.state_dict()))
+            line += f"; val mAP50 of the trained classes {trained:.3f}"
+        print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if best is not None:
+        head.load_state_dict(best[2])
+    return head.eval(), curve
 
 
 def decode(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, embed: torch.Tensor, k: int = 100,
@@ -253,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--bundle", type=Path, default=None, help="bundle whose text encoder embeds the classes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the trunk features are cached")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from rs_vlm_plugin.core.bundle import default_bundle_dir
@@ -260,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     train, val = split_images(args.data)
     trunk = BoxTrunk(load_efficientnet_lite("efficientnet-lite0")).eval()
-    items = cached_features(trunk, train, "train", train=True)
-    val_items = cached_features(trunk, val, "val", train=False)
+    items = cached_features(trunk, train, "train_aug", train=True, cache=args.cache)
+    val_items = cached_features(trunk, val, "val", train=False, cache=args.cache)
     held = set(HELD_OUT_CLASSES) if args.hold_out else set()
     classes = [c for c in VHR10_CLASSES if c not in held]
     if held:
@@ -269,20 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     all_texts = class_texts(args.bundle or default_bundle_dir(), list(VHR10_CLASSES))
     texts = torch.from_numpy(all_texts[[VHR10_CLASSES.index(c) for c in classes]])
     print(f"training on {len(items)} views ({len(train)} images), classes {classes}", flush=True)
-    head = train_head(items, texts, classes, args.epochs)
+    head, curve = train_head(items, texts, classes, args.epochs, val=(val_items, all_texts, list(VHR10_CLASSES)))
     ap = evaluate_head(head, val_items, all_texts, list(VHR10_CLASSES))
     trained = [ap[c] for c in classes if ap[c] is not None]
     unseen = [ap[c] for c in held if ap[c] is not None]
     report = {"ap50": ap, "map50_trained": round(float(np.mean(trained)), 4),
               "map50_held_out": round(float(np.mean(unseen)), 4) if unseen else None,
               "held_out_classes": sorted(held), "train_images": len(train), "train_views": len(items),
-              "val_images": len(val), "epochs": args.epochs, "seconds": round(time.perf_counter() - t0, 1),
+              "val_images": len(val), "epochs": args.epochs, "best_epoch": max(curve, key=lambda c: c[1])[0],
+              "curve": [(e, m) for e, m, _ in curve], "seconds": round(time.perf_counter() - t0, 1),
               "logit_scale": head.logit_scale.item(), "logit_bias": head.logit_bias.item()}
     print(json.dumps(report, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: report[k] for k in ("map50_trained", "map50_held_out", "held_out_classes", "epochs")}
+    meta = {k: report[k] for k in ("map50_trained", "map50_held_out", "held_out_classes", "epochs", "best_epoch")}
     meta.update(stride=STRIDE, channels=list(trunk.channels), trained_on="VHR-10 minus 20 % held back (name hash)")
-    np.savez(args.out, **head_arrays(head, meta))
+    np.savez_compressed(args.out, **head_arrays(head, meta))
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return 0
 

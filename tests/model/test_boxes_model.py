@@ -79,15 +79,39 @@ def test_min_score_and_max_boxes_bound_the_answers(bundle, demo_scene):
 def test_a_region_query_keeps_relevance_outlines(bundle, demo_scene):
     with open_raster(demo_scene) as source:
         result = search(source, bundle, "a forest", config=JobConfig(plan=PlanConfig(max_tiles=16), max_hits=3))
-    assert result.outlines and all(o.found_by == "relevance" and o.tile == "" for o in result.outlines)
+    # routed to the relevance outlines (which may be empty: the forest fills every tile, nothing stands out)
+    assert result.outlines is not None and all(o.found_by == "relevance" and o.tile == "" for o in result.outlines)
+    assert "box_tiles" not in result.timings
 
 
 def test_a_raster_of_one_tile_gets_boxes(bundle):
     rng = np.random.default_rng(0)
-    image = rng.integers(60, 120, (120, 140, 3), dtype=np.uint8)
+    image = rng.integers(60, 120, (3, 120, 140), dtype=np.uint8)  # bands, rows, columns
     result = search(ArraySource(image, name="tiny"), bundle, "storage tanks",
                     config=JobConfig(answers="boxes", boxes=BoxConfig(min_score=0.0)))
     assert result.outlines is not None
     for b in result.outlines:
         e = b.extent
         assert 0 <= e.xmin < e.xmax <= 140 and e.ymin < e.ymax
+
+
+def test_a_scene_of_20000_pixels_gets_boxes_within_the_budget(bundle, demo_scene, tmp_path):
+    # a 20,000 x 20,000 px VRT at 0.5 m holding the demo scene (nine copies along the diagonal); the rest is nodata
+    def band(b: int) -> str:
+        copies = "".join(
+            f'<ComplexSource><SourceFilename relativeToVRT="0">{demo_scene}</SourceFilename><SourceBand>{b}</SourceBand>'
+            f'<SrcRect xOff="0" yOff="0" xSize="1249" ySize="1035"/><DstRect xOff="{k * 2200}" yOff="{k * 2200}" '
+            f'xSize="1249" ySize="1035"/></ComplexSource>' for k in range(9))
+        return f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue>{copies}</VRTRasterBand>'
+
+    bands = "".join(band(b) for b in (1, 2, 3))
+    path = tmp_path / "huge.vrt"
+    path.write_text('<VRTDataset rasterXSize="20000" rasterYSize="20000"><SRS>EPSG:32612</SRS>'
+                    '<GeoTransform>541000, 0.5, 0, 4988000, 0, -0.5</GeoTransform>' + bands + "</VRTDataset>",
+                    encoding="utf-8")
+    config = JobConfig(plan=PlanConfig(max_tiles=16), max_hits=3, answers="boxes", boxes=BoxConfig(min_score=0.0))
+    with open_raster(path) as source:
+        result = search(source, bundle, "airplanes", config=config)
+        extent = source.georef.extent
+    assert result.timings["box_tiles"] <= 16
+    assert all(extent.xmin <= b.extent.xmin and b.extent.xmax <= extent.xmax for b in result.outlines)

@@ -86,3 +86,34 @@ def test_train_export_and_run_on_tiny_data(tmp_path, capsys):
     tiles = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     captions = bundle.caption(bundle.encode_tiers(tiles))
     assert len(captions) == 2 and all(c.endswith(".") or c == "" for c in captions)
+
+
+def test_box_head_trains_exports_and_answers(tmp_path, bundle_dir, capsys):
+    """rs_vlm_train.boxes on the tiny VHR-10 folder, its head added to a copy of the bundle, then a search."""
+    import shutil
+
+    from rs_vlm_plugin.core.bundle import ModelBundle
+    from rs_vlm_plugin.core.jobs.config import JobConfig
+    from rs_vlm_plugin.core.jobs.search import search
+    from rs_vlm_plugin.core.locate.boxes import BoxConfig
+    from rs_vlm_plugin.core.raster import open_raster
+    from rs_vlm_plugin.modeling.boxnet import add_boxes_to_bundle
+    from rs_vlm_train.boxes import main
+
+    data = _make_data(tmp_path / "data")
+    weights = tmp_path / "boxes.npz"
+    assert main(["--data", str(data), "--out", str(weights), "--epochs", "2", "--cache", str(tmp_path / "cache"),
+                 "--bundle", str(bundle_dir)]) == 0
+    log = capsys.readouterr().out
+    assert "epoch 2/2" in log and "val mAP50 of the trained classes" in log
+    report = json.loads(weights.with_suffix(".json").read_text())
+    assert set(report["ap50"]) >= {"storage tank", "ship"} and report["best_epoch"] in (1, 2)
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    entry = add_boxes_to_bundle(copy, weights)
+    assert entry["parity_max_abs_diff"] <= 1e-3
+    image = next((data / "vhr10" / "images").glob("*.jpg"))
+    with open_raster(image) as source:
+        result = search(source, ModelBundle.load(copy), "storage tanks",
+                        config=JobConfig(answers="boxes", boxes=BoxConfig(min_score=0.0)))
+    assert result.outlines is not None and all(o.found_by == "boxes" for o in result.outlines)

@@ -13,8 +13,7 @@ the image tower's work, and the head runs once per chosen tile.
 
 Whether a query gets boxes or relevance outlines (:func:`answer_kind`): boxes when it names an
 object, a thing with a size and an outline of its own (one of the classes whose sizes
-:mod:`.sizes` knows, or a knowledge-base concept of the object level); outlines when it names a
-region ("flooded fields", "a forest").
+:mod:`.sizes` knows); outlines when it names a region ("flooded fields", "a forest", "a paved road").
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from ..raster import RasterSource
 
 ANSWERS = ("auto", "boxes", "outlines")
-OBJECT_LEVEL_COSINE = 0.8
-"""A query names an object when a knowledge-base concept of the object level is at least this close."""
 
 
 @dataclass(frozen=True)
@@ -87,15 +84,11 @@ def answer_kind(bundle: "ModelBundle", text: str, answers: str = "auto") -> str:
 
 
 def names_object(bundle: "ModelBundle", text: str) -> bool:
-    """Whether a query names a thing with its own outline (see the module's docstring)."""
-    if class_size(bundle, text) is not None:
-        return True
-    kb = bundle.knowledge_base
-    if kb is None or not len(kb.concepts):
-        return False
-    sims = kb.embeddings @ query_embedding(bundle, text)
-    best = int(np.argmax(sims))
-    return bool(sims[best] >= OBJECT_LEVEL_COSINE and kb.concepts[best].level == "object")
+    """Whether a query names a thing with its own outline: one of the object classes whose sizes
+    :mod:`.sizes` knows (the classes the box head was trained on, and their synonyms by the object
+    tier's text space: "oil storage tanks", "cars"). Knowledge-base concepts of the object level are not
+    enough: "road" and "trees" are object concepts there, but a road is no box and trees are a region."""
+    return class_size(bundle, text) is not None
 
 
 def query_embedding(bundle: "ModelBundle", text: str) -> np.ndarray:

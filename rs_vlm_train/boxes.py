@@ -13,7 +13,7 @@
   multiple of 32 (the graph is fully convolutional), cached in fp16 under ``.cache/train/rsvlm``.
 - **Losses** (CenterNet): penalty-reduced focal loss on the class-agnostic heat map; L1 on log sizes
   and offsets at centres; a sigmoid loss of each centre's embedding against the prompt ensembles of
-  the trained class names (``jobs.query.query_embedding``, what a search embeds), so a box's score
+  the trained class names (``locate.boxes.query_embedding``, what a search embeds), so a box's score
   for any text is ``heat * sigmoid(scale * cos + bias)``.
 - **Val**: mAP at IoU 0.5 per class on the val images (whole images, torch) after every epoch; the
   best epoch of the trained classes is kept (so the val figure chose the epoch: say so where reported).
@@ -151,7 +151,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def class_texts(bundle_dir: Path, classes: list[str]) -> np.ndarray:
     """The prompt ensembles a search embeds for each class's plural name."""
     from rs_vlm_plugin.core.bundle import ModelBundle
-    from rs_vlm_plugin.core.jobs.query import query_embedding
+    from rs_vlm_plugin.core.locate.boxes import query_embedding
 
     bundle = ModelBundle.load(bundle_dir)
     return np.stack([query_embedding(bundle, QUERY[c]) for c in classes]).astype(np.float32)

@@ -55,9 +55,8 @@ class BoxTrunk(nn.Module):
 
     @property
     def channels(self) -> tuple[int, int, int]:  # noqa: D102
-        c8 = self.blocks[self.taps[0]]._depthwise_conv.in_channels // 6
-        c16 = self.blocks[self.taps[1]]._depthwise_conv.in_channels // 6
-        return c8, c16, self.blocks[-1]._project_conv.out_channels
+        # a tap is the input of its block: the output of the block before it
+        return tuple(self.blocks[i - 1]._project_conv.out_channels for i in (*self.taps, len(self.blocks)))
 
 
 def _separable(width: int) -> nn.Sequential:

@@ -11,13 +11,13 @@ from ..bundle import ModelBundle
 from ..encoding.encode import encode_extent
 from ..encoding.tiles import EncodedTile, Encoding
 from ..errors import RsVlmError
-from ..expansion import expand_queries, prompt_ensemble
+from ..expansion import expand_queries
 from ..geometry import Extent
 from ..locate.boxes import answer_kind, boxes_note, find_boxes
 from ..locate.guided import guided_encoding
 from ..locate.outlines import find_outlines
 from ..progress import ProgressBackend
-from ..qa import SUBJECT_PROMPTS, QueryScorer, presence_scores
+from ..qa import QueryScorer, presence_scores
 from ..raster import RasterSource
 from ..records import OutlineRecord
 from .config import JobConfig
@@ -33,11 +33,6 @@ def check_query(query: str) -> str:
     if not text:
         raise RsVlmError("The search text is empty; type what to look for, for example \"storage tanks next to a river\".")
     return text
-
-
-def query_embedding(bundle: ModelBundle, subject: str) -> np.ndarray:
-    """Normalised mean embedding of a subject's prompt ensemble (the subject alone, no knowledge)."""
-    return prompt_ensemble(bundle, [subject], SUBJECT_PROMPTS)[0]
 
 
 def tile_scores(encoding: Encoding, query: np.ndarray | QueryScorer, bundle: ModelBundle | None = None) -> np.ndarray:

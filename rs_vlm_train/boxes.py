@@ -224,7 +224,10 @@ def train_head(items: list[dict], texts: torch.Tensor, classes: list[str], epoch
 
 def decode(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, embed: torch.Tensor, k: int = 100,
            min_heat: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Peaks of one map: boxes (n, 4) in input pixels, heat (n,), embeddings (n, D)."""
+    """Peaks of one map of the head's raw outputs (``BoxHead.forward``: logits, log sizes, offset
+    logits, raw embeddings), activated as the exported graph does (``BoxNet``): boxes (n, 4) in input
+    pixels, heat (n,), unit embeddings (n, D)."""
+    heat, offset, embed = torch.sigmoid(heat), torch.sigmoid(offset), F.normalize(embed, dim=1)
     h, w = heat.shape[-2:]
     peaks = (heat * peak_mask(heat)).flatten()
     values, idx = peaks.topk(min(k, peaks.numel()))
@@ -247,7 +250,7 @@ def evaluate_head(head: BoxHead, items: list[dict], texts: np.ndarray, classes: 
     with torch.inference_mode():
         for n, item in enumerate(items):
             heat, size, offset, embed = head(*(item[k].float()[None] for k in ("s8", "s16", "s32")))
-            boxes, values, emb = decode(torch.sigmoid(heat), size, offset, F.normalize(embed, dim=1))
+            boxes, values, emb = decode(heat, size, offset, embed)
             prob = 1 / (1 + np.exp(-(scale * emb @ texts.T + bias)))
             for j, c in enumerate(classes):
                 detections[c] += [(float(values[i] * prob[i, j]), (n, *boxes[i])) for i in range(len(boxes))]

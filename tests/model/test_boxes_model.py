@@ -115,3 +115,35 @@ def test_a_scene_of_20000_pixels_gets_boxes_within_the_budget(bundle, demo_scene
         extent = source.georef.extent
     assert result.timings["box_tiles"] <= 16
     assert all(extent.xmin <= b.extent.xmin and b.extent.xmax <= extent.xmax for b in result.outlines)
+
+
+def test_training_val_decodes_the_head_as_the_exported_graph_does():
+    """The val mAP that chooses the epoch must score the boxes a search draws: rs_vlm_train's decode of
+    the head's raw outputs and the runtime's ``_tile_boxes`` of BoxNet's activated ones give the same
+    boxes and scores (an offset left as logits once cost val 0.17 mAP)."""
+    import torch
+
+    from rs_vlm_plugin.core.geometry import Extent
+    from rs_vlm_plugin.core.locate.boxes import _tile_boxes
+    from rs_vlm_plugin.modeling.boxnet import STRIDE, BoxHead
+    from rs_vlm_train.boxes import decode
+
+    torch.manual_seed(0)
+    head = BoxHead((40, 112, 192)).eval()
+    with torch.inference_mode():
+        feats = [torch.randn(1, c, 320 // s, 320 // s) for c, s in ((40, 8), (112, 16), (192, 32))]
+        raw = head(*feats)
+        boxes, heat, emb = decode(*raw, k=50, min_heat=0.05)
+        activated = (torch.sigmoid(raw[0]), raw[1], torch.sigmoid(raw[2]),
+                     torch.nn.functional.normalize(raw[3], dim=1))
+    query = emb[0] / np.linalg.norm(emb[0])
+    scale, bias = 10.0, -5.0
+    want = heat / (1 + np.exp(-(scale * emb @ query + bias)))
+    whole = Extent(0.0, 0.0, 320.0, 320.0)  # one map unit per pixel, y up
+    maps = [activated[0][0, 0].numpy(), *(a[0].numpy() for a in activated[1:])]
+    got = _tile_boxes(*maps, whole, whole, 320, STRIDE, query.astype(np.float32),
+                      scale, bias, BoxConfig(min_heat=0.05, peaks=50), row=0)
+    assert len(boxes) >= 5 and len(got) == len(boxes)
+    pixel = np.array([(x1, 320 - y2, x2, 320 - y1) for _, (x1, y1, x2, y2), _ in got])
+    np.testing.assert_allclose(pixel, boxes, atol=1e-3)
+    np.testing.assert_allclose([s for s, _, _ in got], want, rtol=1e-4, atol=1e-6)

@@ -4,7 +4,7 @@ This package imports without QGIS so that the command line (``python -m rs_vlm_p
 the tests of ``core`` run anywhere; QGIS only enters through :func:`classFactory`.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 
 def classFactory(iface):  # noqa: N802 - the name QGIS looks for

@@ -274,6 +274,23 @@ def head_arrays(head: BoxHead, meta: dict) -> dict:
     return arrays
 
 
+def measure(weights: Path, val_items: list[dict], all_texts: np.ndarray, out: Path) -> int:
+    """Val mAP50 of a trained head (its held-out classes from its own metadata); the report to ``out``'s .json."""
+    from rs_vlm_plugin.modeling.boxnet import load_head
+
+    head, meta = load_head(weights)
+    ap = evaluate_head(head.eval(), val_items, all_texts, list(VHR10_CLASSES))
+    held = set(meta.get("held_out_classes") or [])
+    report = {"weights": str(weights), "ap50": ap,
+              "map50_trained": round(float(np.mean([v for c, v in ap.items() if c not in held and v is not None])), 4),
+              "map50_held_out": round(float(np.mean([ap[c] for c in held if ap[c] is not None])), 4) if held else None,
+              "held_out_classes": sorted(held), "epochs": meta.get("epochs"), "best_epoch": meta.get("best_epoch")}
+    print(json.dumps(report, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=None, help="bundle whose text encoder embeds the classes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the trunk features are cached")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="measure this trained head on val instead of training one (report to --out's .json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from rs_vlm_plugin.core.bundle import default_bundle_dir
@@ -299,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         items = [it for it in items if not any(b[4] in held for b in it["boxes"])]
     all_texts = class_texts(args.bundle or default_bundle_dir(), list(VHR10_CLASSES))
     texts = torch.from_numpy(all_texts[[VHR10_CLASSES.index(c) for c in classes]])
+    if args.weights is not None:
+        return measure(args.weights, val_items, all_texts, args.out)
     print(f"training on {len(items)} views ({len(train)} images), classes {classes}", flush=True)
     head, curve = train_head(items, texts, classes, args.epochs, val=(val_items, all_texts, list(VHR10_CLASSES)))
     ap = evaluate_head(head, val_items, all_texts, list(VHR10_CLASSES))

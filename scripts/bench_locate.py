@@ -146,7 +146,8 @@ def centre_recall(truths, polygons) -> tuple[int, int]:
     return inside, len(truths)
 
 
-def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_floor: int) -> dict:
+def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_floor: int,
+              zoom_out: float = BoxConfig().zoom_out) -> dict:
     """Every method on one scene for every query: per query the answers and costs."""
     progress = NullProgress()
     out = {"file": path.name, "queries": {}}
@@ -186,9 +187,13 @@ def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_
                 }
             if bundle.box_head is not None:
                 t0 = time.perf_counter()
-                boxes = find_boxes(guided, bundle, source, text, BoxConfig(min_score=0.01, max_boxes=500))
+                boxes = find_boxes(guided, bundle, source, text, BoxConfig(min_score=0.01, max_boxes=500,
+                                                                                zoom_out=zoom_out))
                 boxes_s = time.perf_counter() - t0
                 polygons = outline_polygons(boxes)
+                default = BoxConfig()  # what a user gets: AP above uses every box down to 0.01
+                mine = [o for o in boxes if o.score >= default.min_score][:default.max_boxes]
+                default_polygons = outline_polygons(mine)
                 row["boxes"] = {
                     "tiles": len(guided.tiles), "pixels": len(guided.tiles) * bundle.image_size ** 2,
                     "outlines": [(o.score, o.extent.as_tuple()) for o in boxes],
@@ -196,6 +201,8 @@ def run_scene(path: Path, bundle, queries: dict[str, str], share: float, budget_
                     "box_tiles": int(guided.timings["box_tiles"]), "boxes_s": boxes_s,
                     "seconds": guided_s + boxes_s, "per_2560_s": (guided_s + boxes_s) * SCENE_PX / (g.width * g.height),
                     "_polygons": polygons, "_hits": row["guided"]["_hits"],
+                    "default_boxes": len(mine), "default_share": union_area(default_polygons) / scene_area,
+                    "_default_polygons": default_polygons,
                 }
             row["guided"]["seconds"] = guided_s
             row["guided"]["plan_s"] = guided.timings["plan_s"]
@@ -221,6 +228,7 @@ def score_vhr(scenes_out: list[dict], truths: list[list[tuple[str, tuple]]]) -> 
             detections, all_truths = [], []
             inside = total = hit_inside = 0
             shares, hit_shares, tiles, pixels = [], [], [], []
+            default_inside, default_shares = 0, []
             for k, (scene, truth) in enumerate(zip(scenes_out, truths)):
                 row = scene["queries"][label][method]
                 mine = [b for name, b in truth if name == label]
@@ -231,6 +239,9 @@ def score_vhr(scenes_out: list[dict], truths: list[list[tuple[str, tuple]]]) -> 
                 i, n = centre_recall(mine, row["_polygons"])
                 inside, total = inside + i, total + n
                 hit_inside += centre_recall(mine, [h.to_polygon() for h in row["_hits"]])[0]
+                if "_default_polygons" in row:
+                    default_inside += centre_recall(mine, row["_default_polygons"])[0]
+                    default_shares.append(row["default_share"])
                 shares.append(row["outline_share"])
                 hit_shares.append(row["hit_share"])
                 tiles.append(row["tiles"])
@@ -243,6 +254,9 @@ def score_vhr(scenes_out: list[dict], truths: list[list[tuple[str, tuple]]]) -> 
                 "outline_share": float(np.mean(shares)), "hit_share": float(np.mean(hit_shares)),
                 "tiles": float(np.mean(tiles)), "pixels": float(np.mean(pixels)),
             }
+            if default_shares:  # boxes at the user's defaults (min score 0.10, at most 100)
+                per_method[method]["recall_default"] = default_inside / total if total else None
+                per_method[method]["share_default"] = float(np.mean(default_shares))
         report[label] = per_method
     return report
 
@@ -253,9 +267,10 @@ def summarise(report: dict) -> dict:
     methods = [m for m in METHODS if m in next(iter(report.values()))]
     for method in methods:
         rows = [r[method] for r in report.values() if r[method]["objects"]]
-        out[method] = {key: float(np.mean([r[key] for r in rows if r[key] is not None]))
-                       for key in ("ap50", "recall_outlines", "recall_hits", "outline_share", "hit_share", "tiles",
-                                   "pixels")}
+        keys = ("ap50", "recall_outlines", "recall_hits", "outline_share", "hit_share", "tiles", "pixels",
+                "recall_default", "share_default")
+        out[method] = {key: float(np.mean([r[key] for r in rows if r.get(key) is not None]))
+                       for key in keys if any(r.get(key) is not None for r in rows)}
     for method in [m for m in methods if m != "native"]:
         nat = out["native"]
         out[method]["vs_native"] = {
@@ -303,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-scenes", type=int, default=0, help="at most this many mosaics (0: all)")
     parser.add_argument("--share", type=float, default=0.3, help="DRIS budget as a share of the native grid's tiles")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--zoom-out", type=float, default=BoxConfig().zoom_out,
+                        help="boxes: run the head on tiles up to this many times coarser than the finest")
     args = parser.parse_args(argv)
     bundle = ModelBundle.load(args.model or default_bundle_dir(), RuntimeOptions(threads=args.threads))
     started = time.perf_counter()
@@ -315,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path, truth in scenes:
         t0 = time.perf_counter()
-        results.append(run_scene(path, bundle, QUERIES, args.share, 4))
+        results.append(run_scene(path, bundle, QUERIES, args.share, 4, args.zoom_out))
         r = results[-1]
         print(f"  {path.name}: {r['width']} x {r['height']} px, {len(truth)} boxes, native grid {r['native_tiles']} "
               f"tiles, budget {r['budget']} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -323,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(report)
     naip = []
     for path in sorted((args.data / "scenes" / "naip").glob("*.tif")):
-        scene = run_scene(path, bundle, {q: q for q in NAIP_QUERIES}, args.share, 4)
+        scene = run_scene(path, bundle, {q: q for q in NAIP_QUERIES}, args.share, 4, args.zoom_out)
         naip.append({"file": path.name, "native_tiles": scene["native_tiles"], "budget": scene["budget"],
                      "queries": naip_agreement(scene)})
         print(f"  {path.name}: native grid {scene['native_tiles']} tiles, budget {scene['budget']}", flush=True)
@@ -356,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["boxes"]["seconds_per_2560"] = float(np.mean([r["per_2560_s"] for r in box_rows]))
         summary["boxes"]["box_tiles"] = float(np.mean([r["box_tiles"] for r in box_rows]))
         summary["boxes"]["native_tiles"] = float(np.mean([s["native_tiles"] for s in results]))
+        print(f"  boxes at the defaults (min score {BoxConfig().min_score}, at most {BoxConfig().max_boxes}): "
+              f"recall of centres {summary['boxes']['recall_default']:.3f}, share of the scene "
+              f"{100 * summary['boxes']['share_default']:.2f} %")
         print(f"  boxes: {summary['boxes']['seconds_per_scene']:.2f} s per query and scene, "
               f"{summary['boxes']['seconds_per_2560']:.2f} s per 2560 x 2560 px; the head ran on "
               f"{summary['boxes']['box_tiles']:.0f} tiles, {summary['boxes']['tiles']:.0f} encoded of a native grid of "
@@ -373,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"tiles {e['tiles']} covers-native {cov}")
             print(f"  {text:10s} " + " | ".join(parts))
     payload = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
-               "model": bundle.name, "share": args.share, "per_side": args.per_side,
+               "model": bundle.name, "share": args.share, "zoom_out": args.zoom_out, "per_side": args.per_side,
                "seconds": time.perf_counter() - started,
                "vhr10": {"images": len(images), "scenes": [strip(s) for s in results], "per_class": report,
                          "summary": summary, "guided_plan_share": plan_share,

@@ -108,6 +108,10 @@ def test_box_head_trains_exports_and_answers(tmp_path, bundle_dir, capsys):
     assert "epoch 2/2" in log and "val mAP50 of the trained classes" in log
     report = json.loads(weights.with_suffix(".json").read_text())
     assert set(report["ap50"]) >= {"storage tank", "ship"} and report["best_epoch"] in (1, 2)
+    assert main(["--data", str(data), "--out", str(tmp_path / "measured.npz"), "--weights", str(weights),
+                 "--cache", str(tmp_path / "cache"), "--bundle", str(bundle_dir)]) == 0
+    measured = json.loads((tmp_path / "measured.json").read_text())
+    assert measured["ap50"] == report["ap50"] and measured["best_epoch"] == report["best_epoch"]
     copy = tmp_path / "bundle"
     shutil.copytree(bundle_dir, copy)
     entry = add_boxes_to_bundle(copy, weights)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rs_vlm_plugin.core.geometry import Extent
-from rs_vlm_plugin.core.locate.boxes import BoxConfig, _tile_boxes, suppress
+from rs_vlm_plugin.core.locate.boxes import BoxConfig, _tile_boxes, box_parts, suppress
 
 STRIDE = 8
 WINDOW = 320  # 40 x 40 cells
@@ -72,7 +72,8 @@ def test_suppression_of_nothing_is_nothing():
     assert suppress([], 0.5) == []
 
 
-@pytest.mark.parametrize("kwargs, words", [({"min_score": 1.5}, "between 0 and 1"), ({"max_boxes": 0}, "1 or more")])
+@pytest.mark.parametrize("kwargs, words", [({"min_score": 1.5}, "between 0 and 1"), ({"max_boxes": 0}, "1 or more"),
+                                           ({"zoom_out": 0.5}, "1 .finest tiles only. or more")])
 def test_box_settings_are_checked(kwargs, words):
     with pytest.raises(ValueError, match=words):
         BoxConfig(**kwargs)
@@ -84,3 +85,23 @@ def test_boxes_are_cut_to_the_raster_and_empty_ones_dropped():
     got = clip_boxes([(0.9, (-5, -5, 5, 5), 0), (0.8, (110, 20, 130, 30), 0), (0.7, (90, 10, 120, 20), 1)],
                      Extent(0, 0, 100, 100))
     assert [b[1] for b in got] == [(0, 0, 5, 5), (90, 10, 100, 20)]  # the second lies outside
+
+
+def guided_encoding_of(gsds, parts):
+    """A guided encoding's tiles (their pixel sizes) and outline parts (row, footprint), nothing else."""
+    from rs_vlm_plugin.core.encoding.tiles import EncodedTile
+    from rs_vlm_plugin.core.locate.guided import GuidedEncoding
+
+    tiles = [EncodedTile(f"t{i}", Extent(0.0, 0.0, 100.0 * g, 100.0 * g), 0, g, 0.0, ("object",))
+             for i, g in enumerate(gsds)]
+    return GuidedEncoding(plan=None, tiles=tiles, embeddings=np.zeros((len(tiles), 4)), timings={},
+                          outline_parts=parts)
+
+
+@pytest.mark.parametrize("zoom_out, rows", [(1.0, [0]), (2.0, [0, 1]), (4.0, [0, 1, 2])])
+def test_the_head_runs_on_the_finest_view_of_each_part_down_to_its_zoom_out(zoom_out, rows):
+    a, b, c, d = (Extent(x, 0.0, x + 1.0, 1.0) for x in range(4))
+    encoding = guided_encoding_of([0.5, 1.0, 2.0], [(0, a), (1, b), (1, c), (2, d)])
+    parts = box_parts(encoding, zoom_out)
+    assert sorted(parts) == rows
+    assert parts[0] == [a] and parts.get(1, [b, c]) == [b, c]  # a coarser tile over its uncovered parts only

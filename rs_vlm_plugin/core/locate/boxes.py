@@ -1,11 +1,13 @@
 """Object boxes (issue 22): the box head on the finest tiles of a query's encoding, one polygon per object.
 
-    the encoding's finest tiles (native ones, where text-guided DRIS sent the budget)
+    the encoding's finest view of each part of the extent, down to ``zoom_out`` x coarser than its
+    finest tiles (native ones where text-guided DRIS sent the budget, and the 2x coarser tiles over
+    the ground no native tile covers: the head learnt objects at scales 1 to 0.5)
       -> each read again with a margin (``window`` px: the tile and ``margin`` px of its neighbours
          on every side, at the tile's own pixel size), so an object cut by a seam is seen whole
       -> the head's peaks: centre, size, embedding (:mod:`rs_vlm_plugin.modeling.boxnet`)
       -> kept when the centre lies in the tile's own footprint (every point of the extent belongs to
-         one tile), scored ``heat * sigmoid(scale * cos(embedding, query) + bias)``
+         one tile: a coarser tile owns only the parts of it that no finer one saw), scored ``heat * sigmoid(scale * cos(embedding, query) + bias)``
       -> non-maximum suppression across all tiles (IoU ``nms_iou``), ``min_score``, ``max_boxes``.
 
 No tile is encoded for the boxes that the planner did not choose: the budget stays a hard bound on
@@ -29,6 +31,7 @@ from ..geometry import Extent
 from ..progress import ProgressBackend, check_canceled
 from ..qa import SUBJECT_PROMPTS
 from ..records import OutlineRecord
+from .outlines import outline_parts
 from .sizes import class_size
 
 if TYPE_CHECKING:
@@ -50,6 +53,9 @@ class BoxConfig:
         min_heat: Peaks of the head's centre map below this are not considered.
         peaks: At most this many peaks per tile.
         batch_size: Windows per run of the head.
+        zoom_out: The head also runs on tiles up to this many times coarser than the encoding's
+            finest ones, over the parts of them no finer tile covers (1: the finest tiles only). It
+            learnt objects at scales 1 to 0.5, so 2 by default.
     """
 
     min_score: float = 0.10
@@ -58,12 +64,15 @@ class BoxConfig:
     min_heat: float = 0.05
     peaks: int = 100
     batch_size: int = 8
+    zoom_out: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"The minimum box score must be between 0 and 1, not {self.min_score}.")
         if self.max_boxes < 1:
             raise ValueError(f"The number of boxes to keep must be 1 or more, not {self.max_boxes}.")
+        if self.zoom_out < 1.0:
+            raise ValueError(f"The box head's zoom-out must be 1 (finest tiles only) or more, not {self.zoom_out}.")
 
 
 def answer_kind(bundle: "ModelBundle", text: str, answers: str = "auto") -> str:
@@ -96,13 +105,21 @@ def query_embedding(bundle: "ModelBundle", text: str) -> np.ndarray:
     return prompt_ensemble(bundle, [text], SUBJECT_PROMPTS)[0]
 
 
-def box_rows(encoding: "Encoding") -> list[int]:
-    """Rows of the tiles the head runs on: the finest tiles of the encoding (the native ones of a
-    guided encoding), each owning its footprint."""
+def box_parts(encoding: "Encoding", zoom_out: float = 2.0) -> dict[int, list[Extent]]:
+    """Row -> footprints of the tiles the head runs on: the finest view of every part of the extent
+    (:func:`.outlines.outline_parts`: a tile over the parts of it no encoded child covers), for tiles
+    at most ``zoom_out`` x coarser than the finest; every point belongs to at most one of them."""
     tiles = encoding.tiles
-    candidates = [i for i, t in enumerate(tiles) if "object" in t.levels] or list(range(len(tiles)))
-    finest = min(tiles[i].gsd_m for i in candidates)
-    return [i for i in candidates if tiles[i].gsd_m <= finest * 1.01]
+    parts = outline_parts(encoding)
+    if not parts:  # no object tokens kept: the encoding's finest tiles over their own footprints
+        candidates = [i for i, t in enumerate(tiles) if "object" in t.levels] or list(range(len(tiles)))
+        parts = [(i, tiles[i].extent) for i in candidates]
+    finest = min(tiles[i].gsd_m for i, _ in parts)
+    out: dict[int, list[Extent]] = {}
+    for i, footprint in parts:
+        if tiles[i].gsd_m <= finest * zoom_out * 1.01:
+            out.setdefault(i, []).append(footprint)
+    return out
 
 
 def find_boxes(encoding: "Encoding", bundle: "ModelBundle", source: "RasterSource", text: str,
@@ -121,7 +138,8 @@ def find_boxes(encoding: "Encoding", bundle: "ModelBundle", source: "RasterSourc
     scale, bias = float(spec["logit_scale"]), float(spec["logit_bias"])
     mpu = source.georef.metres_per_unit
     t0 = time.perf_counter()
-    rows = box_rows(encoding)
+    footprints = box_parts(encoding, config.zoom_out)
+    rows = sorted(footprints)
     found: list[tuple[float, tuple[float, float, float, float], int]] = []
     for start in range(0, len(rows), config.batch_size):
         if progress is not None:
@@ -136,8 +154,9 @@ def find_boxes(encoding: "Encoding", bundle: "ModelBundle", source: "RasterSourc
         windows = np.stack([source.read(r, window, window) for r in reads])
         heat, size, offset, embed = bundle.detect(windows)
         for j, i in enumerate(batch):
-            found += _tile_boxes(heat[j], size[j], offset[j], embed[j], reads[j], encoding.tiles[i].extent,
-                                 window, int(spec["stride"]), query, scale, bias, config, i)
+            for footprint in footprints[i]:
+                found += _tile_boxes(heat[j], size[j], offset[j], embed[j], reads[j], footprint,
+                                     window, int(spec["stride"]), query, scale, bias, config, i)
     found = clip_boxes(found, source.georef.extent)
     kept = suppress(found, config.nms_iou)
     kept = [k for k in kept if k[0] >= config.min_score][:config.max_boxes]

@@ -7,7 +7,8 @@
          on every side, at the tile's own pixel size), so an object cut by a seam is seen whole
       -> the head's peaks: centre, size, embedding (:mod:`rs_vlm_plugin.modeling.boxnet`)
       -> kept when the centre lies in the tile's own footprint (every point of the extent belongs to
-         one tile: a coarser tile owns only the parts of it that no finer one saw), scored ``heat * sigmoid(scale * cos(embedding, query) + bias)``
+         one tile: a coarser tile owns only the parts of it that no finer one saw), scored
+         ``heat * sigmoid(scale * cos(embedding, query) + bias)``
       -> non-maximum suppression across all tiles (IoU ``nms_iou``), ``min_score``, ``max_boxes``.
 
 No tile is encoded for the boxes that the planner did not choose: the budget stays a hard bound on

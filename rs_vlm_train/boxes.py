@@ -274,6 +274,15 @@ def head_arrays(head: BoxHead, meta: dict) -> dict:
     return arrays
 
 
+def map50s(ap: dict, held: set) -> dict:
+    """The per-class AP50s with the means of the trained and of the held-out classes."""
+    trained = [v for c, v in ap.items() if c not in held and v is not None]
+    unseen = [ap[c] for c in held if ap[c] is not None]
+    return {"ap50": ap, "map50_trained": round(float(np.mean(trained)), 4),
+            "map50_held_out": round(float(np.mean(unseen)), 4) if unseen else None,
+            "held_out_classes": sorted(held)}
+
+
 def measure(weights: Path, val_items: list[dict], all_texts: np.ndarray, out: Path) -> int:
     """Val mAP50 of a trained head (its held-out classes from its own metadata); the report to ``out``'s .json."""
     from rs_vlm_plugin.modeling.boxnet import load_head
@@ -281,10 +290,8 @@ def measure(weights: Path, val_items: list[dict], all_texts: np.ndarray, out: Pa
     head, meta = load_head(weights)
     ap = evaluate_head(head.eval(), val_items, all_texts, list(VHR10_CLASSES))
     held = set(meta.get("held_out_classes") or [])
-    report = {"weights": str(weights), "ap50": ap,
-              "map50_trained": round(float(np.mean([v for c, v in ap.items() if c not in held and v is not None])), 4),
-              "map50_held_out": round(float(np.mean([ap[c] for c in held if ap[c] is not None])), 4) if held else None,
-              "held_out_classes": sorted(held), "epochs": meta.get("epochs"), "best_epoch": meta.get("best_epoch")}
+    report = {"weights": str(weights), **map50s(ap, held), "epochs": meta.get("epochs"),
+              "best_epoch": meta.get("best_epoch")}
     print(json.dumps(report, indent=1))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -311,24 +318,20 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     train, val = split_images(args.data)
     trunk = BoxTrunk(load_efficientnet_lite("efficientnet-lite0")).eval()
-    items = cached_features(trunk, train, "train_aug", train=True, cache=args.cache)
     val_items = cached_features(trunk, val, "val", train=False, cache=args.cache)
+    all_texts = class_texts(args.bundle or default_bundle_dir(), list(VHR10_CLASSES))
+    if args.weights is not None:
+        return measure(args.weights, val_items, all_texts, args.out)
+    items = cached_features(trunk, train, "train_aug", train=True, cache=args.cache)
     held = set(HELD_OUT_CLASSES) if args.hold_out else set()
     classes = [c for c in VHR10_CLASSES if c not in held]
     if held:
         items = [it for it in items if not any(b[4] in held for b in it["boxes"])]
-    all_texts = class_texts(args.bundle or default_bundle_dir(), list(VHR10_CLASSES))
     texts = torch.from_numpy(all_texts[[VHR10_CLASSES.index(c) for c in classes]])
-    if args.weights is not None:
-        return measure(args.weights, val_items, all_texts, args.out)
     print(f"training on {len(items)} views ({len(train)} images), classes {classes}", flush=True)
     head, curve = train_head(items, texts, classes, args.epochs, val=(val_items, all_texts, list(VHR10_CLASSES)))
     ap = evaluate_head(head, val_items, all_texts, list(VHR10_CLASSES))
-    trained = [ap[c] for c in classes if ap[c] is not None]
-    unseen = [ap[c] for c in held if ap[c] is not None]
-    report = {"ap50": ap, "map50_trained": round(float(np.mean(trained)), 4),
-              "map50_held_out": round(float(np.mean(unseen)), 4) if unseen else None,
-              "held_out_classes": sorted(held), "train_images": len(train), "train_views": len(items),
+    report = {**map50s(ap, held), "train_images": len(train), "train_views": len(items),
               "val_images": len(val), "epochs": args.epochs, "best_epoch": max(curve, key=lambda c: c[1])[0],
               "curve": [(e, m) for e, m, _ in curve], "seconds": round(time.perf_counter() - t0, 1),
               "logit_scale": head.logit_scale.item(), "logit_bias": head.logit_bias.item()}

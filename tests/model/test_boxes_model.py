@@ -141,7 +141,7 @@ def test_training_val_decodes_the_head_as_the_exported_graph_does():
     want = heat / (1 + np.exp(-(scale * emb @ query + bias)))
     whole = Extent(0.0, 0.0, 320.0, 320.0)  # one map unit per pixel, y up
     maps = [activated[0][0, 0].numpy(), *(a[0].numpy() for a in activated[1:])]
-    got = _tile_boxes(*maps, whole, whole, 320, STRIDE, query.astype(np.float32),
+    got = _tile_boxes(*maps, whole, [whole], 320, STRIDE, query.astype(np.float32),
                       scale, bias, BoxConfig(min_heat=0.05, peaks=50), row=0)
     assert len(boxes) >= 5 and len(got) == len(boxes)
     pixel = np.array([(x1, 320 - y2, x2, 320 - y1) for _, (x1, y1, x2, y2), _ in got])

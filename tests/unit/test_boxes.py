@@ -29,7 +29,7 @@ def run(peaks, footprint=None, query=None, config=None, scale=10.0, bias=-5.0):
     read = Extent(0.0, 0.0, 320.0, 320.0)  # 1 map unit per window pixel, north up
     footprint = footprint or Extent(48.0, 48.0, 272.0, 272.0)
     query = np.eye(4, dtype=np.float32)[0] if query is None else query
-    return _tile_boxes(*head_outputs(peaks), read, footprint, WINDOW, STRIDE, query, scale, bias,
+    return _tile_boxes(*head_outputs(peaks), read, [footprint], WINDOW, STRIDE, query, scale, bias,
                        config or BoxConfig(), row=7)
 
 
@@ -50,7 +50,7 @@ def test_only_centres_in_the_tiles_own_footprint_are_kept():
 
 def test_weak_peaks_and_non_maxima_are_dropped():
     heat, size, offset, embed = head_outputs([(20, 20, 0.9, 16.0), (20, 21, 0.5, 16.0), (10, 10, 0.01, 16.0)])
-    got = _tile_boxes(heat, size, offset, embed, Extent(0, 0, 320, 320), Extent(0, 0, 320, 320), WINDOW, STRIDE,
+    got = _tile_boxes(heat, size, offset, embed, Extent(0, 0, 320, 320), [Extent(0, 0, 320, 320)], WINDOW, STRIDE,
                       np.eye(4, dtype=np.float32)[0], 10.0, -5.0, BoxConfig(min_heat=0.05), 0)
     assert len(got) == 1  # the neighbour of a stronger peak and the peak under min_heat are not boxes
 

@@ -155,9 +155,8 @@ def find_boxes(encoding: "Encoding", bundle: "ModelBundle", source: "RasterSourc
         windows = np.stack([source.read(r, window, window) for r in reads])
         heat, size, offset, embed = bundle.detect(windows)
         for j, i in enumerate(batch):
-            for footprint in footprints[i]:
-                found += _tile_boxes(heat[j], size[j], offset[j], embed[j], reads[j], footprint,
-                                     window, int(spec["stride"]), query, scale, bias, config, i)
+            found += _tile_boxes(heat[j], size[j], offset[j], embed[j], reads[j], footprints[i],
+                                 window, int(spec["stride"]), query, scale, bias, config, i)
     found = clip_boxes(found, source.georef.extent)
     kept = suppress(found, config.nms_iou)
     kept = [k for k in kept if k[0] >= config.min_score][:config.max_boxes]
@@ -166,9 +165,10 @@ def find_boxes(encoding: "Encoding", bundle: "ModelBundle", source: "RasterSourc
     return box_records(kept, encoding, text, mpu, source.name)
 
 
-def _tile_boxes(heat, size, offset, embed, read: Extent, footprint: Extent, window: int, stride: int,
+def _tile_boxes(heat, size, offset, embed, read: Extent, footprints: list[Extent], window: int, stride: int,
                 query: np.ndarray, scale: float, bias: float, config: BoxConfig, row: int) -> list:
-    """Scored boxes (map coordinates) of one window whose centres lie in the tile's footprint."""
+    """Scored boxes (map coordinates) of one window whose centres lie in one of the tile's footprints
+    (the parts of the tile it owns)."""
     h, w = heat.shape
     padded = np.pad(heat, 1, constant_values=-1.0)
     neighbours = np.max([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
@@ -187,7 +187,7 @@ def _tile_boxes(heat, size, offset, embed, read: Extent, footprint: Extent, wind
     out = []
     for k in range(len(peaks)):
         mx, my = read.xmin + cx[k] * ux, read.ymax - cy[k] * uy
-        if not (footprint.xmin <= mx < footprint.xmax and footprint.ymin < my <= footprint.ymax):
+        if not any(f.xmin <= mx < f.xmax and f.ymin < my <= f.ymax for f in footprints):
             continue
         half_w, half_h = bw[k] * ux / 2, bh[k] * uy / 2
         out.append((float(score[k]), (mx - half_w, my - half_h, mx + half_w, my + half_h), row))

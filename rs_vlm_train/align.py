@@ -47,6 +47,38 @@ def build_image_model(config: ModelConfig, texts: Texts, kb: dict):
     return trunk, ImageModel(config, net, texts.kb_embeddings(), levels)
 
 
+def anchor_teacher(config: ModelConfig, texts: Texts, kb: dict, weights: str) -> ImageModel:
+    """The fine-GSD anchor's teacher: the image side of a trained weight file, frozen (blocks the
+    file does not hold stay ImageNet's)."""
+    if not weights:
+        raise ValueError("the recipe's anchor needs a teacher: pass --anchor-weights PATH (an rs_vlm_lite0.npz)")
+    arrays = np.load(weights)
+    _, teacher = build_image_model(config, texts, kb)
+    state = teacher.state_dict()
+    found = {k[len("image."):]: torch.from_numpy(arrays[k].astype(np.float32)) for k in arrays.files
+             if k.startswith("image.") and k[len("image."):] in state}
+    missing = [k for k in state if k.startswith(("global_head.", "region_head.", "fusion.")) and k not in found]
+    if missing:
+        raise ValueError(f"{weights} lacks {len(missing)} arrays of the tier heads and fusion ({missing[0]}, ...)")
+    teacher.load_state_dict({k: v.to(state[k].dtype) for k, v in found.items()}, strict=False)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def anchor_loss(model: ImageModel, teacher: ImageModel, fine: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance of the global and region tokens of ``model`` from the teacher's."""
+    feats = model.features(fine, mid)
+    g, _ = model.global_tokens(feats)
+    r, _ = model.region_tokens(feats)
+    with torch.no_grad():
+        t_feats = teacher.features(fine, mid)
+        tg, _ = teacher.global_tokens(t_feats)
+        tr, _ = teacher.region_tokens(t_feats)
+        teacher.fusion.seen.clear()
+    return (1 - (g * tg).sum(-1)).mean() + (1 - (r * tr).sum(-1)).mean()
+
+
 def _trainable(model: ImageModel):
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -158,6 +190,9 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         print(f"[{tag}] resuming at step {step}", flush=True)
 
     rows = TrainingRows(sets, texts, recipe)
+    anchor = None
+    if recipe.anchor > 0 and not recipe.leave_out and "ucm_zoom" in sets:
+        anchor = anchor_teacher(config, texts, kb, recipe.anchor_weights)
     resisc, vhr = sets["resisc"], sets["vhr_train"]
     resisc_classes = resisc.index["classes"]
     extra_classes = sets["extra"].index["classes"] if len(rows.extra) else []
@@ -295,6 +330,11 @@ def align(sets: dict, texts: Texts, kb: dict, config: ModelConfig, cache: Path, 
         total = sum(weights[k] * v for k, v in losses.items() if k in weights)
         if "geometry" in losses:
             total = total + recipe.geometry * losses["geometry"]
+        if anchor is not None:  # the fine-GSD anchor, on zoomed-in UCM views of the classes trained
+            z = rng.choice(rows.ucm, min(32, len(rows.ucm)), replace=False)
+            fz, mz = sets["ucm_zoom"].take(z, rng.integers(0, sets["ucm_zoom"].fine.shape[1], len(z)))
+            losses["anchor"] = anchor_loss(model, anchor, fz, mz)
+            total = total + recipe.anchor * losses["anchor"]
         if config.experts and config.augment:
             losses["routing"] = semantic_routing_loss(model.fusion.seen)
             total = total + ROUTING_WEIGHT * losses["routing"]

@@ -37,6 +37,7 @@ from .data import (OBJECT_PROMPTS, _dihedral, held_out, load_image, read_caption
 
 HELD_OUT_FRACTION = 0.2
 CACHED_FINE_BLOCKS = 2  # the cache holds the features entering the backbone's last two blocks
+ZOOM_VIEWS = 4  # zoomed-in views of each UCM train image (``ucm_zoom``, the anchor's fine-GSD set)
 SCENE_PROMPTS = CLASS_PROMPTS  # the runtime's class prompts: training and use see the same ensemble
 
 
@@ -254,6 +255,20 @@ def coarser_views(image: Image.Image, size: int, rng: np.random.Generator, n: in
     return out
 
 
+def zoomed_in_views(image: Image.Image, size: int, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Views at finer ground sample distances than the image's own: a random square of 2/7 to 1/2
+    of the side, upsampled to ``size`` in a random dihedral view. A UCM image (30 cm) reads as
+    10-15 cm aerial imagery, as a native tile of a drone or NEON orthophoto does."""
+    out = []
+    width, height = image.size
+    for _ in range(n):
+        side = int(round(min(width, height) * float(rng.uniform(2 / 7, 1 / 2))))
+        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+        view = _resize(image, size, (x, y, x + side, y + side))
+        out.append(_dihedral(view, int(rng.integers(0, 8))))
+    return out
+
+
 def build_open_vocabulary_sets(data: Path, cache: Path, runner: "TrunkRunner", size: int, ucm_train, scenes, held,
                                boxes, vhr_held: set[str], n_mosaics: int, seed: int) -> dict[str, FeatureSet]:
     """The sets of issue 10 (open vocabulary), each with its own seeded generator.
@@ -393,6 +408,11 @@ def build_all(data: Path, cache: Path, config: ModelConfig, n_mosaics: int = 400
                                   aid_classes=aid_classes, other_classes=extra)
         sets.update(build_aid_sets(data, cache, runner, size, set(choice["groups"]), n_mosaics // 2, seed))
         sets["mosaic_aid_lco"].index["leave_out"] = choice
+    zoom_rng = np.random.default_rng(seed + 30)  # its own generator: the sets above stay as they were
+    sets["ucm_zoom"] = _compute(cache, "ucm_zoom", runner, len(ucm_train), ZOOM_VIEWS,
+                                lambda i: zoomed_in_views(load_image(ucm_train[i].path), size, zoom_rng, ZOOM_VIEWS),
+                                {"files": [str(i.path.relative_to(data)) for i in ucm_train],
+                                 "classes": [i.label for i in ucm_train]})
     if config.fine_blocks != CACHED_FINE_BLOCKS:
         sets = {tag: _run_blocks(cache, config, tag, fs, CACHED_FINE_BLOCKS) for tag, fs in sets.items()}
     return sets

@@ -1,6 +1,6 @@
 """The training recipes and the constants every stage shares: where the knowledge base and the
 default weights live, the knowledge levels, tier and routing weights, the recipes (issue 3's
-``v2`` to ``v4``) and the ablation switches."""
+``v2`` to ``v5``) and the ablation switches."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ class Recipe:
         open_blocks: MBConv blocks at the end of the trunk trained with the head (over the cached
             features entering them; 0: only the head convolution), decayed towards ImageNet
             with the head (``decay_to_init``) and under the geometry loss's teacher.
+        anchor: Weight of the fine-GSD anchor: on zoomed-in UCM views (``ucm_zoom``, 10-15 cm),
+            the global and region tokens are kept near those of a teacher model (cosine
+            distance), so that what the AID scenes (0.5-8 m) move does not move the native tiles
+            of fine orthophotos (0: no anchor). Off in leave-classes-out runs: the teacher saw
+            every class.
+        anchor_weights: The teacher's weight file (an ``rs_vlm_lite0.npz`` with opened blocks or
+            without); required when ``anchor`` is on.
         locate_steps: Steps of the locate stage after the alignment (:func:`locate_stage`): the
             object head alone learns background cells of VHR-10 crops against the background
             texts the outlines are scored against, and the cells under boxes against their
@@ -73,6 +80,8 @@ class Recipe:
     aid_sentence_share: float = 0.75
     aid_decoder_per_epoch: int = 2500
     open_blocks: int = 0
+    anchor: float = 0.0
+    anchor_weights: str = ""
 
     def to_dict(self) -> dict:  # noqa: D102
         return asdict(self)
@@ -85,4 +94,5 @@ RECIPES = {
     "open-locate": Recipe(locate_steps=300),
     "v4": Recipe(aid=True, open_blocks=2),
     "v4-frozen": Recipe(aid=True),
+    "v5": Recipe(aid=True, open_blocks=2, anchor=2.0),
 }

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -83,9 +84,15 @@ def main(argv=None) -> int:
     parser.add_argument("--mosaics", type=int, default=4000, help="2x2 and 3x3 mosaics built for the region tier")
     parser.add_argument("--locate-steps", type=int, default=None,
                         help="steps of the final model's locate stage (default: its recipe's; 0: none)")
+    parser.add_argument("--anchor-weights", type=Path,
+                        help="the fine-GSD anchor's teacher (a weight file), for a recipe with an anchor (v5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=Path("out/train"))
     args = parser.parse_args(argv)
+    if RECIPES[args.recipe].anchor > 0 and not args.skip_final and (
+            args.anchor_weights is None or not args.anchor_weights.is_file()):
+        parser.error(f"recipe {args.recipe} anchors fine-GSD views to a teacher: pass --anchor-weights PATH "
+                     "(for example the shipped rs_vlm_plugin/resources/weights/rs_vlm_lite0.npz copied aside)")
     torch.set_num_threads(max(1, args.threads))
     t_start = time.time()
     base = ModelConfig()
@@ -186,6 +193,8 @@ def main(argv=None) -> int:
     recipe = RECIPES[args.recipe]
     if args.locate_steps is not None:
         recipe = dataclasses.replace(recipe, locate_steps=args.locate_steps)
+    if recipe.anchor > 0:
+        recipe = dataclasses.replace(recipe, anchor_weights=str(args.anchor_weights))
     sets = sets_for(recipe)
     res = run_variant("final", {}, args.data, sets, texts, kb, base, args.cache, args.steps, full,
                       args.decoder_epochs, args.seed, args.decoder_views, meteor=True, recipe=recipe, gamma=0.0)
@@ -199,7 +208,9 @@ def main(argv=None) -> int:
     meta = {"config": res["config"], "seed": args.seed, "qa": res["metrics"]["qa"], "align_steps": args.steps,
             "pretrain_epochs": args.pretrain_epochs, "decoder_epochs": args.decoder_epochs,
             "decoder_views": args.decoder_views, "tier_weights": TIER_WEIGHTS, "routing_weight": ROUTING_WEIGHT,
-            "recipe": {"name": args.recipe, **recipe.to_dict()},
+            "recipe": {"name": args.recipe, **recipe.to_dict(),
+                       **({"anchor_sha256": hashlib.sha256(Path(recipe.anchor_weights).read_bytes()).hexdigest()}
+                          if recipe.anchor > 0 else {})},
             "query_knowledge": res["metrics"]["query_knowledge"],
             "seen_bias": {k: v for k, v in res["metrics"]["seen_bias"].items() if k != "ucm_val_H_by_gamma"},
             "logit_scale": float(res["model"].logit_scale.exp()),

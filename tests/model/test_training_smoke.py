@@ -121,3 +121,64 @@ def test_box_head_trains_exports_and_answers(tmp_path, bundle_dir, capsys):
         result = search(source, ModelBundle.load(copy), "storage tanks",
                         config=JobConfig(answers="boxes", boxes=BoxConfig(min_score=0.0)))
     assert result.outlines is not None and all(o.found_by == "boxes" for o in result.outlines)
+
+
+def test_anchored_recipe_needs_a_teacher_and_keeps_fine_views_near_it(tmp_path, capsys):
+    """Recipe v5: zoomed-in UCM views (``ucm_zoom``) held near a teacher's global and region tokens."""
+    from rs_vlm_plugin.modeling.rsvlm import ModelConfig
+    from rs_vlm_train import features as feat
+    from rs_vlm_train.align import anchor_loss, anchor_teacher
+    from rs_vlm_train.recipe import DEFAULT_OUT, KNOWLEDGE_BASE
+    from rs_vlm_train.train import main
+
+    data = _make_data(tmp_path / "data")
+    weights, cache, report = tmp_path / "w.npz", tmp_path / "cache", tmp_path / "report"
+    args = ["--data", str(data), "--out", str(weights), "--cache", str(cache), "--report", str(report),
+            "--steps", "3", "--pretrain-epochs", "1", "--decoder-epochs", "1", "--decoder-views", "2",
+            "--mosaics", "6", "--recipe", "v5"]
+    with pytest.raises(SystemExit) as refused:  # no teacher: refused before any feature is computed
+        main(args)
+    assert refused.value.code == 2 and "--anchor-weights" in capsys.readouterr().err
+    assert not cache.exists()
+    teacher_file = tmp_path / "teacher.npz"
+    teacher_file.write_bytes(DEFAULT_OUT.read_bytes())
+    assert main(args + ["--anchor-weights", str(teacher_file)]) == 0
+    log = capsys.readouterr().out
+    assert "[final_3] step 3/3" in log and " anchor " in log
+    from rs_vlm_plugin.modeling.export import load_weights
+
+    _, meta, _ = load_weights(weights)
+    import hashlib
+
+    assert meta["recipe"]["name"] == "v5" and meta["recipe"]["anchor"] > 0
+    assert meta["recipe"]["anchor_sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+
+    # The zoomed-in views: 4 per UCM train image, finer than the image (no view is the whole image).
+    zoom = json.loads((cache / "ucm_zoom.json").read_text())
+    assert zoom["fine_shape"][:2] == [len(zoom["files"]), feat.ZOOM_VIEWS]
+    from PIL import Image
+
+    ramp = np.broadcast_to(np.arange(256, dtype=np.uint8), (256, 256))
+    image = Image.fromarray(np.stack([ramp, ramp.T, np.zeros_like(ramp)], -1))  # red across, green down
+    views = feat.zoomed_in_views(image, 224, np.random.default_rng(0), 8)
+    spans = [[int(v[..., c].max()) - int(v[..., c].min()) for c in (0, 1)] for v in views]
+    assert all(v.shape == (224, 224, 3) for v in views) and max(max(s) for s in spans) <= 130
+    assert min(min(s) for s in spans) >= 70  # at least 2/7 of the side
+
+    # The loss: zero against itself, positive against another model; a file without heads is refused.
+    from rs_vlm_train.texts import Texts
+
+    kb = json.loads(KNOWLEDGE_BASE.read_text(encoding="utf-8"))
+    config = ModelConfig(fine_blocks=2)
+    sets = feat.build_all(data, cache, ModelConfig(fine_blocks=feat.CACHED_FINE_BLOCKS), n_mosaics=6)
+    texts = Texts(sets, kb, cache)
+    teacher = anchor_teacher(config, texts, kb, str(teacher_file))
+    fine, mid = feat._run_blocks(cache, config, "ucm_zoom", sets["ucm_zoom"], 2).take(np.arange(2), np.zeros(2, int))
+    with torch.no_grad():
+        assert float(anchor_loss(teacher, teacher, fine, mid)) == pytest.approx(0.0, abs=1e-5)
+        other = anchor_teacher(config, texts, kb, str(weights))
+        assert float(anchor_loss(other, teacher, fine, mid)) > 0.01
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, meta_json=np.asarray("{}"))
+    with pytest.raises(ValueError, match="tier heads"):
+        anchor_teacher(config, texts, kb, str(empty))

@@ -50,17 +50,17 @@ def build_image_model(config: ModelConfig, texts: Texts, kb: dict):
 def anchor_teacher(config: ModelConfig, texts: Texts, kb: dict, weights: str) -> ImageModel:
     """The fine-GSD anchor's teacher: the image side of a trained weight file, frozen (blocks the
     file does not hold stay ImageNet's)."""
+    from rs_vlm_plugin.modeling.export import LoadReport, load_state, load_weights
+
     if not weights:
         raise ValueError("the recipe's anchor needs a teacher: pass --anchor-weights PATH (an rs_vlm_lite0.npz)")
-    arrays = np.load(weights)
+    arrays, _, _ = load_weights(Path(weights))
     _, teacher = build_image_model(config, texts, kb)
-    state = teacher.state_dict()
-    found = {k[len("image."):]: torch.from_numpy(arrays[k].astype(np.float32)) for k in arrays.files
-             if k.startswith("image.") and k[len("image."):] in state}
-    missing = [k for k in state if k.startswith(("global_head.", "region_head.", "fusion.")) and k not in found]
-    if missing:
-        raise ValueError(f"{weights} lacks {len(missing)} arrays of the tier heads and fusion ({missing[0]}, ...)")
-    teacher.load_state_dict({k: v.to(state[k].dtype) for k, v in found.items()}, strict=False)
+    heads = {k for k, p in teacher.named_parameters() if p.requires_grad and not k.startswith("top.blocks.")}
+    try:
+        load_state(teacher, arrays or {}, "image", heads)
+    except LoadReport as e:
+        raise ValueError(f"{weights} does not hold a trained image side (the tier heads and fusion): {e}") from e
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -74,8 +74,7 @@ def anchor_loss(model: ImageModel, teacher: ImageModel, fine: torch.Tensor, mid:
     with torch.no_grad():
         t_feats = teacher.features(fine, mid)
         tg, _ = teacher.global_tokens(t_feats)
-        tr, _ = teacher.region_tokens(t_feats)
-        teacher.fusion.seen.clear()
+        tr, _ = teacher.region_tokens(t_feats)  # an eval-mode fusion records no routing
     return (1 - (g * tg).sum(-1)).mean() + (1 - (r * tr).sum(-1)).mean()
 
 
